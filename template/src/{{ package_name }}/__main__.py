@@ -1,0 +1,45 @@
+"""Serve the app with gunicorn: the console script the image's CMD runs."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from .app import create_app
+
+
+class Server(BaseApplication):  # type: ignore[misc]
+    """gunicorn serving one Flask app object, configured from a dict."""
+
+    def __init__(self, app: Any, options: dict[str, Any]) -> None:
+        self.application = app
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self.application
+
+
+def options(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """gunicorn settings from the environment: PORT and WEB_CONCURRENCY."""
+    env = os.environ if environ is None else environ
+    return {
+        "bind": f"0.0.0.0:{int(env.get('PORT', '8000'))}",
+        "workers": int(env.get("WEB_CONCURRENCY", "2")),
+        "accesslog": "-",
+    }
+
+
+def main() -> None:
+    """Serve on 0.0.0.0:$PORT until stopped."""
+    Server(create_app(), options()).run()
+
+
+if __name__ == "__main__":
+    main()
