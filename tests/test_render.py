@@ -166,4 +166,4 @@ def test_awkward_answers_render_valid_files(render: Callable[..., Path]) -> None
     assert namespace["PROJECT_NAME"] == name and namespace["__doc__"] == 'Says "hi" \\ and it\'s fine'
     steps = runs(parse(project / "base" / "Dockerfile"))
     installs = [shlex.split(s)[-1] for s in steps if "pip install '" in s or 'pip install "' in s]
-    assert installs == ["Flask>=2.2", "gunicorn>=20.1 ; os_name == 'posix'"]
+    assert installs == ["setuptools>=64", "Flask>=2.2", "gunicorn>=20.1 ; os_name == 'posix'"]
