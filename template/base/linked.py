@@ -511,8 +511,10 @@ class Project:
         return read_requirements(path, self.label(path))
 
     def read(self, path: Path) -> str:
+        """A file's text with its line endings as they are."""
         try:
-            return path.read_text(encoding="utf-8")
+            with path.open(encoding="utf-8", newline="") as handle:
+                return handle.read()
         except FileNotFoundError:
             raise LinkError(f"{self.label(path)}: missing") from None
 
