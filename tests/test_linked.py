@@ -67,7 +67,10 @@ def test_new_requirement_makes_block_and_pin_stale_until_sync(project: Path) -> 
 
     sync = linked(project, "sync")
     assert sync.returncode == 0, sync.stderr
-    assert fenced(project)[-2:] == ["RUN --mount=type=cache,target=/root/.cache/pip \\", "    pip install requests==2.32.3"]
+    assert fenced(project)[-2:] == [
+        "RUN --mount=type=cache,target=/root/.cache/pip \\",
+        "    pip install requests==2.32.3",
+    ]
     new_pin = (project / "Dockerfile").read_text().splitlines()[0]
     assert new_pin != old_pin and new_pin.endswith(linked(project, "tag").stdout.strip())
     assert linked(project, "check").returncode == 0
@@ -97,7 +100,8 @@ def test_edit_outside_the_blocks_stales_only_the_pin_and_survives_sync(project: 
 
 def test_user_lines_inside_a_block_are_replaced(project: Path) -> None:
     dockerfile = project / "base" / "Dockerfile"
-    dockerfile.write_text(dockerfile.read_text().replace("# <<< linked-builds:pip", "RUN echo stray\n# <<< linked-builds:pip"))
+    stray = dockerfile.read_text().replace("# <<< linked-builds:pip", "RUN echo stray\n# <<< linked-builds:pip")
+    dockerfile.write_text(stray)
     assert linked(project, "check").returncode == 1
     linked(project, "sync")
     assert "RUN echo stray" not in dockerfile.read_text()

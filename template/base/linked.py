@@ -25,9 +25,10 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable
 
 TAG_PREFIX = "deps-"
 TAG_LENGTH = 16
@@ -44,6 +45,10 @@ APT_CACHES = (
 DEBIAN_PYTHON = {"bookworm": "3.11.2", "trixie": "3.13.5"}
 # Debian packages that stand for the interpreter itself (stdlib backports).
 INTERPRETER_PACKAGES = {"python3", "python3-minimal", "libpython3-stdlib"}
+
+
+# A parsed marker: ("or"|"and", left, right) or ("cmp", value, op, value).
+Node = tuple[Any, ...]
 
 
 class LinkError(Exception):
@@ -71,8 +76,8 @@ _PRE_ORDER = {"a": 0, "alpha": 0, "b": 1, "beta": 1, "c": 2, "rc": 2, "pre": 2, 
 class Version:
     """A PEP 440 version, ordered as PEP 440 orders them."""
 
-    key: tuple
-    release: tuple = field(compare=False)
+    key: tuple[Any, ...]
+    release: tuple[int, ...] = field(compare=False)
     text: str = field(compare=False)
 
     @classmethod
@@ -103,7 +108,7 @@ class Version:
     @property
     def public(self) -> Version:
         """The version without its local label."""
-        return Version(self.key[:5] + ((),), self.release, self.text.split("+")[0])
+        return Version((*self.key[:5], ()), self.release, self.text.split("+")[0])
 
 
 def _prefix_match(version: Version, prefix: str) -> bool:
@@ -203,21 +208,21 @@ class Marker:
         self._pos += 1
         return value
 
-    def _or(self) -> tuple:
+    def _or(self) -> Node:
         node = self._and()
         while self._peek() == ("bool", "or"):
             self._pos += 1
             node = ("or", node, self._and())
         return node
 
-    def _and(self) -> tuple:
+    def _and(self) -> Node:
         node = self._atom()
         while self._peek() == ("bool", "and"):
             self._pos += 1
             node = ("and", node, self._atom())
         return node
 
-    def _atom(self) -> tuple:
+    def _atom(self) -> Node:
         if self._peek() == ("paren", "("):
             self._pos += 1
             node = self._or()
@@ -242,7 +247,7 @@ class Marker:
         """Evaluate the marker against ``env``."""
         return self._eval(self._tree, env)
 
-    def _eval(self, node: tuple, env: dict[str, str]) -> bool:
+    def _eval(self, node: Node, env: dict[str, str]) -> bool:
         if node[0] == "or":
             return self._eval(node[1], env) or self._eval(node[2], env)
         if node[0] == "and":
@@ -586,7 +591,8 @@ class Project:
                 f"base/requirements.txt: Debian {release} has no package for {names}; "
                 "answer use_virtualenv=true (pip installs them beside Debian's) or pick the combo strategy"
             )
-        bodies = {"apt": "\n".join([header, *(apt_step(p) for p in packages)] if packages else [header, "# (no Debian packages)"])}
+        apt_steps = [apt_step(p) for p in packages] or ["# (no Debian packages)"]
+        bodies = {"apt": "\n".join([header, *apt_steps])}
         if "pip" in fences:
             steps = [pip_step(r) for r in missing]
             bodies["pip"] = "\n".join(
@@ -704,23 +710,19 @@ def _matches(rel: str, pattern: str) -> bool:
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
     """Translate a .dockerignore pattern (Go's filepath.Match plus ``**``)."""
-    segments = []
-    for segment in pattern.split("/"):
-        if segment == "**":
-            segments.append(None)
-            continue
-        parts = re.split(r"(\*|\?|\[[^\]]*\])", segment)
-        segments.append("".join(
-            "[^/]*" if p == "*" else "[^/]" if p == "?" else p if p.startswith("[") else re.escape(p)
-            for p in parts
-        ))
+    segments = pattern.split("/")
     regex = ""
     for index, segment in enumerate(segments):
         last = index == len(segments) - 1
-        if segment is None:
+        if segment == "**":
             regex += ".*" if last else "(?:.*/)?"
-        else:
-            regex += segment + ("" if last else "/")
+            continue
+        parts = re.split(r"(\*|\?|\[[^\]]*\])", segment)
+        regex += "".join(
+            "[^/]*" if p == "*" else "[^/]" if p == "?" else p if p.startswith("[") else re.escape(p)
+            for p in parts
+        )
+        regex += "" if last else "/"
     return re.compile(regex + "$")
 
 
