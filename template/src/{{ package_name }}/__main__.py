@@ -27,17 +27,17 @@ class Server(BaseApplication):  # type: ignore[misc]
 
 
 def options(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """gunicorn settings from the environment: PORT and WEB_CONCURRENCY."""
+    """gunicorn settings from the environment: PORT, HOST and WEB_CONCURRENCY."""
     env = os.environ if environ is None else environ
     return {
-        "bind": f"0.0.0.0:{int(env.get('PORT', '8000'))}",
+        "bind": f"{env.get('HOST', '0.0.0.0')}:{int(env.get('PORT', '8000'))}",
         "workers": int(env.get("WEB_CONCURRENCY", "2")),
         "accesslog": "-",
     }
 
 
 def main() -> None:
-    """Serve on 0.0.0.0:$PORT until stopped."""
+    """Serve on $HOST:$PORT (0.0.0.0:8000 unless set) until stopped."""
     Server(create_app(), options()).run()
 
 
