@@ -1,0 +1,141 @@
+"""Helpers for the engine tests: a real Docker engine (and Podman), BuildKit's plain progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+DOCKER = os.environ.get("LINKED_BUILDS_DOCKER", "/usr/bin/docker")
+ENABLE = "run `scripts/engine-up` as root (Debian) to start one, then rerun"
+
+
+def engine_available(client: str = DOCKER) -> str | None:
+    """None if the engine answers, else why not."""
+    if not shutil.which(client):
+        return f"{client} is not installed"
+    result = subprocess.run([client, "info"], capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"{client} reaches no engine ({result.stderr.strip().splitlines()[-1:] or ['no answer']})"
+    return None
+
+
+def require_engine(client: str = DOCKER, images: tuple[str, ...] = ()) -> None:
+    """Skip (or fail where CI is set) unless the engine and the stand-in images are there."""
+    problem = engine_available(client)
+    if problem is None:
+        missing = [i for i in images if subprocess.run([client, "image", "inspect", i], capture_output=True).returncode]
+        if missing:
+            problem = f"{client} lacks the stand-in images {', '.join(missing)}"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {problem}: {ENABLE}", pytrace=False)
+        pytest.skip(f"{problem}: {ENABLE}")
+
+
+@dataclass
+class Step:
+    """One step of a BuildKit build, from its plain progress output."""
+
+    name: str
+    cached: bool
+    ran: bool
+
+
+def buildkit_steps(output: str) -> list[Step]:
+    """The Dockerfile steps of ``--progress=plain`` output, in order, with their cache state."""
+    names: dict[str, str] = {}
+    cached: set[str] = set()
+    ran: set[str] = set()
+    for line in output.splitlines():
+        m = re.match(r"^#(\d+) (.*)$", line)
+        if not m:
+            continue
+        vertex, rest = m.groups()
+        header = re.match(r"^\[(?:[\w-]+ )?\d+/\d+\] (.*)$", rest)
+        if header and vertex not in names:
+            names[vertex] = header.group(1)
+        elif rest == "CACHED":
+            cached.add(vertex)
+        elif re.match(r"^(DONE|ERROR|\d+\.\d+ )", rest):
+            ran.add(vertex)
+    return [Step(name, v in cached, v in ran and v not in cached) for v, name in names.items()]
+
+
+def make(project: Path, *targets: str, docker: str = DOCKER, build_args: str = "", check: bool = True,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the project's Makefile with a given engine client, output captured."""
+    args = f"--network host {build_args}".strip()
+    result = subprocess.run(
+        ["make", "--no-print-directory", *targets, f"DOCKER={docker}", f"BUILD_ARGS={args}"],
+        cwd=project, capture_output=True, text=True, env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"make {' '.join(targets)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, deadline: float) -> tuple[int, bytes]:
+    """GET ``url``, retrying until it answers or ``deadline`` passes."""
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:
+                return response.status, response.read()
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+class Container:
+    """A detached container on the host network, listening on 127.0.0.1 only."""
+
+    def __init__(self, image: str, port: int) -> None:
+        self.port = port
+        self.id = subprocess.run(
+            [DOCKER, "run", "--detach", "--rm", "--network", "host", "--env", f"PORT={port}",
+             "--env", "HOST=127.0.0.1", "--health-interval", "1s", image],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+
+    def __enter__(self) -> Container:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run([DOCKER, "rm", "--force", self.id], capture_output=True)
+
+    def exec(self, *command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([DOCKER, "exec", self.id, *command], capture_output=True, text=True)
+
+    def health(self) -> str:
+        out = subprocess.run([DOCKER, "inspect", "--format", "{{json .State.Health}}", self.id],
+                             capture_output=True, text=True, check=True).stdout
+        return str(json.loads(out)["Status"])
+
+    def wait_healthy(self, seconds: float) -> str:
+        deadline = time.monotonic() + seconds
+        status = self.health()
+        while status != "healthy" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = self.health()
+        return status
+
+    def logs(self) -> str:
+        result = subprocess.run([DOCKER, "logs", self.id], capture_output=True, text=True)
+        return result.stdout + result.stderr
