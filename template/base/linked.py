@@ -38,8 +38,8 @@ FENCE_KINDS = ("apt", "pip")
 PIN_RE = re.compile(r"^ARG BASE_IMAGE=(?P<repo>\S+?):(?P<tag>[\w][\w.-]{0,127})\s*$")
 PIP_CACHE = "--mount=type=cache,target=/root/.cache/pip"
 APT_CACHES = (
-    "--mount=type=cache,target=/var/cache/apt,sharing=locked",
-    "--mount=type=cache,target=/var/lib/apt/lists,sharing=locked",
+    "--mount=type=cache,target=/var/cache/apt",
+    "--mount=type=cache,target=/var/lib/apt/lists",
 )
 # The interpreter of each Debian release, for environment markers under distro.
 DEBIAN_PYTHON = {"bookworm": "3.11.2", "trixie": "3.13.5"}
