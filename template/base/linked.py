@@ -11,6 +11,9 @@ written from base/requirements.txt, the single list of dependencies.
     python3 base/linked.py ref      print <base repository>:<content tag>
     python3 base/linked.py check    exit 1 and say what is stale
     python3 base/linked.py sync     rewrite the generated blocks and the pin
+    python3 base/linked.py publish  check, build and push the base unless the
+                                    registry has it, then build and push the app
+                                    FROM exactly that base
     python3 base/linked.py verify   (in the distro base build) compare the
                                     installed versions with requirements.txt
 
@@ -726,6 +729,129 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(regex + "$")
 
 
+# ---------------------------------------------------------------- publish
+
+
+_TAG_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def image_tag(text: str) -> str:
+    """``text`` made into a valid image tag (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``)."""
+    tag = _TAG_CHARS.sub("-", text).lstrip(".-")
+    return tag[:128] or "latest"
+
+
+def ci_tags(env: dict[str, str], commit: str | None) -> list[str]:
+    """App image tags from what the CI says: the commit, then the branch or version."""
+    tags: list[str] = []
+    sha = env.get("GITHUB_SHA") or env.get("CI_COMMIT_SHA") or env.get("SOURCE_COMMIT") or commit
+    if sha:
+        tags.append(image_tag(sha[:12]))
+    if env.get("GITHUB_REF_NAME"):
+        name = env["GITHUB_REF_NAME"]
+        is_pr = env.get("GITHUB_EVENT_NAME", "").startswith("pull_request")
+        tags.append(image_tag(f"pr-{name.split('/')[0]}" if is_pr else name))
+    elif env.get("CI_COMMIT_TAG"):
+        tags.append(image_tag(env["CI_COMMIT_TAG"]))
+    elif env.get("CI_COMMIT_REF_SLUG"):
+        tags.append(image_tag(env["CI_COMMIT_REF_SLUG"]))
+    elif env.get("SOURCE_BRANCH"):
+        tags.append(image_tag(env["SOURCE_BRANCH"]))
+    return list(dict.fromkeys(tags)) or ["dev"]
+
+
+class Engine:
+    """The container engine client (docker, podman, ...), run with output streamed."""
+
+    def __init__(self, command: Sequence[str], dry_run: bool = False) -> None:
+        self.command = list(command)
+        self.dry_run = dry_run
+
+    def run(self, *args: str, quiet: bool = False) -> bool:
+        """Run one engine command; True if it succeeded."""
+        import subprocess
+
+        argv = [*self.command, *args]
+        print("+ " + " ".join(shlex.quote(a) for a in argv), flush=True)
+        if self.dry_run:
+            return True
+        stream = subprocess.DEVNULL if quiet else None
+        return subprocess.run(argv, stdout=stream, stderr=stream).returncode == 0
+
+    def must(self, *args: str) -> None:
+        if not self.run(*args):
+            raise LinkError(f"`{' '.join(self.command)} {args[0]}` failed: see its output above")
+
+
+def _git_commit(root: Path) -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+CACHE_ALIAS = "buildcache"
+
+
+def publish(project: Project, engine: Engine, image: str, tags: list[str], push: bool, only: str | None,
+            base_args: list[str], app_args: list[str], inline_cache: bool = False) -> None:
+    """Build and push the base (unless the registry has it), then the app FROM exactly that base.
+
+    With ``inline_cache`` each image has its own cache scope in its own repository:
+    the base builds from ``<base repository>:buildcache`` (the last base pushed) and
+    the app from its branch tag, both with BuildKit's inline cache metadata.
+    """
+    _, stale = project.plan()
+    if stale:
+        for item in stale:
+            print(f"stale: {item}", file=sys.stderr)
+        raise LinkError("publish refused: run `make sync` and commit the result; nothing was built or pushed")
+    ref = project.reference()
+    base_alias = None
+    if inline_cache:
+        inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
+        base_alias = f"{ref.rsplit(':', 1)[0]}:{CACHE_ALIAS}"
+        base_args = [*base_args, "--cache-from", base_alias, *inline]
+        app_args = [*app_args, "--cache-from", f"{image}:{tags[-1]}", *inline]
+    if only in (None, "base"):
+        if engine.run("pull", ref, quiet=True):
+            print(f"base {ref} is in the registry: not rebuilding it", flush=True)
+        else:
+            print(f"base {ref} is not in the registry: building it", flush=True)
+            engine.must("build", *base_args, "--tag", ref, str(project.base))
+            if push:
+                engine.must("push", ref)
+                if base_alias:
+                    engine.must("tag", ref, base_alias)
+                    engine.must("push", base_alias)
+        _github_output("base-image", ref)
+    if only in (None, "app"):
+        if only == "app" and not engine.run("image", "inspect", ref, quiet=True) \
+                and not engine.run("pull", ref, quiet=True):
+            if push:
+                raise LinkError(f"base {ref} is in no registry: publish the base first (the base job)")
+            print(f"base {ref} is in no registry: building it here, for this build only", flush=True)
+            engine.must("build", *base_args, "--tag", ref, str(project.base))
+        refs = [f"{image}:{tag}" for tag in tags]
+        tag_args = [arg for r in refs for arg in ("--tag", r)]
+        engine.must("build", *app_args, "--build-arg", f"BASE_IMAGE={ref}", *tag_args, str(project.root))
+        if push:
+            for r in refs:
+                engine.must("push", r)
+        print(("pushed " if push else "built ") + " ".join(refs) + f" FROM {ref}", flush=True)
+
+
+def _github_output(name: str, value: str) -> None:
+    """Hand a value to later GitHub Actions steps and jobs, where there are any."""
+    path = os.environ.get("GITHUB_OUTPUT")
+    if path:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(f"{name}={value}\n")
+
+
 # ----------------------------------------------------------------- verify
 
 
@@ -771,6 +897,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("ref", help="print <base repository>:<content tag>")
     sub.add_parser("check", help="exit 1 if the pin or a generated block is stale")
     sub.add_parser("sync", help="rewrite the generated blocks and the pin")
+    pub = sub.add_parser("publish", help="build and push the base unless the registry has it, then the app")
+    pub.add_argument("--image", required=True, help="the app image repository, without a tag")
+    pub.add_argument("--tag", action="append", dest="tags", help="app image tag (repeatable; default: from the CI)")
+    pub.add_argument("--engine", default=os.environ.get("DOCKER", "docker"), help="engine client (default $DOCKER)")
+    pub.add_argument("--no-push", dest="push", action="store_false", help="build only (pull requests)")
+    pub.add_argument("--only", choices=("base", "app"), help="one of the two linked builds (CI jobs)")
+    pub.add_argument("--cache", choices=("inline",), help="each image caches from its own repository (CI)")
+    pub.add_argument("--dry-run", action="store_true", help="print the engine commands instead of running them")
     verify_parser = sub.add_parser("verify", help="check installed versions against requirements")
     verify_parser.add_argument("requirements", type=Path)
     args = parser.parse_args(argv)
@@ -792,6 +926,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             if stale:
                 print("run `make sync` (python3 base/linked.py sync) and commit the result", file=sys.stderr)
                 return 1
+        elif args.command == "publish":
+            env = dict(os.environ)
+            common = shlex.split(env.get("BUILD_ARGS", ""))
+            publish(
+                project,
+                Engine(shlex.split(args.engine), dry_run=args.dry_run),
+                args.image,
+                [image_tag(t) for t in args.tags] if args.tags else ci_tags(env, _git_commit(project.root)),
+                args.push,
+                args.only,
+                common + shlex.split(env.get("BASE_BUILD_ARGS", "")),
+                common + shlex.split(env.get("APP_BUILD_ARGS", "")),
+                args.cache == "inline",
+            )
         elif args.command == "sync":
             writes, stale = project.plan()
             for path, text in writes.items():
