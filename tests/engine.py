@@ -139,3 +139,50 @@ class Container:
     def logs(self) -> str:
         result = subprocess.run([DOCKER, "logs", self.id], capture_output=True, text=True)
         return result.stdout + result.stderr
+
+
+REGISTRY_BIN = "/usr/bin/docker-registry"
+
+
+class Registry:
+    """Debian's docker-registry on 127.0.0.1, with its own storage, no auth, and its log kept."""
+
+    def __init__(self, root: Path) -> None:
+        with socket.socket() as sock:
+            port = 5000 if sock.connect_ex(("127.0.0.1", 5000)) != 0 else free_port()
+        self.host = f"127.0.0.1:{port}"
+        config = root / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: info\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.host}\n"
+        )
+        self.log_path = root / "registry.log"
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=self._log,
+                                        stderr=subprocess.STDOUT)
+        http_get(f"http://{self.host}/v2/", time.monotonic() + 30)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self._log.close()
+
+    def tags(self, repository: str) -> list[str]:
+        """The tags of ``repository`` (without the host), [] if it has none."""
+        try:
+            _, body = http_get(f"http://{self.host}/v2/{repository}/tags/list", time.monotonic())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return []
+            raise
+        return sorted(json.loads(body).get("tags") or [])
+
+    def catalog(self) -> dict[str, list[str]]:
+        _, body = http_get(f"http://{self.host}/v2/_catalog", time.monotonic())
+        return {repo: self.tags(repo) for repo in json.loads(body)["repositories"]}
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
