@@ -1,9 +1,12 @@
-"""Copier task: write the generated blocks and the pin with the project's own tool.
+"""Copier task and migration: write the generated blocks and the pin with the project's own tool.
 
-Copier runs it after `copier copy` and after `copier update` (also inside the
-temporary folders an update renders), always from the project's root. It only
+Copier runs it as a task after `copier copy` and `copier update` (also inside the
+temporary folders an update renders), and as an "after" migration once an update
+has merged the user's changes back in, always from the project's root. It only
 runs the project's `base/linked.py sync`, which is idempotent, so the pin is
-computed by the same code that later checks it.
+computed by the same code that later checks it. After an update, a merge conflict
+outside the generated blocks is left to the user (copier reports it) rather than
+failing the update; sync settles conflicts inside them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,27 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
+
+CONFLICT = 3  # base/linked.py's exit status for a conflict only the user can resolve
+
+
+def mark_resolved(project: Path, paths: list[str]) -> None:
+    """Tell git that sync settled the merge conflicts copier recorded in ``paths``.
+
+    Copier marks a file it merged with conflicts as unmerged in the index; once
+    sync has rewritten its generated lines and no marker is left, it is resolved.
+    Outside a git work tree, or with markers left, nothing is touched.
+    """
+    for path in paths:
+        unmerged = subprocess.run(["git", "ls-files", "--unmerged", "--", path], cwd=project,
+                                  capture_output=True, text=True)
+        if unmerged.returncode != 0 or not unmerged.stdout.strip():
+            continue
+        text = (project / path).read_text(encoding="utf-8")
+        if any(line.startswith(("<<<<<<< ", ">>>>>>> ")) for line in text.splitlines()):
+            continue
+        subprocess.run(["git", "add", "--", path], cwd=project, check=True)
+        print(f"{path}: merge conflicts in generated lines settled by sync")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, str(tool), "sync"], cwd=args.project, capture_output=True, text=True
     )
     sys.stderr.write(result.stderr)
+    if result.returncode == CONFLICT and args.operation == "update":
+        print("The update left merge conflicts: resolve them, then run `make sync`.", file=sys.stderr)
+        return 0
     if result.returncode != 0:
         return result.returncode
+    if args.operation == "update":
+        mark_resolved(args.project, ["Dockerfile", "base/Dockerfile"])
     if args.operation == "copy":
         print("Ready: `make image` builds the base and the app, `make run` serves it.")
     return 0

@@ -288,3 +288,39 @@ def test_check_is_fast(project: Path) -> None:
     start = time.perf_counter()
     assert module.main(["--root", str(project), "check"]) == 0
     assert time.perf_counter() - start < 1.0
+
+
+def test_sync_settles_conflicts_in_the_pin_and_inside_blocks(project: Path) -> None:
+    """What `copier update` can leave: markers around the pin and inside a generated block."""
+    app = project / "Dockerfile"
+    pin = app.read_text().splitlines()[0]
+    app.write_text(app.read_text().replace(
+        pin + "\n",
+        f"<<<<<<< before updating\n{pin}\n=======\n{pin[:-4]}beef\n>>>>>>> after updating\n"))
+    base = project / "base" / "Dockerfile"
+    base.write_text(base.read_text().replace(
+        "    pip install 'gunicorn>=20.1'\n",
+        "<<<<<<< before updating\n    pip install 'gunicorn>=20.1'\n=======\n    pip install 'gunicorn>=21'\n"
+        ">>>>>>> after updating\n"))
+    check = linked(project, "check")
+    assert check.returncode == 1 and "took the template's side of a conflict in generated lines" in check.stderr
+    sync = linked(project, "sync")
+    assert sync.returncode == 0, sync.stderr
+    assert "<<<<<<<" not in app.read_text() + base.read_text()
+    assert app.read_text().splitlines()[0] == pin
+    assert "pip install 'gunicorn>=20.1'" in base.read_text() and "gunicorn>=21" not in base.read_text()
+    assert linked(project, "check").returncode == 0
+
+
+def test_conflict_outside_the_blocks_is_left_to_the_user(project: Path) -> None:
+    base = project / "base" / "Dockerfile"
+    base.write_text(base.read_text().replace(
+        "ENV PYTHONUNBUFFERED=1 \\\n",
+        "<<<<<<< before updating\nENV PYTHONUNBUFFERED=1 \\\n=======\nENV PYTHONUNBUFFERED=0 \\\n"
+        ">>>>>>> after updating\n"))
+    before = snapshot(project)
+    result = linked(project, "sync")
+    assert result.returncode == 3
+    assert result.stderr.strip() == (
+        "error: base/Dockerfile:7: merge conflict outside the generated blocks: resolve it, then run make sync")
+    assert snapshot(project) == before

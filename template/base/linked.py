@@ -58,6 +58,10 @@ class LinkError(Exception):
     """A problem in the user's files: reported as one line, no traceback."""
 
 
+class ConflictError(LinkError):
+    """A merge conflict the user has to resolve before sync can run (exit 3)."""
+
+
 # ---------------------------------------------------------------- versions
 
 
@@ -444,6 +448,76 @@ def read_debian_names(text: str) -> dict[str, str]:
     return table
 
 
+# --------------------------------------------------------- merge conflicts
+
+CONFLICT_START, CONFLICT_BASE, CONFLICT_MID, CONFLICT_END = "<<<<<<< ", "||||||| ", "=======", ">>>>>>> "
+
+
+def resolve_generated_conflicts(text: str, label: str) -> tuple[str, list[str]]:
+    """Settle the merge conflicts that only concern generated lines.
+
+    After `copier update`, a Dockerfile may hold conflict blocks where both the
+    template and `make sync` rewrote the same lines. A block whose ours-side
+    touches the pin or a generated block (a marker or a line between markers)
+    takes the template's side: sync regenerates those lines anyway. Any other
+    conflict is the user's to resolve, and is refused with its line number.
+    """
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    notes: list[str] = []
+    inside = False  # within a generated block, as the text before this line says
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.startswith(CONFLICT_START):
+            inside = _fence_state(line, inside)
+            out.append(line)
+            i += 1
+            continue
+        start = i
+        ours: list[str] = []
+        theirs: list[str] = []
+        side = ours
+        i += 1
+        while i < len(lines) and not lines[i].startswith(CONFLICT_END):
+            current = lines[i]
+            if current.startswith(CONFLICT_BASE):
+                side = []  # the common ancestor's lines, if the merge wrote them
+            elif current.rstrip("\r\n") == CONFLICT_MID:
+                side = theirs
+            else:
+                side.append(current)
+            i += 1
+        if i == len(lines):
+            raise ConflictError(f"{label}:{start + 1}: a merge conflict starts here and never ends")
+        state = inside
+        generated = False
+        for ours_line in ours:
+            stripped = ours_line.strip()
+            if state or stripped.startswith((FENCE_START, FENCE_END)) or PIN_RE.match(stripped):
+                generated = True
+            state = _fence_state(ours_line, state)
+        if not generated:
+            raise ConflictError(
+                f"{label}:{start + 1}: merge conflict outside the generated blocks: resolve it, then run make sync"
+            )
+        notes.append(f"{label}:{start + 1}: took the template's side of a conflict in generated lines")
+        for theirs_line in theirs:
+            inside = _fence_state(theirs_line, inside)
+        out.extend(theirs)
+        i += 1
+    return "".join(out), notes
+
+
+def _fence_state(line: str, inside: bool) -> bool:
+    stripped = line.strip()
+    if stripped.startswith(FENCE_START):
+        return True
+    if stripped.startswith(FENCE_END):
+        return False
+    return inside
+
+
 # ------------------------------------------------------------ Dockerfiles
 
 
@@ -660,10 +734,16 @@ class Project:
         """What sync would write, and why: ({path: new text}, [stale items])."""
         base_dockerfile = self.base / "Dockerfile"
         app_dockerfile = self.root / "Dockerfile"
-        base_text = self.read(base_dockerfile)
-        app_text = self.read(app_dockerfile)
         writes: dict[Path, str] = {}
         stale: list[str] = []
+        texts = {}
+        for path in (base_dockerfile, app_dockerfile):
+            original = self.read(path)
+            texts[path], notes = resolve_generated_conflicts(original, self.label(path))
+            if notes:
+                writes[path] = texts[path]
+                stale.extend(notes)
+        base_text, app_text = texts[base_dockerfile], texts[app_dockerfile]
         new_base = self.render_blocks(base_text)
         if new_base != base_text:
             writes[base_dockerfile] = new_base
@@ -949,7 +1029,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"synced: {item}")
     except LinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(exc, ConflictError) else 2
     return 0
 
 
