@@ -208,3 +208,22 @@ def test_update_refused_on_a_dirty_tree_changes_nothing(template_repo: Path, tmp
     assert "Destination repository is dirty; cannot continue." in result.stderr
     after = {p: p.read_bytes() for p in project.rglob("*") if p.is_file() and ".git" not in p.parts}
     assert after == before
+
+
+def test_user_conflict_in_a_dockerfile_is_left_with_markers_and_a_note(template_repo: Path, tmp_path: Path) -> None:
+    project = copy_old(template_repo, tmp_path / "project")
+    dockerfile = project / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace("# Python's urllib: no curl needed.",
+                                                         "# Our own wording of the healthcheck."))
+    git(project, "commit", "-qam", "user rewords a comment the template also rewords")
+    result = update(project)
+    assert result.returncode == 0, result.stderr
+    assert "merge conflict outside the generated blocks: resolve it, then run make sync" in result.stderr
+    assert "The update left merge conflicts: resolve them, then run `make sync`." in result.stderr
+    assert any(line.startswith("Dockerfile:") for line in conflict_markers(project))
+    # Resolving by hand and syncing brings the project back to a clean check.
+    text = dockerfile.read_text()
+    resolved = text.split("<<<<<<< before updating\n")[0] + text.split("=======\n")[1].split(
+        ">>>>>>> after updating\n")[0] + text.split(">>>>>>> after updating\n")[1]
+    dockerfile.write_text(resolved)
+    assert linked(project, "sync").returncode == 0 and linked(project, "check").returncode == 0
