@@ -1,12 +1,13 @@
 # Development of the linked-builds template.
 #   make demo   render a project with every default answer into ./demo
 #   make test   lint, type-check and run the whole test suite
+#   make bench  benchmark every strategy on real builds (root; results in docs/)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint
+.PHONY: demo test lint bench
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +23,11 @@ lint: $(VENV)/.installed
 
 test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(VENV)/.bench: $(VENV)/.installed bench/requirements-bench.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements-bench.txt
+	touch $@
+
+bench: $(VENV)/.bench
+	scripts/engine-up
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from engine import DOCKER, Container, buildkit_steps, free_port, http_get, make, require_engine
 
 from conftest import COMBINATION_IDS, COMBINATIONS, STRATEGIES, linked, render_project
+from engine import DOCKER, Container, buildkit_steps, free_port, http_get, make, require_engine
 
 pytestmark = pytest.mark.engine
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine import DOCKER, REGISTRY_BIN, Registry, make, require_engine
 
 from conftest import linked, render_project
+from engine import DOCKER, REGISTRY_BIN, Registry, make, require_engine
 
 pytestmark = pytest.mark.engine
 

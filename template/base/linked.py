@@ -29,9 +29,14 @@ import re
 import shlex
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the tool imports no more than it runs, so that `check` stays fast
+    from typing import Any, Callable
+
+    # A parsed marker: ("or"|"and", left, right) or ("cmp", value, op, value).
+    Node = tuple[Any, ...]
 
 TAG_PREFIX = "deps-"
 TAG_LENGTH = 16
@@ -50,8 +55,6 @@ DEBIAN_PYTHON = {"bookworm": "3.11.2", "trixie": "3.13.5"}
 INTERPRETER_PACKAGES = {"python3", "python3-minimal", "libpython3-stdlib"}
 
 
-# A parsed marker: ("or"|"and", left, right) or ("cmp", value, op, value).
-Node = tuple[Any, ...]
 
 
 class LinkError(Exception):
@@ -79,13 +82,31 @@ _VERSION_RE = re.compile(
 _PRE_ORDER = {"a": 0, "alpha": 0, "b": 1, "beta": 1, "c": 2, "rc": 2, "pre": 2, "preview": 2}
 
 
-@dataclass(frozen=True, order=True)
 class Version:
     """A PEP 440 version, ordered as PEP 440 orders them."""
 
-    key: tuple[Any, ...]
-    release: tuple[int, ...] = field(compare=False)
-    text: str = field(compare=False)
+    __slots__ = ("key", "release", "text")
+
+    def __init__(self, key: tuple[Any, ...], release: tuple[int, ...], text: str) -> None:
+        self.key, self.release, self.text = key, release, text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Version) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __lt__(self, other: Version) -> bool:
+        return bool(self.key < other.key)
+
+    def __le__(self, other: Version) -> bool:
+        return bool(self.key <= other.key)
+
+    def __gt__(self, other: Version) -> bool:
+        return bool(self.key > other.key)
+
+    def __ge__(self, other: Version) -> bool:
+        return bool(self.key >= other.key)
 
     @classmethod
     def parse(cls, text: str) -> Version:
@@ -343,17 +364,16 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-@dataclass(frozen=True)
 class Requirement:
     """One PEP 508 requirement line of base/requirements.txt."""
 
-    text: str
-    name: str
-    extras: tuple[str, ...]
-    clauses: tuple[tuple[str, str], ...]
-    url: str | None
-    marker: Marker | None
-    lineno: int
+    def __init__(self, text: str, name: str, extras: tuple[str, ...], clauses: tuple[tuple[str, str], ...],
+                 url: str | None, marker: Marker | None, lineno: int) -> None:
+        self.text, self.name, self.extras, self.clauses = text, name, extras, clauses
+        self.url, self.marker, self.lineno = url, marker, lineno
+
+    def __repr__(self) -> str:
+        return f"Requirement({self.text!r}, line {self.lineno})"
 
     @property
     def key(self) -> str:
@@ -521,14 +541,11 @@ def _fence_state(line: str, inside: bool) -> bool:
 # ------------------------------------------------------------ Dockerfiles
 
 
-@dataclass
 class Fence:
-    """A block of base/Dockerfile that sync owns."""
+    """A block of base/Dockerfile that sync owns, between its start and end marker lines."""
 
-    kind: str
-    options: dict[str, str]
-    start: int  # index of the start marker line
-    end: int  # index of the end marker line
+    def __init__(self, kind: str, options: dict[str, str], start: int, end: int) -> None:
+        self.kind, self.options, self.start, self.end = kind, options, start, end
 
 
 def find_fences(lines: Sequence[str], label: str) -> list[Fence]:
@@ -574,11 +591,11 @@ def apt_step(package: str) -> str:
     )
 
 
-@dataclass
 class Project:
     """The files of a generated project that the tool reads and writes."""
 
-    root: Path
+    def __init__(self, root: Path) -> None:
+        self.root = root
 
     @property
     def base(self) -> Path:
