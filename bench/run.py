@@ -292,21 +292,26 @@ def main(argv: list[str] | None = None) -> int:
     runs = 1 if args.quick else args.runs
     combos = [("one-by-one", False)] if args.quick else [
         (s, v) for s in ("distro", "requirements", "one-by-one", "combo") for v in (False, True)]
-    scenarios = []
-    for strategy, venv in combos:
-        name = f"{strategy}{' + venv' if venv else ''}"
-        scenarios.append(measure(name, "template", runs, functools.partial(template_run, strategy, venv),
-                                 strategy=strategy, venv=venv))
+    plan: list[tuple[str, str, Callable[[Path], dict[str, Any]], dict[str, Any]]] = [
+        (f"{s}{' + venv' if v else ''}", "template", functools.partial(template_run, s, v), {"strategy": s, "venv": v})
+        for s, v in combos
+    ]
     if not args.quick:
-        for name in ("naive", "single-cached"):
-            scenarios.append(measure(name, "baseline", runs, functools.partial(baseline_run, name)))
-        scenarios.append(measure("floor", "baseline", runs, floor_run))
-    add_ratios(scenarios)
-    data = {"meta": {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "machine": platform.machine(),
-                     "engine": engine_version(), "upstream": UPSTREAM, "runs": runs, "quick": args.quick,
-                     "requirements": sum(1 for line in REQUIREMENTS.splitlines() if "==" in line),
-                     "added": ADD, "bumped": list(BUMP)},
-            "scenarios": scenarios}
+        plan += [(n, "baseline", functools.partial(baseline_run, n), {}) for n in ("naive", "single-cached")]
+        plan.append(("floor", "baseline", floor_run, {}))
+    data: dict[str, Any] = {
+        "meta": {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "machine": platform.machine(),
+                 "engine": engine_version(), "upstream": UPSTREAM, "runs": runs, "quick": args.quick,
+                 "requirements": sum(1 for line in REQUIREMENTS.splitlines() if "==" in line),
+                 "added": ADD, "bumped": list(BUMP), "complete": False},
+        "scenarios": [],
+    }
+    for name, kind, once, fields in plan:
+        data["scenarios"].append(measure(name, kind, runs, once, **fields))
+        # Written after every scenario, so an interrupted run keeps what it measured.
+        (out / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
+    data["meta"]["complete"] = True
+    add_ratios(data["scenarios"])
     (out / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
     (out / "bench.md").write_text(markdown(data))
     chart(data, out / "bench.png")

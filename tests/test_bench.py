@@ -21,7 +21,8 @@ def test_quick_bench_writes_json_table_and_chart(tmp_path: Path) -> None:
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert data["meta"]["quick"] is True and data["meta"]["requirements"] >= 25
+    assert data["meta"]["quick"] is True and data["meta"]["complete"] is True
+    assert data["meta"]["requirements"] >= 25
     [scenario] = data["scenarios"]
     assert scenario["name"] == "one-by-one" and scenario["kind"] == "template"
     for phase in ("cold", "code", "add", "bump"):
