@@ -234,7 +234,7 @@ def markdown(data: dict[str, Any]) -> str:
         return f"{p['median']:.2f} ({p['min']:.2f}-{p['max']:.2f})" if p else "-"
 
     rows = ["| scenario | cold build s | code-only rebuild s | naive ÷ code | code ÷ floor | add one requirement s "
-            "| bump one mid-list pin s | base MB | app adds MB |",
+            "| bump one mid-list pin s | base MB | app adds kB |",
             "|---|---|---|---|---|---|---|---|---|"]
     for s in data["scenarios"]:
         r = s["ratios"]
@@ -245,7 +245,7 @@ def markdown(data: dict[str, Any]) -> str:
             f"{r['code_over_floor']}x" if r["code_over_floor"] else "-",
             cell(s, "add"), cell(s, "bump"),
             f"{size['base'] / 1e6:.0f}" if size else "-",
-            f"{size['app_adds'] / 1e6:.1f}" if size else "-",
+            f"{size['app_adds'] / 1e3:.0f}" if size else "-",
         ]) + " |")
     meta = data["meta"]
     return (f"Medians of {meta['runs']} runs (min-max), seconds, on {meta['cores']} cores, Docker engine "
@@ -286,9 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one strategy, once, no baselines (CI)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default docs/, bench/results/ quick)")
+    parser.add_argument("--from-json", type=Path, help="only redraw the table and chart of an earlier run")
     args = parser.parse_args(argv)
     out = args.out or (ROOT / "bench" / "results" if args.quick else ROOT / "docs")
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_json:
+        earlier = json.loads(args.from_json.read_text())
+        (out / "bench.md").write_text(markdown(earlier))
+        chart(earlier, out / "bench.png")
+        return 0
     runs = 1 if args.quick else args.runs
     combos = [("one-by-one", False)] if args.quick else [
         (s, v) for s in ("distro", "requirements", "one-by-one", "combo") for v in (False, True)]
