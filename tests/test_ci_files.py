@@ -103,11 +103,15 @@ def test_bake_file_links_app_to_base_target(project: Path) -> None:
 
 
 def test_dockerhub_hooks_pass_shellcheck_and_are_executable(project: Path) -> None:
-    hooks = sorted([*(project / "hooks").iterdir(), *(project / "base" / "hooks").iterdir()])
-    assert [h.relative_to(project).as_posix() for h in hooks] == [
-        "base/hooks/post_push", "base/hooks/pre_build", "hooks/post_push", "hooks/pre_build"]
+    files = sorted([*(project / "hooks").iterdir(), *(project / "base" / "hooks").iterdir()])
+    assert [h.relative_to(project).as_posix() for h in files] == [
+        "base/hooks/linked-tool.sh", "base/hooks/post_push", "base/hooks/pre_build", "hooks/post_push",
+        "hooks/pre_build"]
+    hooks = [h for h in files if h.suffix != ".sh"]
     assert all(os.access(h, os.X_OK) for h in hooks)
-    result = subprocess.run([tool("shellcheck"), *map(str, hooks)], capture_output=True, text=True)
+    # -x follows each hook into the shared linked-tool.sh it sources.
+    result = subprocess.run([tool("shellcheck"), "-x", "--source-path=SCRIPTDIR", *map(str, files)],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
