@@ -913,12 +913,16 @@ def publish(project: Project, engine: Engine, image: str, tags: list[str], push:
         base_alias = f"{ref.rsplit(':', 1)[0]}:{CACHE_ALIAS}"
         base_args = [*base_args, "--cache-from", base_alias, *inline]
         app_args = [*app_args, "--cache-from", f"{image}:{tags[-1]}", *inline]
+
+    def build_base() -> None:
+        engine.must("build", *base_args, "--tag", ref, str(project.base))
+
     if only in (None, "base"):
         if engine.run("pull", ref, quiet=True):
             print(f"base {ref} is in the registry: not rebuilding it", flush=True)
         else:
             print(f"base {ref} is not in the registry: building it", flush=True)
-            engine.must("build", *base_args, "--tag", ref, str(project.base))
+            build_base()
             if push:
                 engine.must("push", ref)
                 if base_alias:
@@ -931,7 +935,7 @@ def publish(project: Project, engine: Engine, image: str, tags: list[str], push:
             if push:
                 raise LinkError(f"base {ref} is in no registry: publish the base first (the base job)")
             print(f"base {ref} is in no registry: building it here, for this build only", flush=True)
-            engine.must("build", *base_args, "--tag", ref, str(project.base))
+            build_base()
         refs = [f"{image}:{tag}" for tag in tags]
         tag_args = [arg for r in refs for arg in ("--tag", r)]
         engine.must("build", *app_args, "--build-arg", f"BASE_IMAGE={ref}", *tag_args, str(project.root))
