@@ -147,14 +147,9 @@ def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
         child.send(KEYS["up"])
         child.send(KEYS["down"])
         child.send(KEYS["enter"])
-        child.expect("virtualenv")
-        child.send(KEYS["enter"])
-        child.expect("CPython release")
-        child.send(KEYS["enter"])
-        child.expect("Debian release")
-        child.send(KEYS["enter"])
-        child.expect("start FROM")
-        child.send(KEYS["enter"])
+        for prompt in ("virtualenv", "CPython release", "Debian release", "start FROM"):
+            child.expect(prompt)
+            child.send(KEYS["enter"])
         child.expect("PEP 508 requirement per line")
         child.send("\x1b\r")  # Esc then Enter finishes a multi-line answer
         for prompt in ("registry", "namespace", "port", "linked builds"):
