@@ -1,17 +1,20 @@
-"""Copier task and migration: write the generated blocks and the pin with the project's own tool.
+"""Copier task and migration: lock and sync with the project's own tool.
 
 Copier runs it as a task after `copier copy` and `copier update` (also inside the
 temporary folders an update renders), and as an "after" migration once an update
-has merged the user's changes back in, always from the project's root. It only
-runs the project's `base/linked.py sync`, which is idempotent, so the pin is
-computed by the same code that later checks it. After an update, a merge conflict
-outside the generated blocks is left to the user (copier reports it) rather than
-failing the update; sync settles conflicts inside them.
+has merged the user's changes back in, always from the project's root. After a
+copy it runs the project's `base/linked.py lock` (uv compiles the lock, the
+upstream image is pinned by digest); where that cannot run (no PyPI, no uv and no
+engine) the project is left unlocked and `make check` says to run `make lock`.
+Otherwise it runs `sync`, which is idempotent, so the pin is computed by the same
+code that later checks it. After an update, a merge conflict outside the generated
+lines is left to the user (copier reports it) rather than failing the update.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     if not tool.is_file():
         print(f"error: {tool} is missing: is this a linked-builds project?", file=sys.stderr)
         return 2
+    if args.operation == "copy" and os.environ.get("LINKED_BUILDS_LOCK_ON_COPY", "1") != "0":
+        locked = subprocess.run([sys.executable, str(tool), "lock"], cwd=args.project, capture_output=True,
+                                text=True)
+        if locked.returncode == 0:
+            sys.stderr.write(locked.stderr)
+            print("Ready: `make image` builds the base and the app, `make run` serves it.")
+            return 0
+        sys.stderr.write(locked.stderr[-2000:])
+        print("Not locked (see above): run `make lock` where PyPI is reachable, then `make image`.",
+              file=sys.stderr)
     result = subprocess.run(
         [sys.executable, str(tool), "sync"], cwd=args.project, capture_output=True, text=True
     )
@@ -59,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         return result.returncode
     if args.operation == "update":
         mark_resolved(args.project, ["Dockerfile", "base/Dockerfile"])
-    if args.operation == "copy":
-        print("Ready: `make image` builds the base and the app, `make run` serves it.")
     return 0
 
 
