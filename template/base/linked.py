@@ -30,7 +30,8 @@ import sys
 from pathlib import Path
 
 TAG_PREFIX = "deps-"
-UV_IMAGE = os.environ.get("UV_IMAGE", "ghcr.io/astral-sh/uv:0.13.9")
+# uv pip compile needs some Python interpreter to run (any: it targets the version it is told).
+UV_IMAGE = os.environ.get("UV_IMAGE", "ghcr.io/astral-sh/uv:0.13.9-python3.13-trixie-slim")
 LABEL_TAG, LABEL_LOCK = "org.linked-builds.content-tag", "org.linked-builds.lock"
 META = "# linked-builds:lock"
 FENCE_START, FENCE_END = "# >>> linked-builds:", "# <<< linked-builds:"
@@ -242,10 +243,10 @@ def pip_step(requirement: str, hashes: list[str]) -> str:
 def apt_step(pins: list[str]) -> str:
     """One RUN installing Debian packages at the versions the lock pinned."""
     packages = " \\\n        ".join(pins)
-    return (f"RUN {APT_CACHES} \\\n    apt-get update \\\n"
-            f"    && {{ apt-get install -s -y --no-install-recommends {' '.join(pins)} >/dev/null \\\n"
+    return (f"RUN {APT_CACHES} \\\n    set -- \\\n        {packages} \\\n    && apt-get update \\\n"
+            "    && { apt-get install -s -y --no-install-recommends \"$@\" >/dev/null \\\n"
             "        || { echo 'a pinned Debian version left the archive: run make lock' >&2; exit 1; }; } \\\n"
-            f"    && apt-get install -y --no-install-recommends \\\n        {packages}")
+            "    && apt-get install -y --no-install-recommends \"$@\"")
 
 
 def base_settings(text: str) -> tuple[dict[str, str], int]:
@@ -578,7 +579,8 @@ def uv_compile(workdir: Path, args: list[str], engine: list[str], extra: list[st
     else:
         ids = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else "0:0"
         argv, cwd = [*engine, "run", "--rm", "--user", ids, "--volume", f"{workdir}:/lock", "--workdir", "/lock",
-                     "--env", "UV_CACHE_DIR=/lock/.uv-cache", *extra, UV_IMAGE, "pip", "compile", *args], None
+                     "--env", "UV_CACHE_DIR=/lock/.uv-cache", "--entrypoint", "uv", *extra, UV_IMAGE,
+                     "pip", "compile", *args], None
     try:
         result = subprocess.run(argv, cwd=cwd, stdout=subprocess.PIPE, text=True)
     except OSError as exc:
