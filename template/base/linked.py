@@ -411,7 +411,7 @@ def resolve_generated_conflicts(text: str, label: str) -> tuple[str, list[str]]:
             out.append(lines[i])
             i += 1
             continue
-        start, ours, theirs = i, [], []
+        start, ours, theirs = i, list[str](), list[str]()
         side: list[str] = ours
         i += 1
         while i < len(lines) and not lines[i].startswith(">>>>>>> "):
@@ -533,11 +533,11 @@ def manifest_digest(ref: str) -> str | None:
             if challenge.lower().startswith("basic") and basic:
                 headers["Authorization"] = f"Basic {basic}"
                 continue
-            if not challenge.lower().startswith("bearer") or not params.get("realm", "").startswith("https://") \
-                    and not local:
-                raise LinkError(f"{api}: {ref}: HTTP 401 with an authentication scheme this tool cannot use")
+            realm = params.get("realm", "")
+            if not challenge.lower().startswith("bearer") or not realm.startswith("https://" if not local else "http"):
+                raise LinkError(f"{api}: {ref}: HTTP 401 with a scheme this tool cannot use") from None
             query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
-            token_request = urllib.request.Request(f"{params['realm']}?{query}",
+            token_request = urllib.request.Request(f"{realm}?{query}",
                                                    headers={"Authorization": f"Basic {basic}"} if basic else {})
             try:
                 with urllib.request.urlopen(token_request, timeout=15) as response:
@@ -739,7 +739,8 @@ class Engine:
         fmt = f'{{{{ index .Config.Labels "{LABEL_TAG}" }}}} {{{{ index .Config.Labels "{LABEL_LOCK}" }}}}'
         out = subprocess.run([*self.command, "image", "inspect", "--format", fmt, ref],
                              capture_output=True, text=True).stdout.split()
-        return (out + ["<none>", "<none>"])[0], (out + ["<none>", "<none>"])[1]
+        out += ["<none>", "<none>"]
+        return out[0], out[1]
 
 
 def build_base(project: Project, engine: Engine, ref: str, args: list[str]) -> None:
@@ -867,17 +868,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="linked.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
                         help="project root (default: the folder above base/)")
-    parser.add_argument("--engine", default=os.environ.get("DOCKER", "docker"), help="engine client ($DOCKER)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("tag", "print the content tag"), ("ref", "print <base repository>:<content tag>"),
                        ("check", "exit 1 if anything is stale"), ("sync", "rewrite the blocks and the pin")):
         sub.add_parser(name, help=text)
     lock_parser = sub.add_parser("lock", help="compile the lock, pin the upstream digest, sync")
+    base_parser = sub.add_parser("base", help="build the base image under its content tag")
+    pub = sub.add_parser("publish", help="push the base unless the registry has it, then the app")
+    for needs_engine in (lock_parser, base_parser, pub):
+        needs_engine.add_argument("--engine", default=os.environ.get("DOCKER", "docker"),
+                                  help="engine client (default $DOCKER, else docker)")
     lock_parser.add_argument("--upgrade", action="store_true", help="move every pin to the newest allowed")
     lock_parser.add_argument("--upgrade-package", action="append", default=[], help="move this one (repeatable)")
-    base_parser = sub.add_parser("base", help="build the base image under its content tag")
     base_parser.add_argument("--if-missing", action="store_true", help="only if the engine lacks it")
-    pub = sub.add_parser("publish", help="push the base unless the registry has it, then the app")
     pub.add_argument("--image", required=True, help="the app image repository, without a tag")
     pub.add_argument("--tag", action="append", dest="tags", help="app image tag (repeatable; default: from the CI)")
     pub.add_argument("--no-push", dest="push", action="store_false", help="build only (pull requests)")
@@ -892,7 +895,7 @@ def main(argv: list[str] | None = None) -> int:
             for problem in problems:
                 print(f"version mismatch: {problem}", file=sys.stderr)
             return 1 if problems else 0
-        project, engine = Project(args.root), shlex.split(args.engine)
+        project, engine = Project(args.root), shlex.split(getattr(args, "engine", "docker"))
         build_args = os.environ.get("BUILD_ARGS", "")
         if args.command == "tag":
             print(project.content_tag())
