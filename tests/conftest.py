@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import pytest
 import yaml
 from copier import run_copy
+from plumbum import local
 
 TEMPLATE = Path(__file__).resolve().parent.parent
+# The distro lock runs apt in a container of the upstream image: on the engine
+# that scripts/engine-up starts, containers reach the network through the host's.
+os.environ.setdefault("BUILD_ARGS", "--network host")
+os.environ.setdefault("DOCKER", os.environ.get("LINKED_BUILDS_DOCKER", "/usr/bin/docker"))
 COPIER_YML = yaml.safe_load((TEMPLATE / "copier.yml").read_text(encoding="utf-8"))
 
 
@@ -29,17 +36,16 @@ COMBINATION_IDS = [f"{s}-{'venv' if v else 'novenv'}" for s, v in COMBINATIONS]
 Render = Callable[..., Path]
 
 
-def render_project(dst: Path, **data: Any) -> Path:
-    """Render the template at HEAD plus working-tree edits into ``dst``."""
-    run_copy(
-        str(TEMPLATE),
-        str(dst),
-        data=data,
-        defaults=True,
-        unsafe=True,
-        vcs_ref="HEAD",
-        quiet=True,
-    )
+def render_project(dst: Path, lock: bool = True, **data: Any) -> Path:
+    """Render the template at HEAD plus working-tree edits into ``dst``.
+
+    The post-copy task locks the project (uv on PATH, apt in the engine for distro);
+    ``lock=False`` leaves it unlocked, as a copy without PyPI would.
+    """
+    env = {"LINKED_BUILDS_LOCK_ON_COPY": "1" if lock else "0", "BUILD_ARGS": os.environ["BUILD_ARGS"],
+           "DOCKER": os.environ["DOCKER"]}
+    with local.env(**env):  # copier runs its tasks with plumbum's copy of the environment
+        run_copy(str(TEMPLATE), str(dst), data=data, defaults=True, unsafe=True, vcs_ref="HEAD", quiet=True)
     return dst
 
 
@@ -61,6 +67,10 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, bool], 
 
     def _get(strategy: str, venv: bool) -> Path:
         key = (strategy, venv)
+        if strategy == "distro":
+            from engine import require_engine
+
+            require_engine(images=("debian:trixie-slim",))  # its lock pins Debian's versions with apt
         if key not in cache:
             dst = tmp_path_factory.mktemp(f"{strategy}-{venv}") / "project"
             cache[key] = render_project(dst, strategy=strategy, use_virtualenv=venv)
@@ -78,3 +88,13 @@ def linked(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
+
+
+def tool_module(project: Path) -> ModuleType:
+    """Import a project's base/linked.py for unit-level checks."""
+    spec = importlib.util.spec_from_file_location(f"linked_{abs(hash(project))}", project / "base" / "linked.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

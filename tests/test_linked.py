@@ -1,38 +1,41 @@
-"""The generated tool: content tag, check, sync and verify, on real rendered projects."""
+"""The generated tool on real rendered projects: lock, check, sync, tag, the registry probe."""
 
 from __future__ import annotations
 
-import importlib.util
-import shlex
+import hashlib
+import re
+import resource
 import shutil
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Callable
 
 import pytest
 
-from conftest import linked
+from conftest import linked, render_project, tool_module
+from fakes import FakeRegistry, closed_port, logging_engine
 
 Rendered = Callable[[str, bool], Path]
+NO_DIGEST = "warning: base/Dockerfile: FROM has no digest"
 
 
 @pytest.fixture
 def project(rendered: Rendered, tmp_path: Path) -> Path:
-    """A writable one-by-one project."""
+    """A writable one-by-one project, locked on copy."""
     dst = tmp_path / "project"
     shutil.copytree(rendered("one-by-one", False), dst)
     return dst
 
 
-def tool_module(project: Path) -> ModuleType:
-    """Import the project's base/linked.py for unit-level checks."""
-    spec = importlib.util.spec_from_file_location("linked_under_test", project / "base" / "linked.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def registry() -> Iterator[FakeRegistry]:
+    fake = FakeRegistry()
+    yield fake
+    fake.close()
 
 
 def snapshot(project: Path) -> dict[str, bytes]:
@@ -46,62 +49,136 @@ def fenced(project: Path, kind: str = "pip") -> list[str]:
     return lines[start + 1: end]
 
 
+def steps(project: Path) -> list[str]:
+    """The package pinned by each generated pip step, in order."""
+    return re.findall(r"echo '([A-Za-z0-9._-]+)==", "\n".join(fenced(project)))
+
+
+def pins(project: Path) -> dict[str, str]:
+    text = (project / "base" / "requirements.txt").read_text()
+    return dict(re.findall(r"^([a-z0-9._-]+)==(\S+)", text, re.M))
+
+
 def add_requirement(project: Path, line: str) -> None:
-    path = project / "base" / "requirements.txt"
+    path = project / "base" / "requirements.in"
     path.write_text(path.read_text() + line + "\n")
 
 
-def test_fresh_project_is_current(project: Path) -> None:
+def warnings_only(stderr: str) -> bool:
+    return all(line.startswith(NO_DIGEST) for line in stderr.splitlines())
+
+
+def test_fresh_project_is_locked_with_hashes_and_current(project: Path) -> None:
     result = linked(project, "check")
-    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert result.returncode == 0 and warnings_only(result.stderr), result.stderr
+    lock = (project / "base" / "requirements.txt").read_text()
+    assert "# linked-builds:lock python=3.13 in=" in lock
+    locked = pins(project)
+    assert {"flask", "gunicorn", "werkzeug", "jinja2", "markupsafe"} <= set(locked)
+    for entry in re.split(r"\n(?=[a-z])", lock.split("body=", 1)[1].split("\n", 1)[1]):
+        assert "--hash=sha256:" in entry, entry
+    # One hash-checked, dependency-free step per locked package; each requirement after its own deps.
+    assert sorted(steps(project)) == sorted(locked)
+    order = steps(project)
+    assert order.index("werkzeug") < order.index("flask") < order.index("gunicorn")
+    assert all("pip install --no-deps --require-hashes -r /dev/stdin" in s
+               for s in "\n".join(fenced(project)).split("RUN ")[1:])
 
 
-def test_new_requirement_makes_block_and_pin_stale_until_sync(project: Path) -> None:
-    old_pin = (project / "Dockerfile").read_text().splitlines()[0]
-    add_requirement(project, "requests==2.32.3")
+def test_a_new_requirement_needs_lock_and_appends_only_its_steps(project: Path) -> None:
+    before_steps, before_pins = fenced(project), pins(project)
+    add_requirement(project, "tabulate==0.9.0")
     check = linked(project, "check")
     assert check.returncode == 1
-    assert "base/Dockerfile: block 'pip' does not match base/requirements.txt" in check.stderr
-    assert "Dockerfile: pins docker.io/example/demo-appbase:deps-" in check.stderr
-    assert "make sync" in check.stderr
+    assert "base/requirements.in changed since the last lock: run `make lock`" in check.stderr
+    sync = linked(project, "sync")  # sync cannot lock: it says so and the check still fails
+    assert "still stale" in sync.stdout and linked(project, "check").returncode == 1
 
-    sync = linked(project, "sync")
-    assert sync.returncode == 0, sync.stderr
-    assert fenced(project)[-2:] == [
-        "RUN --mount=type=cache,target=/root/.cache/pip \\",
-        "    pip install requests==2.32.3",
-    ]
-    new_pin = (project / "Dockerfile").read_text().splitlines()[0]
-    assert new_pin != old_pin and new_pin.endswith(linked(project, "tag").stdout.strip())
+    locked = linked(project, "lock")
+    assert locked.returncode == 0, locked.stderr
+    assert fenced(project)[: len(before_steps)] == before_steps
+    assert steps(project)[-1] == "tabulate"
+    assert {k: v for k, v in pins(project).items() if k != "tabulate"} == before_pins
+    result = linked(project, "check")
+    assert result.returncode == 0 and warnings_only(result.stderr)
+
+
+def test_lock_keeps_pins_until_asked_to_move_them(project: Path) -> None:
+    add_requirement(project, "click<8.2")
+    assert linked(project, "lock").returncode == 0
+    held = pins(project)["click"]
+    assert held.startswith("8.1.")
+    requirements = project / "base" / "requirements.in"
+    requirements.write_text(requirements.read_text().replace("click<8.2\n", ""))
+    assert linked(project, "lock").returncode == 0
+    assert pins(project)["click"] == held  # still allowed, so kept
+    assert linked(project, "lock", "--upgrade-package", "click").returncode == 0
+    assert pins(project)["click"] != held
+
+
+def test_a_hand_edited_lock_fails_check(project: Path) -> None:
+    lock = project / "base" / "requirements.txt"
+    lock.write_text(re.sub(r"^click==\S+", "click==8.0.0", lock.read_text(), count=1, flags=re.M))
+    check = linked(project, "check")
+    assert check.returncode == 1
+    assert "base/requirements.txt: edited by hand (its hash differs): run `make lock`" in check.stderr
+
+
+def test_a_pin_without_hashes_is_refused_even_with_a_forged_header(project: Path) -> None:
+    lock = project / "base" / "requirements.txt"
+    header, _, body = lock.read_text().partition(" body=")
+    body_hash, _, rest = body.partition("\n")
+    rest = re.sub(r"^(click==\S+) \\\n(    --hash=\S+( \\)?\n)+", r"\1\n", rest, count=1, flags=re.M)
+    lock.write_text(f"{header} body={hashlib.sha256(rest.encode()).hexdigest()}\n{rest}")
+    check = linked(project, "check")
+    assert check.returncode == 2
+    assert re.match(r"error: base/requirements.txt:\d+: not a `name==version --hash=sha256:...` pin",
+                    check.stderr)
+
+
+def test_an_unlocked_copy_says_run_make_lock(tmp_path: Path) -> None:
+    project = render_project(tmp_path / "p", lock=False, strategy="combo")
+    check = linked(project, "check")
+    assert check.returncode == 1
+    assert "base/requirements.txt: not locked yet: run `make lock`" in check.stderr
+    assert "# (nothing to install)" in "\n".join(fenced(project))
+    assert linked(project, "lock").returncode == 0
     assert linked(project, "check").returncode == 0
 
 
+def test_a_python_change_in_the_base_needs_a_new_lock(project: Path) -> None:
+    dockerfile = project / "base" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace("# linked-builds:lock python=3.13",
+                                                         "# linked-builds:lock python=3.12"))
+    check = linked(project, "check")
+    assert "locked for Python 3.13, base/Dockerfile wants 3.12: run `make lock`" in check.stderr
+    assert linked(project, "lock").returncode == 0
+    assert "python=3.12" in (project / "base" / "requirements.txt").read_text()
+
+
 def test_sync_is_idempotent(project: Path) -> None:
-    add_requirement(project, "attrs>=23")
-    assert linked(project, "sync").returncode == 0
     before = snapshot(project)
     again = linked(project, "sync")
-    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    assert (again.returncode, again.stdout) == (0, "")
     assert snapshot(project) == before
 
 
 def test_edit_outside_the_blocks_stales_only_the_pin_and_survives_sync(project: Path) -> None:
     dockerfile = project / "base" / "Dockerfile"
-    text = dockerfile.read_text().replace(
-        "# One RUN per requirement", "# a user's own step\nENV APP_MODE=production\n\n# One RUN per requirement"
-    )
+    text = dockerfile.read_text().replace("# One RUN per locked package",
+                                          "# a user's own step\nENV APP_MODE=production\n\n# One RUN per locked package")
     dockerfile.write_text(text)
     check = linked(project, "check")
     assert check.returncode == 1
-    assert "block" not in check.stderr and "Dockerfile: pins" in check.stderr
+    assert "generated blocks" not in check.stderr and "Dockerfile: pins" in check.stderr
     assert linked(project, "sync").returncode == 0
     assert dockerfile.read_text() == text
 
 
 def test_user_lines_inside_a_block_are_replaced(project: Path) -> None:
     dockerfile = project / "base" / "Dockerfile"
-    stray = dockerfile.read_text().replace("# <<< linked-builds:pip", "RUN echo stray\n# <<< linked-builds:pip")
-    dockerfile.write_text(stray)
+    dockerfile.write_text(dockerfile.read_text().replace("# <<< linked-builds:pip",
+                                                         "RUN echo stray\n# <<< linked-builds:pip"))
     assert linked(project, "check").returncode == 1
     linked(project, "sync")
     assert "RUN echo stray" not in dockerfile.read_text()
@@ -119,200 +196,104 @@ def test_tag_ignores_line_endings_and_files_outside_the_context(project: Path) -
     assert linked(project, "tag").stdout != tag
 
 
-def test_crlf_dockerfile_keeps_its_line_endings_through_sync(project: Path) -> None:
+def test_crlf_dockerfile_keeps_its_line_endings_through_lock(project: Path) -> None:
     dockerfile = project / "base" / "Dockerfile"
     dockerfile.write_bytes(dockerfile.read_bytes().replace(b"\n", b"\r\n"))
-    add_requirement(project, "attrs>=23")
-    assert linked(project, "sync").returncode == 0
+    add_requirement(project, "tabulate==0.9.0")
+    assert linked(project, "lock").returncode == 0
     data = dockerfile.read_bytes()
-    assert b"pip install 'attrs>=23'\r\n" in data and data.count(b"\n") == data.count(b"\r\n")
+    assert b"echo 'tabulate==0.9.0" in data and data.count(b"\n") == data.count(b"\r\n")
 
 
-@pytest.mark.parametrize(
-    ("line", "fragment"),
-    [
-        ("-e .", "pip option -e"),
-        ("-r other.txt", "pip option -r"),
-        ("--index-url https://mirror.invalid/simple", "pip option --index-url"),
-        ("./local.whl", "not a PEP 508 requirement"),
-        ("Flask>=two", "'two' is not a PEP 440 version"),
-        ("Flask ; python_versio < '3'", "unknown marker variable 'python_versio'"),
-        ("flask==3.0", "flask is already listed on line 4"),
-    ],
-)
-def test_bad_requirement_is_refused_naming_the_line_and_writes_nothing(
-    project: Path, line: str, fragment: str
-) -> None:
-    add_requirement(project, line)
-    before = snapshot(project)
-    for command in ("sync", "check"):
-        result = linked(project, command)
-        assert result.returncode == 2
-        lines = result.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: base/requirements.txt:6: ")
-        assert fragment in lines[0]
-    assert snapshot(project) == before
-
-
-def test_comments_continuations_and_markers_become_steps(project: Path) -> None:
-    (project / "base" / "requirements.txt").write_text(
-        "# a comment\n\n"
-        "requests>=2.31 \\\n    ,<3  # inline comment\n"
-        "tomli>=2; python_version < \"3.11\"\n"
-        "colorama ; sys_platform == 'win32'\n"
-        "uvicorn[standard]==0.30.0\n"
-    )
-    assert linked(project, "sync").returncode == 0
-    steps = [shlex.split(line)[-1] for line in fenced(project) if line.startswith("    pip install")]
-    assert steps == [
-        "requests>=2.31     ,<3",
-        'tomli>=2; python_version < "3.11"',
-        "colorama ; sys_platform == 'win32'",
-        "uvicorn[standard]==0.30.0",
-    ]
-
-
-def test_requirements_strategy_has_no_blocks_but_a_pin(rendered: Rendered, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    shutil.copytree(rendered("requirements", False), project)
-    add_requirement(project, "attrs>=23")
-    check = linked(project, "check")
-    assert check.returncode == 1 and "block" not in check.stderr and "pins" in check.stderr
-    assert linked(project, "sync").returncode == 0 and linked(project, "check").returncode == 0
-
-
-def test_broken_fence_is_refused(project: Path) -> None:
+def test_a_write_that_fails_half_way_leaves_the_file_whole(project: Path) -> None:
+    """`ulimit -f 1`: the write fails; the rename never happens, the old Dockerfile stays."""
+    add_requirement(project, "tabulate==0.9.0")
+    assert linked(project, "lock").returncode == 0
     dockerfile = project / "base" / "Dockerfile"
-    dockerfile.write_text(dockerfile.read_text().replace("# <<< linked-builds:pip\n", ""))
-    result = linked(project, "sync")
+    before = dockerfile.read_bytes()
+    dockerfile.write_bytes(before.replace(b"# <<< linked-builds:pip", b"RUN echo stray\n# <<< linked-builds:pip"))
+    stale = dockerfile.read_bytes()
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    result = subprocess.run([sys.executable, "base/linked.py", "sync"], cwd=project, capture_output=True, text=True,
+                            preexec_fn=limit)
     assert result.returncode == 2
-    assert result.stderr.startswith("error: base/Dockerfile:") and "has no end marker" in result.stderr
-
-
-def test_missing_pin_is_refused(project: Path) -> None:
-    path = project / "Dockerfile"
-    path.write_text("FROM python:3.13-slim\n" + path.read_text())
-    result = linked(project, "check")
-    assert result.returncode == 2 and "Dockerfile:1: must start with `ARG BASE_IMAGE=" in result.stderr
-
-
-def test_distro_maps_names_with_debian_table(rendered: Rendered, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    shutil.copytree(rendered("distro", False), project)
-    add_requirement(project, "PyYAML>=5")
-    add_requirement(project, "typing_extensions ; python_version < '3.8'")
-    assert linked(project, "sync").returncode == 0
-    packages = [line.split()[-1] for line in fenced(project, "apt") if "apt-get install" in line]
-    assert packages == ["python3-flask", "python3-gunicorn", "python3-yaml"]
-
-
-def test_distro_without_virtualenv_refuses_what_debian_lacks(rendered: Rendered, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    shutil.copytree(rendered("distro", False), project)
-    add_requirement(project, "not-in-debian-at-all>=1")
-    add_requirement(project, "also_missing_here")
-    before = snapshot(project)
-    result = linked(project, "sync")
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "error: base/requirements.txt: Debian trixie has no package for not-in-debian-at-all, "
-        "also_missing_here; answer use_virtualenv=true (pip installs them beside Debian's) "
-        "or pick the combo strategy"
-    )
-    assert snapshot(project) == before
-
-
-def test_distro_sidekick_virtualenv_pip_installs_what_debian_lacks(rendered: Rendered, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    shutil.copytree(rendered("distro", True), project)
-    add_requirement(project, "not-in-debian-at-all>=1")
-    assert linked(project, "sync").returncode == 0
-    assert [line for line in fenced(project, "pip") if "pip install" in line] == [
-        "    pip install 'not-in-debian-at-all>=1'"
-    ]
-    assert all("not-in-debian" not in line for line in fenced(project, "apt"))
-
-
-def test_distro_refuses_extras(rendered: Rendered, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    shutil.copytree(rendered("distro", True), project)
-    add_requirement(project, "requests[socks]>=2")
-    result = linked(project, "sync")
-    assert result.returncode == 2 and "extras [socks] have no Debian package" in result.stderr
-
-
-def test_verify_names_package_wanted_and_found(project: Path, tmp_path: Path) -> None:
-    import pytest as installed
-
-    version = installed.__version__
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text(f"pytest=={version}\nPyYAML>=3\nnot-installed-anywhere>=1 ; os_name == 'nt'\n")
-    ok = linked(project, "verify", str(requirements))
-    assert (ok.returncode, ok.stderr) == (0, "")
-    requirements.write_text("pytest>=999\nnot-installed-anywhere>=1\n")
-    bad = linked(project, "verify", str(requirements))
-    assert bad.returncode == 1
-    assert bad.stderr.splitlines() == [
-        f"version mismatch: pytest: wanted >=999, found {version}",
-        "version mismatch: not-installed-anywhere: wanted >=1, found none installed",
-    ]
+    assert re.match(r"error: base/Dockerfile: cannot write it \(.*\); left unchanged", result.stderr)
+    assert dockerfile.read_bytes() == stale
+    assert not list((project / "base").glob(".*linked-tmp"))
 
 
 @pytest.mark.parametrize(
-    ("version", "op", "wanted", "holds"),
+    ("damage", "message", "commands"),
     [
-        ("3.1.1", ">=", "2.2", True),
-        ("2.2.2", ">=", "99", False),
-        ("1.4.5", "~=", "1.4.2", True),
-        ("1.5.0", "~=", "1.4.2", False),
-        ("2.0.1", "==", "2.0.*", True),
-        ("2.1", "!=", "2.0.*", True),
-        ("1.0", "==", "1.0.0", True),
-        ("1.0rc1", "<", "1.0", True),
-        ("1.0.dev1", "<", "1.0a1", True),
-        ("1.0.post1", ">", "1.0", True),
-        ("1!0.5", ">", "2.0", True),
-        ("2.2.2+deb12u1", "==", "2.2.2", True),
-        ("2.2.2+deb12u1", ">=", "2.2.2", True),
+        (lambda p: (p / "base" / "Dockerfile").write_bytes(b"FROM x\n\xff\xfe\n"), "base/Dockerfile: not UTF-8 text",
+         ("check", "sync", "lock")),
+        (lambda p: ((p / "base" / "requirements.in").unlink(), (p / "base" / "requirements.in").mkdir()),
+         "base/requirements.in: is a folder, not a file", ("check", "sync", "lock")),
+        (lambda p: (p / "base" / "requirements.txt").unlink(), "base/requirements.txt: missing", ("check", "sync")),
+        (lambda p: (p / "base" / "requirements.in").write_text("--index-url http://evil.example/\n"),
+         "base/requirements.in:1: pip option '--index-url' is not supported here", ("check", "sync", "lock")),
     ],
+    ids=["not-utf8", "folder", "missing-lock", "pip-option"],
 )
-def test_pep440_specifiers(project: Path, version: str, op: str, wanted: str, holds: bool) -> None:
-    assert tool_module(project).specifier_holds(version, op, wanted) is holds
+def test_broken_inputs_give_one_line_and_write_nothing(project: Path, damage: Callable[[Path], object],
+                                                       message: str, commands: tuple[str, ...]) -> None:
+    damage(project)
+    before = snapshot(project) if (project / "base" / "requirements.in").is_file() else None
+    for command in commands:
+        result = linked(project, command)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1, result.stderr
+        if before is not None:
+            assert snapshot(project) == before
 
 
-def test_check_is_fast(project: Path) -> None:
-    """A smoke bound only; the real figure comes from bench/ (see README)."""
+def test_check_is_fast_and_linear_on_hostile_lines(project: Path) -> None:
+    """Smoke bounds only; the real figure comes from bench/ (see README)."""
     module = tool_module(project)
-    import time
-
     start = time.perf_counter()
     assert module.main(["--root", str(project), "check"]) == 0
     assert time.perf_counter() - start < 1.0
+    add_requirement(project, "Flask" + " " * 20000 + "x")
+    start = time.perf_counter()
+    linked(project, "check")
+    assert time.perf_counter() - start < 2.0
 
 
-def test_sync_settles_conflicts_in_the_pin_and_inside_blocks(project: Path) -> None:
+def test_install_order_follows_requirements_in_with_dependencies_first(project: Path) -> None:
+    module = tool_module(project)
+    lock = module.Lock(
+        "# linked-builds:lock python=3.13 in=x body=y\n"
+        + "".join(f"{name}==1.0 \\\n    --hash=sha256:{'a' * 64}\n    # via {via}\n" for name, via in [
+            ("alpha", "zulu"), ("beta", "-r requirements.in"), ("shared", "\n    #   beta\n    #   zulu"),
+            ("zulu", "-r requirements.in")]))
+    names = [name for name, _, _ in lock.ordered(["zulu", "beta"])]
+    assert names == ["alpha", "shared", "zulu", "beta"]
+
+
+def test_sync_settles_conflicts_in_the_pin_and_the_blocks(project: Path) -> None:
     """What `copier update` can leave: markers around the pin and inside a generated block."""
     app = project / "Dockerfile"
     pin = app.read_text().splitlines()[0]
     app.write_text(app.read_text().replace(
-        pin + "\n",
-        f"<<<<<<< before updating\n{pin}\n=======\n{pin[:-4]}beef\n>>>>>>> after updating\n"))
+        pin + "\n", f"<<<<<<< before updating\n{pin}\n=======\n{pin[:-4]}beef\n>>>>>>> after updating\n"))
     base = project / "base" / "Dockerfile"
+    block = fenced(project)
     base.write_text(base.read_text().replace(
-        "    pip install 'gunicorn>=20.1'\n",
-        "<<<<<<< before updating\n    pip install 'gunicorn>=20.1'\n=======\n    pip install 'gunicorn>=21'\n"
-        ">>>>>>> after updating\n"))
+        block[1] + "\n", f"<<<<<<< before updating\n{block[1]}\n=======\nRUN echo template\n>>>>>>> after updating\n"))
     check = linked(project, "check")
     assert check.returncode == 1 and "took the template's side of a conflict in generated lines" in check.stderr
     sync = linked(project, "sync")
     assert sync.returncode == 0, sync.stderr
     assert "<<<<<<<" not in app.read_text() + base.read_text()
-    assert app.read_text().splitlines()[0] == pin
-    assert "pip install 'gunicorn>=20.1'" in base.read_text() and "gunicorn>=21" not in base.read_text()
+    assert app.read_text().splitlines()[0] == pin and fenced(project) == block
     assert linked(project, "check").returncode == 0
 
 
-def test_conflict_outside_the_blocks_is_left_to_the_user(project: Path) -> None:
+def test_conflict_outside_the_generated_lines_is_left_to_the_user(project: Path) -> None:
     base = project / "base" / "Dockerfile"
     base.write_text(base.read_text().replace(
         "ENV PYTHONUNBUFFERED=1 \\\n",
@@ -321,6 +302,95 @@ def test_conflict_outside_the_blocks_is_left_to_the_user(project: Path) -> None:
     before = snapshot(project)
     result = linked(project, "sync")
     assert result.returncode == 3
-    assert result.stderr.strip() == (
-        "error: base/Dockerfile:7: merge conflict outside the generated blocks: resolve it, then run make sync")
+    assert re.fullmatch(r"error: base/Dockerfile:\d+: merge conflict outside the generated lines: "
+                        r"resolve it, then run `make sync`\n", result.stderr)
     assert snapshot(project) == before
+
+
+def test_verify_names_the_package_wanted_and_found(project: Path, tmp_path: Path) -> None:
+    """verify runs inside the distro base with Debian's packaging; here with this interpreter's."""
+    requirements = tmp_path / "requirements.in"
+    requirements.write_text("pytest>=1\npytest>=999 ; python_version >= '3'\nnot-installed-xyz\n"
+                            "skipped>=1 ; sys_platform == 'win32'\n")
+    result = subprocess.run([sys.executable, str(project / "base" / "linked.py"), "verify", str(requirements)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    found = __import__("pytest").__version__
+    assert result.stderr.splitlines() == [
+        f"version mismatch: pytest: wanted >=999, found {found}",
+        "version mismatch: not-installed-xyz: wanted any version, found none installed",
+    ]
+
+
+# ------------------------------------------------------------------- the registry probe
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ((200, {"Docker-Content-Digest": "sha256:" + "a" * 64}), "sha256:" + "a" * 64),
+        ((404, {}), None),
+        ((401, {"WWW-Authenticate": 'Bearer realm="http://{host}/token",service="fake",scope="x"'}),
+         "sha256:" + "b" * 64),
+        ((401, {}), "HTTP 401"),
+        ((429, {}), "HTTP 429"),
+        ((500, {}), "HTTP 500"),
+        ((200, {"Docker-Content-Digest": "sha256:not-a-digest"}), "without a sha256 digest"),
+    ],
+    ids=["found", "absent", "token", "401", "429", "500", "bad-digest"],
+)
+def test_only_a_clear_404_counts_as_absent(project: Path, registry: FakeRegistry,
+                                          answer: tuple[int, dict[str, str]], expected: str | None) -> None:
+    module = tool_module(project)
+    registry.answer = answer
+    ref = f"{registry.host}/example/demo-appbase:deps-0123456789abcdef"
+    if expected is None or expected.startswith("sha256:"):
+        assert module.manifest_digest(ref) == expected
+    else:
+        with pytest.raises(module.LinkError, match=re.escape(expected)):
+            module.manifest_digest(ref)
+    method, path, headers = registry.requests[0]
+    assert (method, path) == ("HEAD", "/v2/example/demo-appbase/manifests/deps-0123456789abcdef")
+    assert "application/vnd.oci.image.index.v1+json" in headers["Accept"]
+
+
+def test_a_registry_that_does_not_answer_is_an_error(project: Path) -> None:
+    module = tool_module(project)
+    with pytest.raises(module.LinkError, match="Connection refused"):
+        module.manifest_digest(f"{closed_port()}/example/base:deps-0123456789abcdef")
+
+
+@pytest.mark.parametrize(("reference", "parts"), [
+    ("python:3.13-slim", ("docker.io", "library/python", "3.13-slim")),
+    ("docker.io/library/python:3.13@sha256:" + "c" * 64, ("docker.io", "library/python", "sha256:" + "c" * 64)),
+    ("example/app", ("docker.io", "example/app", "latest")),
+    ("127.0.0.1:5000/a/b:t", ("127.0.0.1:5000", "a/b", "t")),
+    ("ghcr.io/astral-sh/uv:0.13.9", ("ghcr.io", "astral-sh/uv", "0.13.9")),
+    ("localhost/x", ("localhost", "x", "latest")),
+])
+def test_image_references_split_as_docker_reads_them(project: Path, reference: str,
+                                                    parts: tuple[str, str, str]) -> None:
+    assert tool_module(project).split_reference(reference) == parts
+
+
+@pytest.mark.parametrize("answer", [(401, {}), (500, {}), None], ids=["401", "500", "no-answer"])
+def test_publish_stops_before_any_build_when_the_registry_is_unclear(
+        project: Path, registry: FakeRegistry, tmp_path: Path, answer: tuple[int, dict[str, str]] | None) -> None:
+    host = registry.host if answer else closed_port()
+    if answer:
+        registry.answer = answer
+    app = project / "Dockerfile"
+    app.write_text(app.read_text().replace("docker.io/example/demo-appbase", f"{host}/example/demo-appbase", 1))
+    engine, log = logging_engine(tmp_path)
+    result = linked(project, "publish", "--image", f"{host}/example/demo-app", "--tag", "t", "--engine", str(engine))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {host}: {host}/example/demo-appbase:deps-")
+    assert log.read_text() == ""  # nothing pulled, built or pushed
+
+
+def test_publish_refuses_a_stale_lock_before_anything(project: Path, tmp_path: Path) -> None:
+    add_requirement(project, "tabulate==0.9.0")
+    engine, log = logging_engine(tmp_path)
+    result = linked(project, "publish", "--image", "example/app", "--engine", str(engine))
+    assert result.returncode == 2 and "publish refused" in result.stderr
+    assert log.read_text() == ""

@@ -624,7 +624,7 @@ def lock(project: Project, engine: list[str], extra: list[str], upgrade: bool, p
         raise LinkError(f"base/Dockerfile: `{META}` needs python=3.X, not {python!r}")
     requirements_in = project.read("base/requirements.in")
     top_level_names(requirements_in, "base/requirements.in")
-    old = project.lock()
+    old = project.lock() if (project.base / "requirements.txt").exists() else Lock("")
     lines = base_text.splitlines(keepends=True)
     m = FROM_RE.match(lines[from_index].rstrip("\r\n"))
     assert m
