@@ -43,7 +43,7 @@ class FakeRegistry:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            do_GET = do_HEAD = _reply  # noqa: N815  (http.server's naming)
+            do_GET = do_HEAD = _reply
 
             def log_message(self, *args: Any) -> None:
                 pass

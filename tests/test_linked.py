@@ -127,7 +127,7 @@ def test_a_hand_edited_lock_fails_check(project: Path) -> None:
 def test_a_pin_without_hashes_is_refused_even_with_a_forged_header(project: Path) -> None:
     lock = project / "base" / "requirements.txt"
     header, _, body = lock.read_text().partition(" body=")
-    body_hash, _, rest = body.partition("\n")
+    _, _, rest = body.partition("\n")
     rest = re.sub(r"^(click==\S+) \\\n(    --hash=\S+( \\)?\n)+", r"\1\n", rest, count=1, flags=re.M)
     lock.write_text(f"{header} body={hashlib.sha256(rest.encode()).hexdigest()}\n{rest}")
     check = linked(project, "check")
@@ -165,8 +165,8 @@ def test_sync_is_idempotent(project: Path) -> None:
 
 def test_edit_outside_the_blocks_stales_only_the_pin_and_survives_sync(project: Path) -> None:
     dockerfile = project / "base" / "Dockerfile"
-    text = dockerfile.read_text().replace("# One RUN per locked package",
-                                          "# a user's own step\nENV APP_MODE=production\n\n# One RUN per locked package")
+    marker = "# One RUN per locked package"
+    text = dockerfile.read_text().replace(marker, f"# a user's own step\nENV APP_MODE=production\n\n{marker}")
     dockerfile.write_text(text)
     check = linked(project, "check")
     assert check.returncode == 1

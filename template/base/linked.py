@@ -243,10 +243,10 @@ def pip_step(requirement: str, hashes: list[str]) -> str:
 def apt_step(pins: list[str]) -> str:
     """One RUN installing Debian packages at the versions the lock pinned."""
     packages = " \\\n        ".join(pins)
-    return (f"RUN {APT_CACHES} \\\n    set -- \\\n        {packages} \\\n    && apt-get update \\\n"
-            "    && { apt-get install -s -y --no-install-recommends \"$@\" >/dev/null \\\n"
-            "        || { echo 'a pinned Debian version left the archive: run make lock' >&2; exit 1; }; } \\\n"
-            "    && apt-get install -y --no-install-recommends \"$@\"")
+    return (f"RUN {APT_CACHES} \\\n    apt-get update \\\n    && {{ apt-get install -y --no-install-recommends \\\n"
+            f"        {packages} \\\n"
+            "    || { echo 'apt cannot install the pinned versions (see above): "
+            "if one left the archive, run make lock' >&2; exit 1; }; }")
 
 
 def base_settings(text: str) -> tuple[dict[str, str], int]:
