@@ -13,7 +13,8 @@ import hcl2
 import pytest
 import yaml
 
-from conftest import choices, linked
+from conftest import choices, linked, render_project, tool_module
+from fakes import FakeRegistry
 
 ALL_CI = choices("ci")
 BIN = Path(sys.executable).parent
@@ -21,8 +22,6 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import render_project
-
     return render_project(tmp_path_factory.mktemp("ci") / "project", ci=ALL_CI)
 
 
@@ -138,10 +137,11 @@ def test_hooks_stay_out_of_the_content_tag(project: Path, tmp_path: Path) -> Non
 def test_publish_refuses_a_stale_pin_before_any_engine_command(project: Path, tmp_path: Path) -> None:
     copy = tmp_path / "project"
     shutil.copytree(project, copy)
-    (copy / "base" / "requirements.txt").write_text("Flask>=2.2\n")
+    (copy / "base" / "requirements.in").write_text("Flask>=2.2\n")
     result = linked(copy, "publish", "--image", "example/app", "--engine", "false-engine", "--dry-run")
     assert result.returncode == 2
-    assert "publish refused: run `make sync`" in result.stderr and "+ false-engine" not in result.stdout
+    assert "stale: base/requirements.txt: base/requirements.in changed since the last lock" in result.stderr
+    assert "publish refused: run `make lock`" in result.stderr and "+ false-engine" not in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -158,18 +158,33 @@ def test_publish_refuses_a_stale_pin_before_any_engine_command(project: Path, tm
     ],
 )
 def test_ci_tags(project: Path, env: dict[str, str], tags: list[str]) -> None:
-    from test_linked import tool_module
-
     assert tool_module(project).ci_tags(env, None) == tags
 
 
-def test_publish_dry_run_links_app_to_the_pinned_base(project: Path) -> None:
-    ref = linked(project, "ref").stdout.strip()
-    result = linked(project, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1",
-                    "--engine", "docker", "--dry-run", "--cache", "inline")
+def test_publish_dry_run_links_app_to_the_pinned_base(project: Path, tmp_path: Path) -> None:
+    """The dry run asks the registry for real (a read), so it says honestly which way it goes."""
+    registry = FakeRegistry()
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy)
+    app = copy / "Dockerfile"
+    app.write_text(app.read_text().replace("docker.io/example/demo-appbase", f"{registry.host}/example/demo-appbase"))
+    try:
+        registry.answer = (200, {"Docker-Content-Digest": "sha256:" + "a" * 64})
+        result = linked(copy, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1",
+                        "--engine", "docker", "--dry-run", "--cache", "inline")
+        registry.answer = (404, {})
+        absent = linked(copy, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1",
+                        "--engine", "docker", "--dry-run", "--only", "base")
+    finally:
+        registry.close()
+    ref = linked(copy, "ref").stdout.strip()
     assert result.returncode == 0, result.stderr
+    assert f"base {ref} is in the registry (sha256:{'a' * 64}): using it, not rebuilding it" in result.stdout
     commands = [line[2:] for line in result.stdout.splitlines() if line.startswith("+ ")]
     assert commands[0] == f"docker pull {ref}"
+    assert f"base {ref} is not in the registry: building it and pushing it" in absent.stdout
+    assert [c.split()[2] for c in absent.stdout.splitlines() if c.startswith("+ ")] == ["build", "push", "tag",
+                                                                                        "push"]
     app_build = next(c for c in commands if "BASE_IMAGE=" in c)
     assert f"--build-arg BASE_IMAGE={ref}" in app_build and "--tag docker.io/example/demo-app:t1" in app_build
     assert "--cache-from docker.io/example/demo-app:t1" in app_build

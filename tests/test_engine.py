@@ -6,8 +6,9 @@ an engine they skip and say so; where CI is set a missing engine fails them.
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shlex
+import re
 import shutil
 import subprocess
 import time
@@ -24,14 +25,38 @@ from engine import DOCKER, Container, buildkit_steps, free_port, http_get, make,
 
 pytestmark = pytest.mark.engine
 
-STANDINS = ("debian:trixie-slim", "python:3.13-slim-trixie")
-NEW_REQUIREMENT = "cowsay==6.1"  # small, pure Python, and not packaged by Debian
+STANDINS = ("debian:trixie-slim", "python:3.13-slim-trixie", "debian:bookworm-slim", "python:3.11-slim-bookworm")
+NEW_REQUIREMENT = "cowsay==6.1"  # small, pure Python, no dependencies, and not packaged by Debian
+PYTHONS = {"3.13": "trixie", "3.11": "bookworm"}
+MATRIX = [(s, v, p) for s, v in COMBINATIONS for p in PYTHONS]
+MATRIX_IDS = [f"{i}-py{p}" for i in COMBINATION_IDS for p in PYTHONS]
+BUILD_TOOLS = {"pip", "setuptools", "wheel"}
 
 
-def unique_requirement() -> str:
-    """NEW_REQUIREMENT with an always-true marker no earlier build has seen: BuildKit's cache
-    outlives a test run, and a step it already holds would never show as executed."""
-    return f'{NEW_REQUIREMENT} ; platform_release != "never-{uuid.uuid4().hex[:12]}"'
+def make_steps_unique(project: Path) -> None:
+    """BuildKit's cache outlives a test run, and a step it already holds never shows as
+    executed: an ENV no earlier build has seen makes every step of this project new."""
+    dockerfile = project / "base" / "Dockerfile"
+    text = dockerfile.read_text()
+    from_line = next(line for line in text.splitlines() if line.startswith("FROM "))
+    dockerfile.write_text(text.replace(from_line + "\n", f"{from_line}\nENV TEST_RUN={uuid.uuid4().hex[:12]}\n", 1))
+    assert linked(project, "sync").returncode == 0
+
+
+def locked_pins(project: Path) -> dict[str, str]:
+    """name -> version of every package the lock pins (pip packages, then Debian's under distro)."""
+    text = (project / "base" / "requirements.txt").read_text()
+    pins = {name.lower(): version for name, version in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", text, re.M)}
+    for line in re.findall(r"^# apt: (.*)$", text, re.M):
+        pins.update(pin.split("=", 1) for pin in line.split())
+    return pins
+
+
+def add_and_lock(project: Path, line: str) -> None:
+    requirements = project / "base" / "requirements.in"
+    requirements.write_text(requirements.read_text() + line + "\n")
+    result = linked(project, "lock")
+    assert result.returncode == 0, result.stderr
 
 
 @dataclass
@@ -56,23 +81,25 @@ def engine() -> None:
 
 
 @pytest.fixture(scope="session")
-def built(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str, bool], Built]]:
+def built(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Built]]:
     """Render and `make image` each combination once; its images are removed afterwards."""
-    cache: dict[tuple[str, bool], Built] = {}
+    cache: dict[tuple[str, bool, str], Built] = {}
 
-    def _get(strategy: str, venv: bool) -> Built:
-        if (strategy, venv) not in cache:
-            slug = f"lb-{strategy}-{'venv' if venv else 'sys'}"
+    def _get(strategy: str, venv: bool, python: str = "3.13") -> Built:
+        if (strategy, venv, python) not in cache:
+            slug = f"lb-{strategy}-{'venv' if venv else 'sys'}-py{python.replace('.', '')}"
             package = slug.replace("-", "_")
             project = render_project(tmp_path_factory.mktemp(slug) / "project", strategy=strategy,
-                                     use_virtualenv=venv, project_slug=slug, image_namespace="linked-builds-test")
+                                     use_virtualenv=venv, project_slug=slug, image_namespace="linked-builds-test",
+                                     python_version=python, debian_release=PYTHONS[python])
+            make_steps_unique(project)
             base_ref = linked(project, "ref").stdout.strip()
             image = f"docker.io/linked-builds-test/{slug}:dev"
             # Start from no base image, so `make image` has to build it (layers stay in BuildKit's cache).
             subprocess.run([DOCKER, "rmi", "--force", base_ref, image], capture_output=True)
             result = make(project, "image", build_args="--progress plain")
-            cache[(strategy, venv)] = Built(project, package, base_ref, image, result.stdout + result.stderr)
-        return cache[(strategy, venv)]
+            cache[(strategy, venv, python)] = Built(project, package, base_ref, image, result.stdout + result.stderr)
+        return cache[(strategy, venv, python)]
 
     yield _get
     refs = [ref for b in cache.values() for ref in (b.base_ref, b.image)]
@@ -84,12 +111,23 @@ def run_in(image: str, *command: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True)
 
 
-@pytest.mark.parametrize(("strategy", "venv"), COMBINATIONS, ids=COMBINATION_IDS)
-def test_image_serves_as_non_root_and_is_healthy(built: Callable[[str, bool], Built], strategy: str,
-                                                 venv: bool) -> None:
-    b = built(strategy, venv)
-    assert f"base image {b.base_ref} is present" not in b.output.splitlines(), "make image skipped the base"
-    assert subprocess.run([DOCKER, "image", "inspect", b.base_ref], capture_output=True).returncode == 0
+@pytest.mark.parametrize(("strategy", "venv", "python"), MATRIX, ids=MATRIX_IDS)
+def test_image_serves_as_non_root_and_holds_exactly_the_lock(built: Callable[..., Built], strategy: str,
+                                                             venv: bool, python: str) -> None:
+    b = built(strategy, venv, python)
+    labels = subprocess.run([DOCKER, "image", "inspect", "--format", "{{json .Config.Labels}}", b.base_ref],
+                            capture_output=True, text=True, check=True).stdout
+    assert f'"org.linked-builds.content-tag":"{b.base_ref.rsplit(":", 1)[1]}"' in labels
+    pins = locked_pins(b.project)
+    if strategy != "distro":
+        freeze = run_in(b.image, "python3", "-m", "pip", "list", "--format=freeze")
+        installed = {n.lower().replace("_", "-"): v for n, v in
+                     (line.split("==") for line in freeze.stdout.split()) if n.lower() not in BUILD_TOOLS}
+        assert installed == {n.replace("_", "-"): v for n, v in pins.items()}
+    else:
+        debs = run_in(b.image, "dpkg-query", "-W", "-f", "${Package}=${Version}\n").stdout.split()
+        assert {p for p in (f"{n}={v}" for n, v in pins.items())} <= set(debs)
+        assert f"python3-flask={pins['python3-flask']}" in debs
     with Container(b.image, free_port()) as c:
         deadline = time.monotonic() + 60
         for path in ("/", "/healthz"):
@@ -99,18 +137,19 @@ def test_image_serves_as_non_root_and_is_healthy(built: Callable[[str, bool], Bu
         uid = c.exec("id", "-u")
         assert uid.returncode == 0 and uid.stdout.strip() not in ("", "0")
         assert c.wait_healthy(30) == "healthy", c.logs()
-        check = c.exec("pip", "check")
-        assert check.returncode == 0, check.stdout + check.stderr
-        where = c.exec("python3", "-c", "import flask, sys; print(flask.__file__); print(sys.prefix)")
+        if strategy != "distro" or venv:
+            check = c.exec("python3", "-m", "pip", "check")
+            assert check.returncode == 0, check.stdout + check.stderr
+        where = c.exec("python3", "-c", "import flask, sys; print(flask.__file__, sys.prefix, sys.version)")
         assert where.returncode == 0, where.stderr
-        flask_path, prefix = where.stdout.split()
-        assert prefix == ("/opt/venv" if venv else "/usr")
+        flask_path, prefix, version = where.stdout.split()[:3]
+        assert prefix == ("/opt/venv" if venv else "/usr") and version.startswith(python + ".")
         assert flask_path.startswith("/usr/lib/python3/dist-packages" if strategy == "distro"
                                      else ("/opt/venv/" if venv else "/usr/local/lib/"))
 
 
 @pytest.mark.parametrize(("strategy", "venv"), COMBINATIONS, ids=COMBINATION_IDS)
-def test_code_only_change_reruns_only_the_code_copy(built: Callable[[str, bool], Built], tmp_path: Path,
+def test_code_only_change_reruns_only_the_code_copy(built: Callable[..., Built], tmp_path: Path,
                                                     strategy: str, venv: bool) -> None:
     b = built(strategy, venv)
     project = b.copy(tmp_path / "project")
@@ -130,44 +169,85 @@ def test_code_only_change_reruns_only_the_code_copy(built: Callable[[str, bool],
 
 @pytest.mark.parametrize(("strategy", "venv"), [c for c in COMBINATIONS if c[0] in ("one-by-one", "combo")],
                          ids=[i for c, i in zip(COMBINATIONS, COMBINATION_IDS) if c[0] in ("one-by-one", "combo")])
-def test_new_requirement_runs_only_its_own_base_step(built: Callable[[str, bool], Built], tmp_path: Path,
+def test_new_requirement_runs_only_its_own_base_step(built: Callable[..., Built], tmp_path: Path,
                                                      strategy: str, venv: bool) -> None:
     b = built(strategy, venv)
     project = b.copy(tmp_path / "project")
-    requirements = project / "base" / "requirements.txt"
-    requirement = unique_requirement()
-    requirements.write_text(requirements.read_text() + requirement + "\n")
-    assert linked(project, "sync").returncode == 0
+    add_and_lock(project, NEW_REQUIREMENT)
     new_ref = linked(project, "ref").stdout.strip()
     try:
         result = make(project, "base", build_args="--progress plain")
         steps = buildkit_steps(result.stdout + result.stderr)
         executed = [s.name for s in steps if s.ran and s.name.startswith("RUN")]
-        assert len(executed) == 1 and executed[0].endswith(f"pip install {shlex.quote(requirement)}"), executed
+        assert len(executed) == 1 and "echo 'cowsay==6.1" in executed[0], executed
         assert run_in(new_ref, "python3", "-c", "import cowsay").returncode == 0
     finally:
         subprocess.run([DOCKER, "rmi", "--force", new_ref], capture_output=True)
 
 
-def test_distro_base_build_fails_naming_the_unsatisfied_requirement(built: Callable[[str, bool], Built],
+def test_a_rebuild_without_cache_installs_the_same_set(built: Callable[..., Built]) -> None:
+    b = built("requirements", False)
+    again = b.base_ref.replace(":deps-", ":again-")
+    try:
+        subprocess.run([DOCKER, "build", "--network", "host", "--no-cache", "--tag", again, "base"], cwd=b.project,
+                       check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        freeze = [run_in(ref, "python3", "-m", "pip", "list", "--format=freeze").stdout for ref in (b.base_ref, again)]
+        assert freeze[0] == freeze[1] and "Flask==" in freeze[0]
+    finally:
+        subprocess.run([DOCKER, "rmi", "--force", again], capture_output=True)
+
+
+def test_a_tampered_hash_fails_the_base_build_naming_the_package(built: Callable[..., Built],
+                                                                 tmp_path: Path) -> None:
+    """A lock edited by hand fails check; one whose header was forged too fails in pip's hash check."""
+    project = built("one-by-one", False).copy(tmp_path / "project")
+    lock = project / "base" / "requirements.txt"
+    text = lock.read_text()
+    wrong = re.sub(r"(^itsdangerous==\S+ \\\n    --hash=sha256:)[0-9a-f]{64}", r"\g<1>" + "0" * 64, text, flags=re.M)
+    lock.write_text(wrong)
+    assert "edited by hand" in linked(project, "check").stderr
+    header, _, body = wrong.partition(" body=")
+    rest = body.split("\n", 1)[1]
+    lock.write_text(f"{header} body={hashlib.sha256(rest.encode()).hexdigest()}\n{rest}")
+    assert linked(project, "sync").returncode == 0
+    result = make(project, "base", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in output and "itsdangerous==" in output
+
+
+def test_distro_base_build_fails_naming_the_unsatisfied_requirement(built: Callable[..., Built],
                                                                     tmp_path: Path) -> None:
     project = built("distro", False).copy(tmp_path / "project")
-    requirements = project / "base" / "requirements.txt"
+    requirements = project / "base" / "requirements.in"
     requirements.write_text(requirements.read_text().replace("Flask>=2.2", "Flask>=99"))
-    assert linked(project, "sync").returncode == 0
+    assert linked(project, "lock").returncode == 0
     result = make(project, "base", build_args="--progress plain", check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "version mismatch: Flask: wanted >=99, found 3." in output
 
 
-def test_distro_sidekick_virtualenv_installs_what_debian_lacks(built: Callable[[str, bool], Built],
+def test_distro_pin_that_left_the_archive_says_run_make_lock(built: Callable[..., Built], tmp_path: Path) -> None:
+    project = built("distro", False).copy(tmp_path / "project")
+    lock = project / "base" / "requirements.txt"
+    text = re.sub(r"python3-gunicorn=\S+", "python3-gunicorn=0.0.1-gone", lock.read_text())
+    header, _, body = text.partition(" body=")
+    rest = body.split("\n", 1)[1]
+    lock.write_text(f"{header} body={hashlib.sha256(rest.encode()).hexdigest()}\n{rest}")
+    assert linked(project, "sync").returncode == 0
+    result = make(project, "base", check=False)
+    assert result.returncode != 0
+    assert "apt cannot install the pinned versions (see above): if one left the archive, run make lock" in \
+        result.stdout + result.stderr
+
+
+def test_distro_sidekick_virtualenv_installs_what_debian_lacks(built: Callable[..., Built],
                                                               tmp_path: Path) -> None:
     b = built("distro", True)
     project = b.copy(tmp_path / "project")
-    requirements = project / "base" / "requirements.txt"
-    requirements.write_text(requirements.read_text() + NEW_REQUIREMENT + "\n")
-    assert linked(project, "sync").returncode == 0
+    add_and_lock(project, NEW_REQUIREMENT)
+    assert "cowsay==6.1" in (project / "base" / "requirements.txt").read_text()
     new_ref = linked(project, "ref").stdout.strip()
     try:
         make(project, "base")
@@ -179,11 +259,13 @@ def test_distro_sidekick_virtualenv_installs_what_debian_lacks(built: Callable[[
         subprocess.run([DOCKER, "rmi", "--force", new_ref], capture_output=True)
 
 
-def test_combo_app_build_on_a_stale_base_heals_it(built: Callable[[str, bool], Built], tmp_path: Path) -> None:
+def test_combo_app_build_on_a_stale_base_heals_it(built: Callable[..., Built], tmp_path: Path) -> None:
     b = built("combo", False)
     project = b.copy(tmp_path / "project")
-    requirements = project / "base" / "requirements.txt"
-    requirements.write_text(requirements.read_text() + NEW_REQUIREMENT + "\n")
+    app = project / "Dockerfile"
+    old_pin = app.read_text().splitlines()[0]
+    add_and_lock(project, NEW_REQUIREMENT)
+    app.write_text(app.read_text().replace(app.read_text().splitlines()[0], old_pin, 1))
     check = linked(project, "check")
     assert check.returncode == 1 and "stale: Dockerfile: pins" in check.stderr
     healed = b.image.replace(":dev", ":healed")
@@ -216,6 +298,6 @@ def test_podman_builds_each_strategy(podman: None, tmp_path: Path, strategy: str
             assert subprocess.run(["podman", "image", "inspect", ref], capture_output=True).returncode == 0
         config = subprocess.run(["podman", "image", "inspect", "--format", "{{.Config.User}} {{.Config.Cmd}}", image],
                                 capture_output=True, text=True, check=True).stdout
-        assert config.split()[0] == "10001:10001" and slug in config
+        assert config.split()[0] == "10001:10001" and slug.replace("-", "_") in config
     finally:
         subprocess.run(["podman", "rmi", "--force", base_ref, image], capture_output=True)

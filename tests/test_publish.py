@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,9 +33,15 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     reg.stop()
 
 
-def new_project(registry: Registry, dst: Path, **data: object) -> Path:
+def new_project(registry: Registry, dst: Path, **data: Any) -> Path:
     return render_project(dst, registry=registry.host, image_namespace="rehearsal", strategy="one-by-one",
                           **data)
+
+
+def add_and_lock(project: Path, line: str) -> None:
+    requirements = project / "base" / "requirements.in"
+    requirements.write_text(requirements.read_text() + line + "\n")
+    make(project, "lock")
 
 
 def publish(project: Path, *tags: str, check: bool = True) -> str:
@@ -66,15 +74,13 @@ def test_publish_pushes_base_then_app_and_skips_a_base_the_registry_has(registry
         assert layers(f"{image}:t1")[: len(layers(base_ref))] == layers(base_ref)
 
         out = publish(project, "t2")
-        assert f"base {base_ref} is in the registry: not rebuilding it" in out
+        assert f"base {base_ref} is in the registry (sha256:" in out and "using it, not rebuilding it" in out
         assert f"--tag {base_ref} " not in out and f"push {base_ref}" not in out
         assert registry.tags("rehearsal/firstbase") == sorted([content_tag, "buildcache"])
         assert registry.tags("rehearsal/first") == ["t1", "t2"]
 
-        # A new requirement: `make sync`, then publish pushes a new base tag and builds the app FROM it.
-        requirements = project / "base" / "requirements.txt"
-        requirements.write_text(requirements.read_text() + NEW_REQUIREMENT + "\n")
-        make(project, "sync")
+        # A new requirement: `make lock`, then publish pushes a new base tag and builds the app FROM it.
+        add_and_lock(project, NEW_REQUIREMENT)
         new_ref = linked(project, "ref").stdout.strip()
         assert new_ref != base_ref and new_ref.startswith(base_repo + ":")
         out = publish(project, "t3")
@@ -103,12 +109,13 @@ def test_publish_pushes_base_then_app_and_skips_a_base_the_registry_has(registry
 
 def test_publish_with_a_stale_pin_pushes_nothing(registry: Registry, tmp_path: Path) -> None:
     project = new_project(registry, tmp_path / "p", project_slug="stale")
-    requirements = project / "base" / "requirements.txt"
+    requirements = project / "base" / "requirements.in"
     requirements.write_text(requirements.read_text() + NEW_REQUIREMENT + "\n")
     before = registry.catalog()
     result = make(project, "publish", "PUBLISH_ARGS=--tag t1", check=False)
     assert result.returncode != 0
-    assert "publish refused: run `make sync` and commit the result; nothing was built or pushed" in result.stderr
+    assert "stale: base/requirements.txt: base/requirements.in changed since the last lock" in result.stderr
+    assert "publish refused: run `make lock` or `make sync` and commit; nothing was built or pushed" in result.stderr
     assert registry.catalog() == before
 
 
@@ -143,10 +150,88 @@ def test_dockerhub_hooks_rehearsal(registry: Registry, tmp_path: Path) -> None:
         hub_build(project, app_repo)
         assert registry.tags("rehearsal/hub") == sorted(["latest", commit[:12]])
 
-        requirements = project / "base" / "requirements.txt"
+        requirements = project / "base" / "requirements.in"
         requirements.write_text(requirements.read_text() + NEW_REQUIREMENT + "\n")
         stale = subprocess.run(["hooks/pre_build"], cwd=project / "base", env=env, capture_output=True, text=True)
-        assert stale.returncode == 1 and "stale: Dockerfile: pins" in stale.stderr
+        assert stale.returncode == 1 and "changed since the last lock: run `make lock`" in stale.stderr
     finally:
         remove_local(f"{base_repo}:latest", f"{base_repo}:{content_tag}", f"{app_repo}:latest",
                      f"{app_repo}:{commit[:12]}")
+
+
+def registry_digest(registry: Registry, repository: str, tag: str) -> str:
+    request = urllib.request.Request(
+        f"http://{registry.host}/v2/{repository}/manifests/{tag}", method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, "
+                           "application/vnd.oci.image.manifest.v1+json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(response.headers["Docker-Content-Digest"])
+
+
+def run_file(ref: str, path: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DOCKER, "run", "--rm", "--network", "host", ref, "cat", path],
+                          capture_output=True, text=True)
+
+
+def test_upstream_pinned_by_digest_moves_only_with_make_lock(registry: Registry, tmp_path: Path) -> None:
+    """A security fix pushed under the same upstream tag reaches the base through `make lock`, and only so."""
+    upstream = f"{registry.host}/library/python:3.13-slim-trixie"
+    fixed_ctx = tmp_path / "fixed"
+    fixed_ctx.mkdir()
+    (fixed_ctx / "Dockerfile").write_text(f"FROM {upstream}\nRUN echo patched > /etc/upstream-fix\n")
+    subprocess.run([DOCKER, "tag", "python:3.13-slim-trixie", upstream], check=True)
+    subprocess.run([DOCKER, "push", upstream], check=True, capture_output=True)
+    project = new_project(registry, tmp_path / "p", project_slug="moving", upstream_image=upstream)
+    first = registry_digest(registry, "library/python", "3.13-slim-trixie")
+    base_dockerfile = project / "base" / "Dockerfile"
+    assert f"\nFROM {upstream}@{first}\n" in base_dockerfile.read_text()
+    check = linked(project, "check")
+    assert (check.returncode, check.stderr) == (0, "")  # pinned: no warning
+    base_ref = linked(project, "ref").stdout.strip()
+    image = f"{registry.host}/rehearsal/moving"
+    refs = [base_ref, f"{image}:t1", f"{image}:t2"]
+    try:
+        publish(project, "t1")
+        # The upstream moves under the same tag: without `make lock`, nothing changes.
+        env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+        subprocess.run([DOCKER, "build", "--network", "host", "--tag", upstream, str(fixed_ctx)], check=True,
+                       capture_output=True, env=env)
+        subprocess.run([DOCKER, "push", upstream], check=True, capture_output=True)
+        second = registry_digest(registry, "library/python", "3.13-slim-trixie")
+        assert second != first
+        assert linked(project, "check").returncode == 0 and linked(project, "ref").stdout.strip() == base_ref
+        remove_local(base_ref)
+        make(project, "base")
+        assert run_file(base_ref, "/etc/upstream-fix").returncode != 0  # still the pinned digest
+
+        make(project, "lock")
+        assert f"\nFROM {upstream}@{second}\n" in base_dockerfile.read_text()
+        new_ref = linked(project, "ref").stdout.strip()
+        refs.append(new_ref)
+        assert new_ref != base_ref
+        out = publish(project, "t2")
+        assert f"base {new_ref} is not in the registry: building it and pushing it" in out
+        assert new_ref.rsplit(":", 1)[1] in registry.tags("rehearsal/movingbase")
+        assert run_file(f"{image}:t2", "/etc/upstream-fix").stdout == "patched\n"
+    finally:
+        remove_local(*refs, upstream)
+
+
+def test_publish_refuses_a_registry_base_whose_labels_disagree(registry: Registry, tmp_path: Path) -> None:
+    project = new_project(registry, tmp_path / "p", project_slug="forged")
+    base_ref = linked(project, "ref").stdout.strip()
+    impostor = tmp_path / "impostor"
+    impostor.mkdir()
+    (impostor / "Dockerfile").write_text("FROM python:3.13-slim-trixie\nLABEL org.linked-builds.lock=forged\n")
+    try:
+        subprocess.run([DOCKER, "build", "--tag", base_ref, str(impostor)], check=True, capture_output=True,
+                       env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        subprocess.run([DOCKER, "push", base_ref], check=True, capture_output=True)
+        remove_local(base_ref)
+        result = make(project, "publish", "PUBLISH_ARGS=--tag t1", check=False)
+        assert result.returncode != 0
+        assert f"{base_ref} is labelled content-tag=<none> lock=forged" in result.stderr
+        assert "refusing to build FROM it" in result.stderr
+        assert registry.tags("rehearsal/forged") == []
+    finally:
+        remove_local(base_ref)

@@ -734,13 +734,17 @@ class Engine:
             raise LinkError(f"`{' '.join(self.command)} {args[0]}` failed: see its output above")
 
     def labels(self, ref: str) -> tuple[str, str]:
+        """(content tag, lock hash) labels of a local image; "<none>" for a missing one."""
+        import json
         import subprocess
 
-        fmt = f'{{{{ index .Config.Labels "{LABEL_TAG}" }}}} {{{{ index .Config.Labels "{LABEL_LOCK}" }}}}'
-        out = subprocess.run([*self.command, "image", "inspect", "--format", fmt, ref],
-                             capture_output=True, text=True).stdout.split()
-        out += ["<none>", "<none>"]
-        return out[0], out[1]
+        out = subprocess.run([*self.command, "image", "inspect", "--format", "{{json .Config.Labels}}", ref],
+                             capture_output=True, text=True).stdout
+        try:
+            labels = json.loads(out or "null") or {}
+        except ValueError:
+            labels = {}
+        return str(labels.get(LABEL_TAG, "<none>")), str(labels.get(LABEL_LOCK, "<none>"))
 
 
 def build_base(project: Project, engine: Engine, ref: str, args: list[str]) -> None:
