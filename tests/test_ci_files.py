@@ -166,8 +166,10 @@ def test_publish_dry_run_links_app_to_the_pinned_base(project: Path, tmp_path: P
     registry = FakeRegistry()
     copy = tmp_path / "project"
     shutil.copytree(project, copy)
-    app = copy / "Dockerfile"
-    app.write_text(app.read_text().replace("docker.io/example/demo-appbase", f"{registry.host}/example/demo-appbase"))
+    for path in (copy / "Dockerfile", copy / "base" / "Dockerfile"):
+        path.write_text(path.read_text().replace("docker.io/example/demo-appbase",
+                                                 f"{registry.host}/example/demo-appbase"))
+    assert linked(copy, "sync").returncode == 0
     try:
         registry.answer = (200, {"Docker-Content-Digest": "sha256:" + "a" * 64})
         result = linked(copy, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1",

@@ -64,6 +64,13 @@ def add_requirement(project: Path, line: str) -> None:
     path.write_text(path.read_text() + line + "\n")
 
 
+def move_base_repository(project: Path, repository: str) -> None:
+    """Point the pin and base/Dockerfile at another base repository, as a changed answer would."""
+    for path in (project / "Dockerfile", project / "base" / "Dockerfile"):
+        path.write_text(path.read_text().replace("docker.io/example/demo-appbase", repository))
+    assert linked(project, "sync").returncode == 0
+
+
 def warnings_only(stderr: str) -> bool:
     return all(line.startswith(NO_DIGEST) for line in stderr.splitlines())
 
@@ -154,6 +161,17 @@ def test_a_python_change_in_the_base_needs_a_new_lock(project: Path) -> None:
     assert "locked for Python 3.13, base/Dockerfile wants 3.12: run `make lock`" in check.stderr
     assert linked(project, "lock").returncode == 0
     assert "python=3.12" in (project / "base" / "requirements.txt").read_text()
+
+
+def test_a_pin_from_another_repository_is_refused(project: Path) -> None:
+    app = project / "Dockerfile"
+    app.write_text(app.read_text().replace("docker.io/example/demo-appbase", "attacker.example/evil/base", 1))
+    for command in ("check", "sync", "publish"):
+        args = ("--image", "x/y", "--dry-run") if command == "publish" else ()
+        result = linked(project, command, *args)
+        assert result.returncode == 2
+        assert result.stderr == ("error: Dockerfile:1: pins attacker.example/evil/base, but base/Dockerfile names "
+                                 "docker.io/example/demo-appbase: pin that repository\n")
 
 
 def test_sync_is_idempotent(project: Path) -> None:
@@ -379,8 +397,7 @@ def test_publish_stops_before_any_build_when_the_registry_is_unclear(
     host = registry.host if answer else closed_port()
     if answer:
         registry.answer = answer
-    app = project / "Dockerfile"
-    app.write_text(app.read_text().replace("docker.io/example/demo-appbase", f"{host}/example/demo-appbase", 1))
+    move_base_repository(project, f"{host}/example/demo-appbase")
     engine, log = logging_engine(tmp_path)
     result = linked(project, "publish", "--image", f"{host}/example/demo-app", "--tag", "t", "--engine", str(engine))
     assert result.returncode == 2

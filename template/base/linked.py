@@ -342,12 +342,17 @@ class Project:
         if not m or not rest.startswith("FROM ${BASE_IMAGE}"):
             raise LinkError("Dockerfile:1: must start with `ARG BASE_IMAGE=<base repository>:<tag>` "
                             "then `FROM ${BASE_IMAGE}`")
+        repository = settings.get("repository")
+        if repository and m["repo"] != repository:
+            raise LinkError(f"Dockerfile:1: pins {m['repo']}, but base/Dockerfile names {repository}: "
+                            "pin that repository")
         if m["tag"] != tag:
             writes["Dockerfile"] = f"ARG BASE_IMAGE={m['repo']}:{tag}" + ("\r" if first.endswith("\r") else "") \
                 + "\n" + rest
             stale.append(f"Dockerfile: pins {m['repo']}:{m['tag']}, but base/ is now {tag}")
         warnings = []
-        if not FROM_RE.match(new_base.splitlines()[from_index])["digest"]:  # type: ignore[index]
+        pinned = FROM_RE.match(new_base.splitlines()[from_index])
+        if not (pinned and pinned["digest"]):
             warnings.append("base/Dockerfile: FROM has no digest, so the upstream image may move under "
                             "its tag: run `make lock` where its registry is reachable")
         return writes, stale, warnings

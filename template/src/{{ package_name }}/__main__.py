@@ -10,7 +10,7 @@ from gunicorn.app.base import BaseApplication
 from .app import create_app
 
 
-class Server(BaseApplication):  # type: ignore[misc]
+class Server(BaseApplication):
     """gunicorn serving one Flask app object, configured from a dict."""
 
     def __init__(self, app: Any, options: dict[str, Any]) -> None:
@@ -20,19 +20,26 @@ class Server(BaseApplication):  # type: ignore[misc]
 
     def load_config(self) -> None:
         for key, value in self.options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # older gunicorn releases lack some settings
+                self.cfg.set(key, value)
 
     def load(self) -> Any:
         return self.application
 
 
 def options(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """gunicorn settings from the environment: PORT, HOST and WEB_CONCURRENCY."""
+    """gunicorn settings from the environment: PORT, HOST and WEB_CONCURRENCY.
+
+    The image's user has no home and may run on a read-only root filesystem:
+    no control socket (it would live in $HOME), worker heartbeats in memory.
+    """
     env = os.environ if environ is None else environ
     return {
         "bind": f"{env.get('HOST', '0.0.0.0')}:{int(env.get('PORT', '8000'))}",
         "workers": int(env.get("WEB_CONCURRENCY", "2")),
         "accesslog": "-",
+        "control_socket_disable": True,
+        "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
     }
 
 

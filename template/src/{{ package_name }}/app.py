@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 
 from . import PROJECT_NAME
 
@@ -12,11 +12,11 @@ def create_app() -> Flask:
     app = Flask(__name__)
 
     @app.get("/")
-    def index():  # type: ignore[no-untyped-def]
+    def index() -> Response:
         return jsonify(name=PROJECT_NAME, message="Hello from the app image.")
 
     @app.get("/healthz")
-    def healthz():  # type: ignore[no-untyped-def]
+    def healthz() -> Response:
         return jsonify(status="ok")
 
     return app
