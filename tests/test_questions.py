@@ -18,13 +18,18 @@ from engine import require_engine
 COPIER = [sys.executable, "-m", "copier"]
 
 BAD_ANSWERS = [
-    ("project_name", "   ", "project_name: must not be empty"),
+    ("project_name", "   ", "must not be empty"),
+    ("project_name", "Demo\nX := $(shell id >pwned)", "must be one line of printable text, no control characters"),
+    ("project_name", "Demo\rinclude: evil", "must be one line of printable text"),
+    ("project_slug", "my-app\n", 'project_slug: "my-app\\n" is not allowed'),
+    ("registry", "docker.io\n", "is not a registry host"),
     ("project_slug", "Bad Slug", 'project_slug: "Bad Slug" is not allowed: use lowercase letters'),
     ("project_slug", "my--app", 'project_slug: "my--app" is not allowed'),
     ("project_slug", "9lives", 'project_slug: "9lives" is not allowed'),
     ("package_name", "my-app", 'package_name: "my-app" is not a Python identifier'),
     ("package_name", "class", 'package_name: "class" is a Python keyword'),
-    ("description", "two\nlines", "description: must be one line"),
+    ("description", "two\nlines", "must be one line of printable text"),
+    ("description", "hidden\rcarriage return", "must be one line of printable text"),
     ("upstream_image", "Python:3.13", 'upstream_image: "Python:3.13" is not a Docker image reference'),
     ("upstream_image", "python:3.13 slim", 'upstream_image: "python:3.13 slim" is not a Docker image reference'),
     ("registry", "https://docker.io", 'registry: "https://docker.io" is not a registry host'),

@@ -634,13 +634,16 @@ def lock(project: Project, engine: list[str], extra: list[str], upgrade: bool, p
     m = FROM_RE.match(lines[from_index].rstrip("\r\n"))
     assert m
     image, digest, warnings = m["image"], m["digest"] or "", []
-    try:
-        found = manifest_digest(image)
-        if found is None:
-            raise LinkError(f"{image}: not found in its registry")
-        digest = "@" + found
-    except LinkError as exc:
-        warnings.append(f"upstream digest not resolved ({exc}); kept {'its digest' if digest else 'no digest'}")
+    if digest and ":" not in image.rsplit("/", 1)[-1]:
+        pass  # pinned by digest alone: there is no tag to follow
+    else:
+        try:
+            found = manifest_digest(image)
+            if found is None:
+                raise LinkError(f"{image}: not found in its registry")
+            digest = "@" + found
+        except LinkError as exc:
+            warnings.append(f"upstream digest not resolved ({exc}); kept {'its digest' if digest else 'no digest'}")
     ending = lines[from_index][len(lines[from_index].rstrip("\r\n")):]
     lines[from_index] = f"FROM {image}{digest}{m['rest'] or ''}{ending}"
     fences = find_fences(base_text.splitlines(), "base/Dockerfile")
