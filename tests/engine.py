@@ -106,11 +106,11 @@ def http_get(url: str, deadline: float) -> tuple[int, bytes]:
 class Container:
     """A detached container on the host network, listening on 127.0.0.1 only."""
 
-    def __init__(self, image: str, port: int) -> None:
+    def __init__(self, image: str, port: int, *options: str) -> None:
         self.port = port
         self.id = subprocess.run(
             [DOCKER, "run", "--detach", "--rm", "--network", "host", "--env", f"PORT={port}",
-             "--env", "HOST=127.0.0.1", "--health-interval", "1s", image],
+             "--env", "HOST=127.0.0.1", "--health-interval", "1s", *options, image],
             check=True, capture_output=True, text=True,
         ).stdout.strip()
 

@@ -137,6 +137,7 @@ def test_image_serves_as_non_root_and_holds_exactly_the_lock(built: Callable[...
         uid = c.exec("id", "-u")
         assert uid.returncode == 0 and uid.stdout.strip() not in ("", "0")
         assert c.wait_healthy(30) == "healthy", c.logs()
+        assert "[ERROR]" not in c.logs() and "Traceback" not in c.logs(), c.logs()
         if strategy != "distro" or venv:
             check = c.exec("python3", "-m", "pip", "check")
             assert check.returncode == 0, check.stdout + check.stderr
@@ -146,6 +147,15 @@ def test_image_serves_as_non_root_and_holds_exactly_the_lock(built: Callable[...
         assert prefix == ("/opt/venv" if venv else "/usr") and version.startswith(python + ".")
         assert flask_path.startswith("/usr/lib/python3/dist-packages" if strategy == "distro"
                                      else ("/opt/venv/" if venv else "/usr/local/lib/"))
+
+
+def test_image_runs_clean_on_a_read_only_root(built: Callable[..., Built]) -> None:
+    """`docker run --read-only --tmpfs /tmp`: gunicorn needs no home and no writable root."""
+    b = built("combo", False)
+    with Container(b.image, free_port(), "--read-only", "--tmpfs", "/tmp") as c:
+        status, _ = http_get(f"http://127.0.0.1:{c.port}/healthz", time.monotonic() + 60)
+        assert status == 200 and c.wait_healthy(30) == "healthy", c.logs()
+        assert "[ERROR]" not in c.logs() and "Traceback" not in c.logs(), c.logs()
 
 
 @pytest.mark.parametrize(("strategy", "venv"), COMBINATIONS, ids=COMBINATION_IDS)
