@@ -936,7 +936,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "base":
             ref = project.reference()
             cli = Engine(engine)
-            if not (args.if_missing and cli.run("image", "inspect", ref, quiet=True)):
+            if args.if_missing and cli.run("image", "inspect", ref, quiet=True):
+                print(f"base image {ref} is present")
+            else:
                 build_base(project, cli, ref, shlex.split(build_args))
         elif args.command == "publish":
             env = dict(os.environ)
