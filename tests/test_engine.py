@@ -20,7 +20,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import COMBINATION_IDS, COMBINATIONS, STRATEGIES, linked, render_project
+from conftest import COMBINATION_IDS, COMBINATIONS, STRATEGIES, linked, render_project, tool_module
 from engine import DOCKER, Container, buildkit_steps, free_port, http_get, make, require_engine
 
 pytestmark = pytest.mark.engine
@@ -147,6 +147,46 @@ def test_image_serves_as_non_root_and_holds_exactly_the_lock(built: Callable[...
         assert prefix == ("/opt/venv" if venv else "/usr") and version.startswith(python + ".")
         assert flask_path.startswith("/usr/lib/python3/dist-packages" if strategy == "distro"
                                      else ("/opt/venv/" if venv else "/usr/local/lib/"))
+
+
+def test_content_tag_hashes_what_buildkit_sends(built: Callable[..., Built], tmp_path: Path) -> None:
+    """The tool's view of base/ equals a real `COPY . /ctx` export: files, execute bits, links."""
+    project = built("distro", False).copy(tmp_path / "project")
+    base = project / "base"
+    (base / ".dockerignore").write_text("*\n!requirements.txt\n!linked.py\n!extra\n!data.bin\nextra/skip.txt\n")
+    (base / "extra").mkdir()
+    (base / "extra" / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (base / "extra" / "run.sh").chmod(0o755)
+    (base / "extra" / "skip.txt").write_text("ignored\n")
+    (base / "extra" / "inside").symlink_to("run.sh")
+    (base / "extra" / "outside").symlink_to("../../README.md")
+    (base / "data.bin").write_bytes(b"PK\x00\x01binary\r\n")
+    out = tmp_path / "export"
+    subprocess.run([DOCKER, "build", "--output", f"type=local,dest={out}", "--file", "-", str(base)],
+                   input="FROM scratch\nCOPY . /ctx\n", text=True, check=True, capture_output=True,
+                   env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    sent = {}
+    for path in sorted((out / "ctx").rglob("*")):
+        rel = path.relative_to(out / "ctx").as_posix()
+        if path.is_symlink():
+            sent[rel] = ("link", os.readlink(path))
+        elif path.is_file():
+            sent[rel] = ("exec" if path.stat().st_mode & 0o111 else "file", "")
+    module = tool_module(project)
+    seen = {rel: (kind, os.readlink(p) if kind == "link" else "")
+            for rel, kind, p in module.Project(project).context_files() if rel not in ("Dockerfile", ".dockerignore")}
+    assert seen == sent
+    assert sent["extra/inside"] == ("link", "run.sh") and sent["extra/run.sh"][0] == "exec"
+    # Each of them moves the tag: a mode, a link's target, a byte of a binary file (even \r\n).
+    tags = {linked(project, "tag").stdout}
+    (base / "extra" / "run.sh").chmod(0o644)
+    tags.add(linked(project, "tag").stdout)
+    (base / "extra" / "inside").unlink()
+    (base / "extra" / "inside").symlink_to("../data.bin")
+    tags.add(linked(project, "tag").stdout)
+    (base / "data.bin").write_bytes(b"PK\x00\x01binary\n")
+    tags.add(linked(project, "tag").stdout)
+    assert len(tags) == 4
 
 
 def test_image_runs_clean_on_a_read_only_root(built: Callable[..., Built]) -> None:

@@ -214,6 +214,30 @@ def test_tag_ignores_line_endings_and_files_outside_the_context(project: Path) -
     assert linked(project, "tag").stdout != tag
 
 
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("Dockerfile.dockerignore", "*\n", "base/Dockerfile.dockerignore: engines disagree on it"),
+    (".dockerignore", "*\n!!requirements.txt\n", "base/.dockerignore: '!!requirements.txt': a double negation"),
+])
+def test_a_context_the_tool_cannot_hash_faithfully_is_refused(project: Path, name: str, text: str,
+                                                               message: str) -> None:
+    (project / "base" / name).write_text(text)
+    result = linked(project, "check")
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {message}")
+    assert result.stderr.count("\n") == 1
+
+
+def test_binary_files_are_hashed_byte_for_byte(project: Path) -> None:
+    base = project / "base"
+    (base / ".dockerignore").write_text("*\n!requirements.txt\n!wheel.whl\n!notes.txt\n")
+    (base / "wheel.whl").write_bytes(b"PK\x00\x03\r\n")
+    (base / "notes.txt").write_bytes(b"a\r\nb\r\n")
+    tag = linked(project, "tag").stdout
+    (base / "notes.txt").write_bytes(b"a\nb\n")
+    assert linked(project, "tag").stdout == tag  # text: line endings do not count
+    (base / "wheel.whl").write_bytes(b"PK\x00\x03\n")
+    assert linked(project, "tag").stdout != tag
+
+
 def test_crlf_dockerfile_keeps_its_line_endings_through_lock(project: Path) -> None:
     dockerfile = project / "base" / "Dockerfile"
     dockerfile.write_bytes(dockerfile.read_bytes().replace(b"\n", b"\r\n"))

@@ -284,33 +284,52 @@ class Project:
         newline = "\r\n" if "\r\n" in dockerfile else "\n"
         return newline.join(lines) + (newline if dockerfile.endswith("\n") else "")
 
-    def context_files(self) -> list[Path]:
-        """The files of the base build context, as base/.dockerignore filters them."""
+    def context_files(self) -> list[tuple[str, str, Path]]:
+        """(path, kind, file) of the base build context as BuildKit sends it, filtered by
+        base/.dockerignore: kind is "file", "exec" (an execute bit) or "link" (never followed)."""
+        if (self.base / "Dockerfile.dockerignore").exists():
+            raise LinkError("base/Dockerfile.dockerignore: engines disagree on it; "
+                            "keep the rules in base/.dockerignore")
         patterns = []
         ignore = self.base / ".dockerignore"
         if ignore.exists():
             for line in read_text(ignore, "base/.dockerignore").splitlines():
                 line = line.strip()
+                if line.startswith("!!"):
+                    raise LinkError(f"base/.dockerignore: {line!r}: a double negation is read differently by "
+                                    "each engine; write the pattern without it")
                 if line and not line.startswith("#"):
                     negated = line.startswith("!")
                     patterns.append((not negated, os.path.normpath(line.lstrip("!").strip()).lstrip("/")))
-        files = []
-        for path in sorted(self.base.rglob("*")):
-            rel = path.relative_to(self.base).as_posix()
-            if path.is_file() and (rel in ("Dockerfile", ".dockerignore") or not _ignored(rel, patterns)):
-                files.append(path)
-        return files
+        entries = []
+        for folder, dirs, names in os.walk(self.base):  # symlinked folders are listed, not entered
+            for name in names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+                path = Path(folder, name)
+                rel = path.relative_to(self.base).as_posix()
+                if rel not in ("Dockerfile", ".dockerignore") and _ignored(rel, patterns):
+                    continue
+                if path.is_symlink():
+                    entries.append((rel, "link", path))
+                elif path.is_file():
+                    entries.append((rel, "exec" if path.stat().st_mode & 0o111 else "file", path))
+        return sorted(entries)
 
     def content_tag(self, overrides: dict[Path, str] | None = None) -> str:
-        """Hash every file of the base context; ``overrides`` stand in for file texts."""
+        """Hash the base context: each entry's path, kind and bytes (a link's target).
+
+        Line endings of text files do not count, so a checkout with CRLF gets the
+        same tag; files with a NUL byte are hashed exactly as they are.
+        """
         overrides = overrides or {}
         digest = hashlib.sha256()
-        for path in self.context_files():
-            rel = path.relative_to(self.base).as_posix()
-            data = overrides[path].encode() if path in overrides else read_bytes(path, f"base/{rel}")
-            data = data.replace(b"\r\n", b"\n")
-            digest.update(len(rel.encode()).to_bytes(4, "big") + rel.encode())
-            digest.update(len(data).to_bytes(8, "big") + data)
+        for rel, kind, path in self.context_files():
+            if kind == "link":
+                data = os.readlink(path).encode()
+            else:
+                data = overrides[path].encode() if path in overrides else read_bytes(path, f"base/{rel}")
+                data = data if b"\0" in data else data.replace(b"\r\n", b"\n")
+            name = f"{kind}:{rel}".encode()
+            digest.update(len(name).to_bytes(4, "big") + name + len(data).to_bytes(8, "big") + data)
         return TAG_PREFIX + digest.hexdigest()[:16]
 
     def plan(self, base_text: str | None = None, lock_text: str | None = None
