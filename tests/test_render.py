@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -146,6 +147,18 @@ def test_generated_project_checks_tests_and_stays_clean(
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "4 passed" in tests.stdout
+    bin_dir = Path(sys.executable).parent
+    for lint in (["ruff", "check", "--no-cache", "."], ["ruff", "format", "--no-cache", "--check", "."]):
+        result = subprocess.run([str(bin_dir / lint[0]), *lint[1:]], cwd=project, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    hooks = subprocess.run([str(bin_dir / "pre-commit"), "run", "--all-files"], cwd=project, capture_output=True,
+                           text=True, env={**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit")})
+    assert hooks.returncode == 0, hooks.stdout + hooks.stderr
+    assert os.access(project / "base" / "linked.py", os.X_OK)
+    leftover = re.compile(r"\{%|\{\{-?\s*(" + "|".join(k for k in COPIER_YML if not k.startswith("_")) + r")\b")
+    for path in project.rglob("*"):
+        if path.is_file() and ".git" not in path.parts:
+            assert not leftover.search(path.read_text(errors="replace")), f"leftover Jinja in {path}"
     status = subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True)
     assert status.stdout == ""
 

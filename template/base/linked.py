@@ -35,11 +35,15 @@ UV_IMAGE = os.environ.get("UV_IMAGE", "ghcr.io/astral-sh/uv:0.13.9-python3.13-tr
 LABEL_TAG, LABEL_LOCK = "org.linked-builds.content-tag", "org.linked-builds.lock"
 META = "# linked-builds:lock"
 FENCE_START, FENCE_END = "# >>> linked-builds:", "# <<< linked-builds:"
-PIN_RE = re.compile(r"^ARG BASE_IMAGE=(?P<repo>[^\s:@]+(?::\d+)?(?:/[^\s:@]+)*):(?P<tag>\w[\w.-]{0,127})"
-                    r"(?P<digest>@sha256:[0-9a-f]{64})?\s*$")
-FROM_RE = re.compile(r"^FROM\s+(?P<image>[^\s@]+?)(?P<digest>@sha256:[0-9a-f]{64})?(?P<rest>\s.*)?$", re.I)
-ENTRY_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.!+_-]+)"
-                      r"(?P<marker>\s*;[^\\'\"]*)?$")
+PIN_RE = re.compile(
+    r"^ARG BASE_IMAGE=(?P<repo>[^\s:@]+(?::\d+)?(?:/[^\s:@]+)*):(?P<tag>\w[\w.-]{0,127})"
+    r"(?P<digest>@sha256:[0-9a-f]{64})?\s*$"
+)
+FROM_RE = re.compile(r"^FROM\s+(?P<image>[^\s@]+?)(?P<digest>@sha256:[0-9a-f]{64})?(?P<rest>\s.*)?$", re.IGNORECASE)
+ENTRY_RE = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.!+_-]+)"
+    r"(?P<marker>\s*;[^\\'\"]*)?$"
+)
 HASH_RE = re.compile(r"^--hash=sha256:[0-9a-f]{64}$")
 DEBIAN_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]*=[A-Za-z0-9.+~:-]+$")
 PIP_CACHE = "--mount=type=cache,target=/root/.cache/pip"
@@ -111,10 +115,10 @@ class Lock:
         start = next((i for i, line in enumerate(lines) if line.startswith(META + " ")), None)
         if start is None:
             return
-        self.meta = dict(w.split("=", 1) for w in lines[start][len(META):].split() if "=" in w)
-        self.body = "\n".join(lines[start + 1:])
+        self.meta = dict(w.split("=", 1) for w in lines[start][len(META) :].split() if "=" in w)
+        self.body = "\n".join(lines[start + 1 :])
         logical: list[tuple[int, str]] = []
-        for number, line in enumerate(lines[start + 1:], start + 2):
+        for number, line in enumerate(lines[start + 1 :], start + 2):
             if logical and logical[-1][1].endswith("\\"):
                 logical[-1] = (logical[-1][0], logical[-1][1][:-1] + " " + line.strip())
             else:
@@ -152,8 +156,8 @@ class Lock:
         if self.meta.get("in") != sha256(requirements_in):
             return [f"{self.label}: base/requirements.in changed since the last lock: run `make lock`"]
         if self.meta.get("python") != python:
-            return [f"{self.label}: locked for Python {self.meta.get('python')}, base/Dockerfile wants "
-                    f"{python}: run `make lock`"]
+            wanted = self.meta.get("python")
+            return [f"{self.label}: locked for Python {wanted}, base/Dockerfile wants {python}: run `make lock`"]
         return []
 
     def ordered(self, top_level: list[str]) -> list[tuple[str, str, list[str]]]:
@@ -188,8 +192,10 @@ def top_level_names(text: str, label: str) -> list[str]:
         if not line:
             continue
         if line.startswith("-"):
-            raise LinkError(f"{label}:{number}: pip option {line.split()[0]!r} is not supported here: "
-                            "list PEP 508 requirements, one per line")
+            raise LinkError(
+                f"{label}:{number}: pip option {line.split()[0]!r} is not supported here: "
+                "list PEP 508 requirements, one per line"
+            )
         m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)
         if not m:
             raise LinkError(f"{label}:{number}: {line!r} is not a PEP 508 requirement")
@@ -217,13 +223,13 @@ def find_fences(lines: list[str], label: str) -> dict[str, tuple[int, int, dict[
     for index, line in enumerate(lines):
         words = line.strip().split()
         if line.strip().startswith(FENCE_START):
-            kind = line.strip()[len(FENCE_START):].split()[0] if len(words) > 1 else ""
+            kind = line.strip()[len(FENCE_START) :].split()[0] if len(words) > 1 else ""
             if kind not in ("apt", "pip") or open_kind or kind in fences:
                 raise LinkError(f"{label}:{index + 1}: unexpected start of block {kind!r}")
             open_kind, open_at = kind, index
             options = dict(w.split("=", 1) for w in words[2:] if "=" in w)
         elif line.strip().startswith(FENCE_END):
-            kind = line.strip()[len(FENCE_END):].strip()
+            kind = line.strip()[len(FENCE_END) :].strip()
             if kind != open_kind:
                 raise LinkError(f"{label}:{index + 1}: end of block {kind!r} without its start")
             fences[kind] = (open_at, index, options)
@@ -236,17 +242,21 @@ def find_fences(lines: list[str], label: str) -> dict[str, tuple[int, int, dict[
 def pip_step(requirement: str, hashes: list[str]) -> str:
     """One RUN installing one locked package, hash-checked, without resolving."""
     line = " \\\n        ".join([requirement, *hashes])
-    return (f"RUN {PIP_CACHE} \\\n    echo {shlex.quote(line)} \\\n"
-            "    | pip install --no-deps --require-hashes -r /dev/stdin")
+    return (
+        f"RUN {PIP_CACHE} \\\n    echo {shlex.quote(line)} \\\n"
+        "    | pip install --no-deps --require-hashes -r /dev/stdin"
+    )
 
 
 def apt_step(pins: list[str]) -> str:
     """One RUN installing Debian packages at the versions the lock pinned."""
     packages = " \\\n        ".join(pins)
-    return (f"RUN {APT_CACHES} \\\n    apt-get update \\\n    && {{ apt-get install -y --no-install-recommends \\\n"
-            f"        {packages} \\\n"
-            "    || { echo 'apt cannot install the pinned versions (see above): "
-            "if one left the archive, run make lock' >&2; exit 1; }; }")
+    return (
+        f"RUN {APT_CACHES} \\\n    apt-get update \\\n    && {{ apt-get install -y --no-install-recommends \\\n"
+        f"        {packages} \\\n"
+        "    || { echo 'apt cannot install the pinned versions (see above): "
+        "if one left the archive, run make lock' >&2; exit 1; }; }"
+    )
 
 
 def base_settings(text: str) -> tuple[dict[str, str], int]:
@@ -256,7 +266,7 @@ def base_settings(text: str) -> tuple[dict[str, str], int]:
         if line.startswith(META + " ") or line.strip() == META:
             following = index + 1
             if following < len(lines) and FROM_RE.match(lines[following]):
-                return dict(w.split("=", 1) for w in line[len(META):].split() if "=" in w), following
+                return dict(w.split("=", 1) for w in line[len(META) :].split() if "=" in w), following
     raise LinkError(f"base/Dockerfile: needs a `{META} python=X.Y` line right above its FROM line")
 
 
@@ -280,7 +290,7 @@ class Project:
         top = top_level_names(self.read("base/requirements.in"), "base/requirements.in")
         bodies["pip"] = [pip_step(r, h) for _, r, h in lock.ordered(top)] or ["# (nothing to install)"]
         for kind, (start, end, _) in sorted(fences.items(), key=lambda f: -f[1][0]):
-            lines[start + 1:end] = [GENERATED, *"\n".join(bodies[kind]).splitlines()]
+            lines[start + 1 : end] = [GENERATED, *"\n".join(bodies[kind]).splitlines()]
         newline = "\r\n" if "\r\n" in dockerfile else "\n"
         return newline.join(lines) + (newline if dockerfile.endswith("\n") else "")
 
@@ -288,16 +298,19 @@ class Project:
         """(path, kind, file) of the base build context as BuildKit sends it, filtered by
         base/.dockerignore: kind is "file", "exec" (an execute bit) or "link" (never followed)."""
         if (self.base / "Dockerfile.dockerignore").exists():
-            raise LinkError("base/Dockerfile.dockerignore: engines disagree on it; "
-                            "keep the rules in base/.dockerignore")
+            raise LinkError(
+                "base/Dockerfile.dockerignore: engines disagree on it; keep the rules in base/.dockerignore"
+            )
         patterns = []
         ignore = self.base / ".dockerignore"
         if ignore.exists():
             for line in read_text(ignore, "base/.dockerignore").splitlines():
                 line = line.strip()
                 if line.startswith("!!"):
-                    raise LinkError(f"base/.dockerignore: {line!r}: a double negation is read differently by "
-                                    "each engine; write the pattern without it")
+                    raise LinkError(
+                        f"base/.dockerignore: {line!r}: a double negation is read differently by "
+                        "each engine; write the pattern without it"
+                    )
                 if line and not line.startswith("#"):
                     negated = line.startswith("!")
                     patterns.append((not negated, os.path.normpath(line.lstrip("!").strip()).lstrip("/")))
@@ -332,8 +345,9 @@ class Project:
             digest.update(len(name).to_bytes(4, "big") + name + len(data).to_bytes(8, "big") + data)
         return TAG_PREFIX + digest.hexdigest()[:16]
 
-    def plan(self, base_text: str | None = None, lock_text: str | None = None
-             ) -> tuple[dict[str, str], list[str], list[str]]:
+    def plan(
+        self, base_text: str | None = None, lock_text: str | None = None
+    ) -> tuple[dict[str, str], list[str], list[str]]:
         """What sync would write ({path: text}), what is stale, and warnings."""
         writes: dict[str, str] = {}
         stale: list[str] = []
@@ -359,21 +373,26 @@ class Project:
         first, _, rest = app.partition("\n")
         m = PIN_RE.match(first)
         if not m or not rest.startswith("FROM ${BASE_IMAGE}"):
-            raise LinkError("Dockerfile:1: must start with `ARG BASE_IMAGE=<base repository>:<tag>` "
-                            "then `FROM ${BASE_IMAGE}`")
+            raise LinkError(
+                "Dockerfile:1: must start with `ARG BASE_IMAGE=<base repository>:<tag>` then `FROM ${BASE_IMAGE}`"
+            )
         repository = settings.get("repository")
         if repository and m["repo"] != repository:
-            raise LinkError(f"Dockerfile:1: pins {m['repo']}, but base/Dockerfile names {repository}: "
-                            "pin that repository")
+            raise LinkError(
+                f"Dockerfile:1: pins {m['repo']}, but base/Dockerfile names {repository}: pin that repository"
+            )
         if m["tag"] != tag:
-            writes["Dockerfile"] = f"ARG BASE_IMAGE={m['repo']}:{tag}" + ("\r" if first.endswith("\r") else "") \
-                + "\n" + rest
+            writes["Dockerfile"] = (
+                f"ARG BASE_IMAGE={m['repo']}:{tag}" + ("\r" if first.endswith("\r") else "") + "\n" + rest
+            )
             stale.append(f"Dockerfile: pins {m['repo']}:{m['tag']}, but base/ is now {tag}")
         warnings = []
         pinned = FROM_RE.match(new_base.splitlines()[from_index])
         if not (pinned and pinned["digest"]):
-            warnings.append("base/Dockerfile: FROM has no digest, so the upstream image may move under "
-                            "its tag: run `make lock` where its registry is reachable")
+            warnings.append(
+                "base/Dockerfile: FROM has no digest, so the upstream image may move under "
+                "its tag: run `make lock` where its registry is reachable"
+            )
         return writes, stale, warnings
 
     def reference(self) -> str:
@@ -410,8 +429,13 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
             out.append(".*" if index == pattern.count("/") else "(?:.*/)?")
             continue
         pieces = re.split(r"(\*|\?|\[[^\]]*\])", segment)
-        out.append("".join("[^/]*" if p == "*" else "[^/]" if p == "?" else p if p.startswith("[")
-                           else re.escape(p) for p in pieces) + ("" if index == pattern.count("/") else "/"))
+        out.append(
+            "".join(
+                "[^/]*" if p == "*" else "[^/]" if p == "?" else p if p.startswith("[") else re.escape(p)
+                for p in pieces
+            )
+            + ("" if index == pattern.count("/") else "/")
+        )
     return re.compile("".join(out) + "$")
 
 
@@ -451,12 +475,17 @@ def resolve_generated_conflicts(text: str, label: str) -> tuple[str, list[str]]:
         state, generated = inside, False
         for line in ours:
             s = line.strip()
-            generated |= state or s.startswith((FENCE_START, FENCE_END, META)) or bool(PIN_RE.match(s)) \
+            generated |= (
+                state
+                or s.startswith((FENCE_START, FENCE_END, META))
+                or bool(PIN_RE.match(s))
                 or (label == "base/Dockerfile" and bool(FROM_RE.match(s)))
+            )
             state = _fence_state(line, state)
         if not generated:
-            raise ConflictError(f"{label}:{start + 1}: merge conflict outside the generated lines: "
-                                "resolve it, then run `make sync`")
+            raise ConflictError(
+                f"{label}:{start + 1}: merge conflict outside the generated lines: resolve it, then run `make sync`"
+            )
         notes.append(f"{label}:{start + 1}: took the template's side of a conflict in generated lines")
         for line in theirs:
             inside = _fence_state(line, inside)
@@ -496,9 +525,11 @@ def _credentials(host: str) -> tuple[str, str] | None:
     import subprocess
 
     keys = [host, "https://index.docker.io/v1/"] if host == "docker.io" else [host, f"https://{host}"]
-    for path in (os.environ.get("REGISTRY_AUTH_FILE"),
-                 os.path.join(os.environ.get("XDG_RUNTIME_DIR", "/nonexistent"), "containers/auth.json"),
-                 os.path.join(os.environ.get("DOCKER_CONFIG", os.path.expanduser("~/.docker")), "config.json")):
+    for path in (
+        os.environ.get("REGISTRY_AUTH_FILE"),
+        os.path.join(os.environ.get("XDG_RUNTIME_DIR", "/nonexistent"), "containers/auth.json"),
+        os.path.join(os.environ.get("DOCKER_CONFIG", os.path.expanduser("~/.docker")), "config.json"),
+    ):
         try:
             with open(path or "", encoding="utf-8") as handle:
                 config = json.load(handle)
@@ -512,8 +543,14 @@ def _credentials(host: str) -> tuple[str, str] | None:
             helper = config.get("credHelpers", {}).get(key) or config.get("credsStore")
             if helper and re.match(r"^[\w.-]+$", helper):
                 try:
-                    got = subprocess.run([f"docker-credential-{helper}", "get"], input=key,
-                                         capture_output=True, text=True, timeout=20)
+                    got = subprocess.run(
+                        [f"docker-credential-{helper}", "get"],
+                        input=key,
+                        capture_output=True,
+                        text=True,
+                        timeout=20,
+                        check=False,
+                    )
                     if got.returncode == 0:
                         data = json.loads(got.stdout)
                         return data["Username"], data["Secret"]
@@ -533,9 +570,15 @@ def manifest_digest(ref: str) -> str | None:
     api = "registry-1.docker.io" if host == "docker.io" else host
     local = api.split(":")[0] in ("localhost", "127.0.0.1", "[::1]")
     url = f"{'http' if local else 'https'}://{api}/v2/{path}/manifests/{tag}"
-    accept = ", ".join(f"application/vnd.{t}" for t in (
-        "oci.image.index.v1+json", "docker.distribution.manifest.list.v2+json",
-        "oci.image.manifest.v1+json", "docker.distribution.manifest.v2+json"))
+    accept = ", ".join(
+        f"application/vnd.{t}"
+        for t in (
+            "oci.image.index.v1+json",
+            "docker.distribution.manifest.list.v2+json",
+            "oci.image.manifest.v1+json",
+            "docker.distribution.manifest.v2+json",
+        )
+    )
     creds = _credentials(host)
     headers = {"Accept": accept}
     for attempt in range(2):
@@ -561,8 +604,9 @@ def manifest_digest(ref: str) -> str | None:
             if not challenge.lower().startswith("bearer") or not realm.startswith("https://" if not local else "http"):
                 raise LinkError(f"{api}: {ref}: HTTP 401 with a scheme this tool cannot use") from None
             query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
-            token_request = urllib.request.Request(f"{realm}?{query}",
-                                                   headers={"Authorization": f"Basic {basic}"} if basic else {})
+            token_request = urllib.request.Request(
+                f"{realm}?{query}", headers={"Authorization": f"Basic {basic}"} if basic else {}
+            )
             try:
                 with urllib.request.urlopen(token_request, timeout=15) as response:
                     import json
@@ -602,11 +646,31 @@ def uv_compile(workdir: Path, args: list[str], engine: list[str], extra: list[st
         argv, cwd = [uv, "pip", "compile", *args], str(workdir)
     else:
         ids = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else "0:0"
-        argv, cwd = [*engine, "run", "--rm", "--user", ids, "--volume", f"{workdir}:/lock", "--workdir", "/lock",
-                     "--env", "UV_CACHE_DIR=/lock/.uv-cache", "--entrypoint", "uv", *extra, UV_IMAGE,
-                     "pip", "compile", *args], None
+        argv, cwd = (
+            [
+                *engine,
+                "run",
+                "--rm",
+                "--user",
+                ids,
+                "--volume",
+                f"{workdir}:/lock",
+                "--workdir",
+                "/lock",
+                "--env",
+                "UV_CACHE_DIR=/lock/.uv-cache",
+                "--entrypoint",
+                "uv",
+                *extra,
+                UV_IMAGE,
+                "pip",
+                "compile",
+                *args,
+            ],
+            None,
+        )
     try:
-        result = subprocess.run(argv, cwd=cwd, stdout=subprocess.PIPE, text=True)
+        result = subprocess.run(argv, cwd=cwd, stdout=subprocess.PIPE, text=True, check=False)
     except OSError as exc:
         raise LinkError(f"cannot run {argv[0]}: {exc.strerror}; install uv or a container engine") from None
     if result.returncode != 0:
@@ -618,10 +682,12 @@ def debian_pins(engine: list[str], extra: list[str], image: str, groups: list[li
     """The package=version pins each group adds, as apt in ``image`` would install them now."""
     import subprocess
 
-    script = ('apt-get update -qq >/dev/null || exit 3; all=; for group in "$@"; do all="$all $group"; '
-              'echo "=== $group"; apt-get install -s -y --no-install-recommends $all || exit 4; done')
+    script = (
+        'apt-get update -qq >/dev/null || exit 3; all=; for group in "$@"; do all="$all $group"; '
+        'echo "=== $group"; apt-get install -s -y --no-install-recommends $all || exit 4; done'
+    )
     argv = [*engine, "run", "--rm", *extra, image, "sh", "-c", script, "sh", *(" ".join(g) for g in groups)]
-    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
+    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
         raise LinkError(f"apt in {image} could not resolve the Debian packages (see above): nothing was changed")
     pins: list[list[str]] = []
@@ -636,8 +702,9 @@ def debian_pins(engine: list[str], extra: list[str], image: str, groups: list[li
     return pins
 
 
-def lock(project: Project, engine: list[str], extra: list[str], upgrade: bool, packages: list[str]
-         ) -> tuple[dict[str, str], list[str]]:
+def lock(
+    project: Project, engine: list[str], extra: list[str], upgrade: bool, packages: list[str]
+) -> tuple[dict[str, str], list[str]]:
     """Compile the lock, pin the upstream digest; return (what to write, warnings)."""
     import tempfile
 
@@ -663,11 +730,18 @@ def lock(project: Project, engine: list[str], extra: list[str], upgrade: bool, p
             digest = "@" + found
         except LinkError as exc:
             warnings.append(f"upstream digest not resolved ({exc}); kept {'its digest' if digest else 'no digest'}")
-    ending = lines[from_index][len(lines[from_index].rstrip("\r\n")):]
+    ending = lines[from_index][len(lines[from_index].rstrip("\r\n")) :]
     lines[from_index] = f"FROM {image}{digest}{m['rest'] or ''}{ending}"
     fences = find_fences(base_text.splitlines(), "base/Dockerfile")
-    flags = ["--python-version", python, "--python-platform", "linux", "--no-python-downloads", "--no-header",
-             "--quiet"]
+    flags = [
+        "--python-version",
+        python,
+        "--python-platform",
+        "linux",
+        "--no-python-downloads",
+        "--no-header",
+        "--quiet",
+    ]
     upgrades = (["--upgrade"] if upgrade else []) + [a for p in packages for a in ("--upgrade-package", p)]
     apt: list[list[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -678,7 +752,7 @@ def lock(project: Project, engine: list[str], extra: list[str], upgrade: bool, p
             table = debian_names(project.read("base/" + fences["apt"][2].get("names", "debian-names.txt")))
             applicable = uv_compile(work, ["requirements.in", "--no-deps", "--no-annotate", *flags], engine, extra)
             debs, missing = [], []
-            extras = {normalize(n) for n in re.findall(r"^\s*([A-Za-z0-9][\w.-]*)\s*\[", requirements_in, re.M)}
+            extras = {normalize(n) for n in re.findall(r"^\s*([A-Za-z0-9][\w.-]*)\s*\[", requirements_in, re.MULTILINE)}
             for line in applicable.splitlines():
                 name = normalize(line.split("==")[0].strip()) if line and not line.startswith("#") else ""
                 package = table.get(name)
@@ -687,11 +761,19 @@ def lock(project: Project, engine: list[str], extra: list[str], upgrade: bool, p
                 elif package and package not in ("python3", "python3-minimal", "libpython3-stdlib"):
                     debs.append(package)
             if missing and "pip" not in fences:
-                raise LinkError(f"base/requirements.in: Debian has no package for {', '.join(missing)}: answer "
-                                "use_virtualenv=true (pip installs them beside Debian's) or pick the combo strategy")
-            wanted = "\n".join(r for r in requirements_in.splitlines()
-                               if top_level_names(r, "base/requirements.in")[:1] and
-                               top_level_names(r, "base/requirements.in")[0] in missing) + "\n"
+                raise LinkError(
+                    f"base/requirements.in: Debian has no package for {', '.join(missing)}: answer "
+                    "use_virtualenv=true (pip installs them beside Debian's) or pick the combo strategy"
+                )
+            wanted = (
+                "\n".join(
+                    r
+                    for r in requirements_in.splitlines()
+                    if top_level_names(r, "base/requirements.in")[:1]
+                    and top_level_names(r, "base/requirements.in")[0] in missing
+                )
+                + "\n"
+            )
             first = fences["apt"][2].get("with", "python3").split(",")
             apt = debian_pins(engine, extra, image + digest, [first, *([d] for d in dict.fromkeys(debs))])
         (work / "requirements.in").write_text(wanted, encoding="utf-8")
@@ -699,8 +781,12 @@ def lock(project: Project, engine: list[str], extra: list[str], upgrade: bool, p
             (work / "requirements.txt").write_text(old.body, encoding="utf-8")
         body = ""
         if top_level_names(wanted, "base/requirements.in"):
-            uv_compile(work, ["requirements.in", "--generate-hashes", "-o", "requirements.txt", *flags, *upgrades],
-                       engine, extra)
+            uv_compile(
+                work,
+                ["requirements.in", "--generate-hashes", "-o", "requirements.txt", *flags, *upgrades],
+                engine,
+                extra,
+            )
             body = (work / "requirements.txt").read_text(encoding="utf-8")
     body = "".join(f"# apt: {' '.join(p)}\n" for p in apt if p) + body
     header = (
@@ -752,7 +838,7 @@ class Engine:
             return True
         stream = subprocess.DEVNULL if quiet else None
         try:
-            return subprocess.run(argv, stdout=stream, stderr=stream).returncode == 0
+            return subprocess.run(argv, stdout=stream, stderr=stream, check=False).returncode == 0
         except OSError as exc:
             raise LinkError(f"cannot run {argv[0]}: {exc.strerror}") from None
 
@@ -765,8 +851,12 @@ class Engine:
         import json
         import subprocess
 
-        out = subprocess.run([*self.command, "image", "inspect", "--format", "{{json .Config.Labels}}", ref],
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [*self.command, "image", "inspect", "--format", "{{json .Config.Labels}}", ref],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
         try:
             labels = json.loads(out or "null") or {}
         except ValueError:
@@ -776,8 +866,17 @@ class Engine:
 
 def build_base(project: Project, engine: Engine, ref: str, args: list[str]) -> None:
     """Build the base under its content tag, labelled with that tag and the lock's hash."""
-    engine.must("build", *args, "--label", f"{LABEL_TAG}={ref.rsplit(':', 1)[1]}",
-                "--label", f"{LABEL_LOCK}={project.lock().meta.get('body', '')}", "--tag", ref, str(project.base))
+    engine.must(
+        "build",
+        *args,
+        "--label",
+        f"{LABEL_TAG}={ref.rsplit(':', 1)[1]}",
+        "--label",
+        f"{LABEL_LOCK}={project.lock().meta.get('body', '')}",
+        "--tag",
+        ref,
+        str(project.base),
+    )
 
 
 def verify_labels(project: Project, engine: Engine, ref: str) -> None:
@@ -787,12 +886,22 @@ def verify_labels(project: Project, engine: Engine, ref: str) -> None:
     want = (ref.rsplit(":", 1)[1], project.lock().meta.get("body", ""))
     got = engine.labels(ref)
     if got != want:
-        raise LinkError(f"{ref} is labelled content-tag={got[0]} lock={got[1]}, not {want[0]} {want[1]}: "
-                        "refusing to build FROM it")
+        raise LinkError(
+            f"{ref} is labelled content-tag={got[0]} lock={got[1]}, not {want[0]} {want[1]}: refusing to build FROM it"
+        )
 
 
-def publish(project: Project, engine: Engine, image: str, tags: list[str], push: bool, only: str | None,
-            base_args: list[str], app_args: list[str], inline_cache: bool = False) -> None:
+def publish(
+    project: Project,
+    engine: Engine,
+    image: str,
+    tags: list[str],
+    push: bool,
+    only: str | None,
+    base_args: list[str],
+    app_args: list[str],
+    inline_cache: bool = False,
+) -> None:
     """Push the base unless the registry has it, then build (and push) the app FROM exactly that base.
 
     Only a clear 404 counts as absent: any other registry failure stops here,
@@ -836,8 +945,14 @@ def publish(project: Project, engine: Engine, image: str, tags: list[str], push:
                 build_base(project, engine, ref, base_args)
         verify_labels(project, engine, ref)
         refs = [f"{image}:{tag}" for tag in tags]
-        engine.must("build", *app_args, "--build-arg", f"BASE_IMAGE={ref}",
-                    *[a for r in refs for a in ("--tag", r)], str(project.root))
+        engine.must(
+            "build",
+            *app_args,
+            "--build-arg",
+            f"BASE_IMAGE={ref}",
+            *[a for r in refs for a in ("--tag", r)],
+            str(project.root),
+        )
         for r in refs if push else []:
             engine.must("push", r)
         print(("pushed " if push else "built ") + " ".join(refs) + f" FROM {ref}", flush=True)
@@ -854,7 +969,7 @@ def _git_commit(root: Path) -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
     except OSError:
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -897,18 +1012,27 @@ def verify(path: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit status."""
     parser = argparse.ArgumentParser(prog="linked.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
-                        help="project root (default: the folder above base/)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent,
+        help="project root (default: the folder above base/)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("tag", "print the content tag"), ("ref", "print <base repository>:<content tag>"),
-                       ("check", "exit 1 if anything is stale"), ("sync", "rewrite the blocks and the pin")):
+    for name, text in (
+        ("tag", "print the content tag"),
+        ("ref", "print <base repository>:<content tag>"),
+        ("check", "exit 1 if anything is stale"),
+        ("sync", "rewrite the blocks and the pin"),
+    ):
         sub.add_parser(name, help=text)
     lock_parser = sub.add_parser("lock", help="compile the lock, pin the upstream digest, sync")
     base_parser = sub.add_parser("base", help="build the base image under its content tag")
     pub = sub.add_parser("publish", help="push the base unless the registry has it, then the app")
     for needs_engine in (lock_parser, base_parser, pub):
-        needs_engine.add_argument("--engine", default=os.environ.get("DOCKER", "docker"),
-                                  help="engine client (default $DOCKER, else docker)")
+        needs_engine.add_argument(
+            "--engine", default=os.environ.get("DOCKER", "docker"), help="engine client (default $DOCKER, else docker)"
+        )
     lock_parser.add_argument("--upgrade", action="store_true", help="move every pin to the newest allowed")
     lock_parser.add_argument("--upgrade-package", action="append", default=[], help="move this one (repeatable)")
     base_parser.add_argument("--if-missing", action="store_true", help="only if the engine lacks it")
@@ -940,8 +1064,11 @@ def main(argv: list[str] | None = None) -> int:
                 print("fix: `make lock` where the lock is stale, else `make sync`; then commit", file=sys.stderr)
                 return 1
         elif args.command in ("sync", "lock"):
-            writes, warnings = lock(project, engine, run_args(build_args), args.upgrade, args.upgrade_package) \
-                if args.command == "lock" else ({}, [])
+            writes, warnings = (
+                lock(project, engine, run_args(build_args), args.upgrade, args.upgrade_package)
+                if args.command == "lock"
+                else ({}, [])
+            )
             plan, stale, more = project.plan(writes.get("base/Dockerfile"), writes.get("base/requirements.txt"))
             writes.update(plan)
             for rel, text in writes.items():
@@ -962,10 +1089,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "publish":
             env = dict(os.environ)
             common = shlex.split(build_args)
-            publish(project, Engine(engine, dry_run=args.dry_run), args.image,
-                    [image_tag(t) for t in args.tags] if args.tags else ci_tags(env, _git_commit(project.root)),
-                    args.push, args.only, common + shlex.split(env.get("BASE_BUILD_ARGS", "")),
-                    common + shlex.split(env.get("APP_BUILD_ARGS", "")), args.cache == "inline")
+            publish(
+                project,
+                Engine(engine, dry_run=args.dry_run),
+                args.image,
+                [image_tag(t) for t in args.tags] if args.tags else ci_tags(env, _git_commit(project.root)),
+                args.push,
+                args.only,
+                common + shlex.split(env.get("BASE_BUILD_ARGS", "")),
+                common + shlex.split(env.get("APP_BUILD_ARGS", "")),
+                args.cache == "inline",
+            )
     except LinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3 if isinstance(exc, ConflictError) else 2
