@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, str(tool), "sync"], cwd=args.project, capture_output=True, text=True
     )
     sys.stderr.write(result.stderr)
+    if args.operation == "update" and "still stale" in result.stdout:
+        sys.stderr.write(result.stdout)
+        print("The lock does not match base/requirements.in or base/Dockerfile: run `make lock`.", file=sys.stderr)
     if result.returncode == CONFLICT and args.operation == "update":
         print("The update left merge conflicts: resolve them, then run `make sync`.", file=sys.stderr)
         return 0
