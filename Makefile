@@ -19,6 +19,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check --line-length 120 template/base/linked.py
 	$(BIN)/mypy
 
 test: lint
