@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import linked, render_project, tool_module
+from conftest import TEMPLATE, linked, render_project, tool_module
 from fakes import FakeRegistry, closed_port, logging_engine
 
 Rendered = Callable[[str, bool], Path]
@@ -325,7 +325,13 @@ def test_install_order_follows_requirements_in_with_dependencies_first(project: 
     assert names == ["alpha", "shared", "zulu", "beta"]
 
 
-def test_sync_settles_conflicts_in_the_pin_and_the_blocks(project: Path) -> None:
+def update_hook(project: Path) -> subprocess.CompletedProcess[str]:
+    """The template's own task, as copier runs it after an update."""
+    return subprocess.run([sys.executable, str(TEMPLATE / "hooks" / "post_copy.py"), "--operation=update",
+                           "--project", str(project)], capture_output=True, text=True)
+
+
+def test_the_update_task_settles_conflicts_in_the_pin_and_the_blocks(project: Path) -> None:
     """What `copier update` can leave: markers around the pin and inside a generated block."""
     app = project / "Dockerfile"
     pin = app.read_text().splitlines()[0]
@@ -336,26 +342,35 @@ def test_sync_settles_conflicts_in_the_pin_and_the_blocks(project: Path) -> None
     base.write_text(base.read_text().replace(
         block[1] + "\n", f"<<<<<<< before updating\n{block[1]}\n=======\nRUN echo template\n>>>>>>> after updating\n"))
     check = linked(project, "check")
-    assert check.returncode == 1 and "took the template's side of a conflict in generated lines" in check.stderr
-    sync = linked(project, "sync")
-    assert sync.returncode == 0, sync.stderr
+    assert check.returncode == 3 and "a merge conflict: resolve it, then run `make sync`" in check.stderr
+    result = update_hook(project)
+    assert result.returncode == 0, result.stderr
+    assert "Dockerfile:1: took the template's side of a conflict in generated lines" in result.stderr
     assert "<<<<<<<" not in app.read_text() + base.read_text()
     assert app.read_text().splitlines()[0] == pin and fenced(project) == block
     assert linked(project, "check").returncode == 0
 
 
-def test_conflict_outside_the_generated_lines_is_left_to_the_user(project: Path) -> None:
+def test_a_conflict_of_the_users_is_left_but_the_pin_is_settled(project: Path) -> None:
+    app = project / "Dockerfile"
+    pin = app.read_text().splitlines()[0]
+    app.write_text(app.read_text().replace(
+        pin + "\n", f"<<<<<<< before updating\n{pin}\n=======\n{pin[:-4]}beef\n>>>>>>> after updating\n"))
     base = project / "base" / "Dockerfile"
     base.write_text(base.read_text().replace(
         "ENV PYTHONUNBUFFERED=1 \\\n",
         "<<<<<<< before updating\nENV PYTHONUNBUFFERED=1 \\\n=======\nENV PYTHONUNBUFFERED=0 \\\n"
         ">>>>>>> after updating\n"))
-    before = snapshot(project)
-    result = linked(project, "sync")
-    assert result.returncode == 3
-    assert re.fullmatch(r"error: base/Dockerfile:\d+: merge conflict outside the generated lines: "
-                        r"resolve it, then run `make sync`\n", result.stderr)
-    assert snapshot(project) == before
+    result = update_hook(project)
+    assert result.returncode == 0
+    assert re.search(r"merge conflicts \(base/Dockerfile:\d+\): resolve them, then run `make sync`\.\n$",
+                     result.stderr), result.stderr
+    assert "<<<<<<<" not in app.read_text()  # settled; sync rewrites the pin once the user's is resolved
+    assert base.read_text().count("<<<<<<< before updating\nENV PYTHONUNBUFFERED=1") == 1
+    base.write_text(re.sub(r"<<<<<<< before updating\n(.*?)=======\n.*?>>>>>>> after updating\n", r"\1",
+                           base.read_text(), flags=re.S))
+    assert linked(project, "sync").returncode == 0
+    assert app.read_text().splitlines()[0] == pin and linked(project, "check").returncode == 0
 
 
 def test_verify_names_the_package_wanted_and_found(project: Path, tmp_path: Path) -> None:

@@ -302,14 +302,18 @@ def test_user_conflict_in_a_dockerfile_is_left_with_markers_and_a_note(old_proje
     git(project, "commit", "-qam", "user rewords a comment the template also rewords")
     result = update(project)
     assert result.returncode == 0, result.stderr
-    assert "merge conflict outside the generated lines: resolve it, then run `make sync`" in result.stderr
-    assert "The update left merge conflicts: resolve them, then run `make sync`." in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"The update left merge conflicts \(Dockerfile:\d+\): resolve them, then run `make sync`\.",
+                        last), result.stderr
     text = dockerfile.read_text()
     assert "<<<<<<< before updating\n# Our own wording of the healthcheck.\n=======\n" \
         "# Python's own urllib, so the image needs no curl.\n>>>>>>> after updating\n" in text
-    # Sync settles no conflict of a file that has one of the user's, so the pin may be in
-    # conflict too (the update's render of 1.0.0 is unlocked: its pin is not the project's).
-    # Resolving them by hand (here: the template's side) and syncing brings back a clean check.
+    # The pin was settled anyway (the update's render of 1.0.0 is unlocked: its pin is not the
+    # project's); only the user's own conflict is left, once.
+    assert text.count("<<<<<<< ") == 1 and text.startswith("ARG BASE_IMAGE=")
+    check = linked(project, "check")
+    assert check.returncode == 3 and re.fullmatch(
+        r"error: Dockerfile:\d+: a merge conflict: resolve it, then run `make sync`\n", check.stderr)
     dockerfile.write_text(re.sub(r"<<<<<<< before updating\n.*?=======\n(.*?)>>>>>>> after updating\n", r"\1",
                                  text, flags=re.S))
     assert conflict_markers(project) == []

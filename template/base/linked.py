@@ -370,11 +370,10 @@ class Project:
         stale: list[str] = []
         texts = {}
         for rel in ("base/Dockerfile", "Dockerfile"):
-            original = base_text if rel == "base/Dockerfile" and base_text is not None else self.read(rel)
-            texts[rel], notes = resolve_generated_conflicts(original, rel)
-            if notes or texts[rel] != original:
-                writes[rel] = texts[rel]
-            stale.extend(notes)
+            texts[rel] = base_text if rel == "base/Dockerfile" and base_text is not None else self.read(rel)
+            marker = next((n for n, line in enumerate(texts[rel].splitlines(), 1) if line.startswith("<<<<<<< ")), 0)
+            if marker:
+                raise ConflictError(f"{rel}:{marker}: a merge conflict: resolve it, then run `make sync`")
         lock = Lock(lock_text) if lock_text is not None else self.lock()
         settings, from_index = base_settings(texts["base/Dockerfile"])
         stale.extend(
@@ -458,66 +457,6 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
             + ("" if index == pattern.count("/") else "/")
         )
     return re.compile("".join(out) + "$")
-
-
-# ------------------------------------------------------------ merge conflicts
-
-
-def resolve_generated_conflicts(text: str, label: str) -> tuple[str, list[str]]:
-    """Settle `copier update` conflicts inside generated lines by taking the template's side.
-
-    A conflict block whose ours-side touches the pin, the FROM line or a generated
-    block is regenerated anyway; any other conflict is the user's to resolve.
-    """
-    lines = text.splitlines(keepends=True)
-    out: list[str] = []
-    notes: list[str] = []
-    inside = False
-    i = 0
-    while i < len(lines):
-        if not lines[i].startswith("<<<<<<< "):
-            inside = _fence_state(lines[i], inside)
-            out.append(lines[i])
-            i += 1
-            continue
-        start, ours, theirs = i, list[str](), list[str]()
-        side: list[str] = ours
-        i += 1
-        while i < len(lines) and not lines[i].startswith(">>>>>>> "):
-            if lines[i].startswith("||||||| "):
-                side = []
-            elif lines[i].rstrip("\r\n") == "=======":
-                side = theirs
-            else:
-                side.append(lines[i])
-            i += 1
-        if i == len(lines):
-            raise ConflictError(f"{label}:{start + 1}: a merge conflict starts here and never ends")
-        state, generated = inside, False
-        for line in ours:
-            s = line.strip()
-            generated |= (
-                state
-                or s.startswith((FENCE_START, FENCE_END, META))
-                or bool(PIN_RE.match(s))
-                or (label == "base/Dockerfile" and bool(FROM_RE.match(s)))
-            )
-            state = _fence_state(line, state)
-        if not generated:
-            raise ConflictError(
-                f"{label}:{start + 1}: merge conflict outside the generated lines: resolve it, then run `make sync`"
-            )
-        notes.append(f"{label}:{start + 1}: took the template's side of a conflict in generated lines")
-        for line in theirs:
-            inside = _fence_state(line, inside)
-        out.extend(theirs)
-        i += 1
-    return "".join(out), notes
-
-
-def _fence_state(line: str, inside: bool) -> bool:
-    s = line.strip()
-    return True if s.startswith(FENCE_START) else False if s.startswith(FENCE_END) else inside
 
 
 # ---------------------------------------------------------------- registries
