@@ -302,6 +302,29 @@ def test_broken_inputs_give_one_line_and_write_nothing(project: Path, damage: Ca
             assert snapshot(project) == before
 
 
+NAMES = ["Flask", "zope.interface", "typing_extensions", "ruamel.yaml.clib", "A", "x1", "Py-YAML", "a.b-c_d"]
+TAILS = ["", ">=2.2", " >= 2.2 , <4", "==1.0.*", "~=1.4.2", "!=1.0,>0.5", "===1.0-custom", "[async]",
+         "[a, b]>=1", " @ https://example.invalid/x-1.0.tar.gz", " ; python_version >= '3.9'",
+         "[security] >=2 ; sys_platform == 'linux' and extra == 'x'", "(>=1.0)", "  # a comment",
+         ">=1.0 ; os_name == \"posix\"  # why", "<1.0rc1", ">1.0.post1", "==1!2.0", "==1.0+local.7",
+         "[x]", "@file:///tmp/wheel.whl", ">=3;python_version<'3.8'", " [ e1 , e2 ] ( ==1 ) ", ">0a1.dev2",
+         "<=2,>=1;platform_machine=='x86_64'", "[all]==2.0"]
+
+
+def test_the_one_name_parser_left_agrees_with_packaging_on_a_corpus(project: Path) -> None:
+    """The tool reads only the project name of each requirements.in line (uv reads the rest):
+    on every PEP 508 line of the corpus it agrees with packaging."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    module = tool_module(project)
+    lines = [name + tail for name in NAMES for tail in TAILS]
+    assert len(lines) >= 200
+    for line in lines:
+        spec = line.split("  #")[0]
+        assert module.top_level_names(line, "x") == [canonicalize_name(Requirement(spec).name)], line
+
+
 def test_check_is_fast_and_linear_on_hostile_lines(project: Path) -> None:
     """Smoke bounds only; the real figure comes from bench/ (see README)."""
     module = tool_module(project)
