@@ -32,6 +32,10 @@ def choices(question: str) -> list[Any]:
 STRATEGIES = choices("strategy")
 COMBINATIONS = [(s, v) for s in STRATEGIES for v in (False, True)]
 COMBINATION_IDS = [f"{s}-{'venv' if v else 'novenv'}" for s, v in COMBINATIONS]
+# The installer is asked wherever pip runs: every pip strategy, and distro's sidekick virtualenv.
+INSTALLERS = choices("installer")
+WITH_INSTALLER = [(s, v, i) for s, v in COMBINATIONS for i in INSTALLERS if s != "distro" or v or i == "uv"]
+WITH_INSTALLER_IDS = [f"{s}-{'venv' if v else 'novenv'}-{i}" for s, v, i in WITH_INSTALLER]
 
 Render = Callable[..., Path]
 
@@ -63,17 +67,17 @@ def render(tmp_path: Path) -> Render:
 @pytest.fixture(scope="session")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, bool], Path]:
     """One rendered project per (strategy, use_virtualenv), shared read-only."""
-    cache: dict[tuple[str, bool], Path] = {}
+    cache: dict[tuple[str, bool, str], Path] = {}
 
-    def _get(strategy: str, venv: bool) -> Path:
-        key = (strategy, venv)
+    def _get(strategy: str, venv: bool, installer: str = "uv") -> Path:
+        key = (strategy, venv, installer)
         if strategy == "distro":
             from engine import require_engine
 
             require_engine(images=("debian:trixie-slim",))  # its lock pins Debian's versions with apt
         if key not in cache:
             dst = tmp_path_factory.mktemp(f"{strategy}-{venv}") / "project"
-            cache[key] = render_project(dst, strategy=strategy, use_virtualenv=venv)
+            cache[key] = render_project(dst, strategy=strategy, use_virtualenv=venv, installer=installer)
         return cache[key]
 
     return _get

@@ -15,10 +15,10 @@ import dockerfile
 import pytest
 import yaml
 
-from conftest import COMBINATION_IDS, COMBINATIONS, COPIER_YML, linked
+from conftest import COMBINATION_IDS, COMBINATIONS, COPIER_YML, WITH_INSTALLER, WITH_INSTALLER_IDS, linked
 
 PIN = re.compile(r"^BASE_IMAGE=(?P<repo>.+):(?P<tag>deps-[0-9a-f]{16})$")
-Rendered = Callable[[str, bool], Path]
+Rendered = Callable[..., Path]
 
 
 def parse(path: Path) -> list[Any]:
@@ -63,7 +63,8 @@ def test_root_dockerfile_pins_base_and_copies_code_last(rendered: Rendered, stra
     heal = [i for i in instructions if i.cmd == "RUN" and "pip install" in i.value[0]]
     if strategy == "combo":
         assert len(heal) == 1 and instructions.index(heal[0]) < copy_src
-        assert heal[0].value[0] == "pip install --no-deps --require-hashes -r /tmp/requirements.txt"
+        assert heal[0].value[0] == "uv pip install --no-deps --require-hashes -r /tmp/requirements.txt"
+        assert "--mount=type=cache,target=/root/.cache/uv" in heal[0].flags
         assert any("source=base/requirements.txt" in flag for flag in heal[0].flags)
     else:
         assert heal == []
@@ -75,22 +76,32 @@ def locked(project: Path) -> list[tuple[str, list[str]]]:
     return [(line.split()[0], line.split()[1:]) for line in text.splitlines() if re.match(r"^[a-z0-9]", line)]
 
 
-@pytest.mark.parametrize(("strategy", "venv"), COMBINATIONS, ids=COMBINATION_IDS)
-def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, strategy: str, venv: bool) -> None:
-    project = rendered(strategy, venv)
+@pytest.mark.parametrize(("strategy", "venv", "installer"), WITH_INSTALLER, ids=WITH_INSTALLER_IDS)
+def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, strategy: str, venv: bool,
+                                                        installer: str) -> None:
+    project = rendered(strategy, venv, installer)
     instructions = parse(project / "base" / "Dockerfile")
     text = (project / "base" / "Dockerfile").read_text()
-    froms = [i for i in instructions if i.cmd == "FROM"]
+    uv = installer == "uv" and (strategy != "distro" or venv)
+    froms = [" ".join(i.value) for i in instructions if i.cmd == "FROM"]
     upstream = "debian:trixie-slim" if strategy == "distro" else "python:3.13-slim-trixie"
-    assert [f.value[0] for f in froms] == [upstream]  # docker.io is unreachable here: no digest to pin
-    assert f"# linked-builds:lock python=3.13\nFROM {upstream}\n" in text
+    # docker.io and ghcr.io are unreachable here: no digest to pin
+    assert froms == (["ghcr.io/astral-sh/uv:0.13.9 AS uv"] if uv else []) + [upstream]
+    assert re.search(rf"# linked-builds:lock python=3.13 repository=\S+\nFROM {upstream}\n", text)
     pip_steps = [i for i in instructions if i.cmd == "RUN" and "pip install" in i.value[0]]
-    assert all("--no-deps --require-hashes" in i.value[0] for i in pip_steps)
-    assert all(any(f.startswith("--mount=type=cache") for f in i.flags) for i in pip_steps)
+    tool = "uv pip" if uv else "pip"
+    assert all(f"{tool} install --no-deps --require-hashes" in i.value[0] for i in pip_steps)
+    assert all(f"--mount=type=cache,target=/root/.cache/{tool.split()[0]}" in i.flags for i in pip_steps)
+    env = {i.value[n]: i.value[n + 1] for i in instructions if i.cmd == "ENV" for n in range(0, len(i.value), 2)}
+    if uv:
+        assert {"UV_LINK_MODE": "copy", "UV_COMPILE_BYTECODE": "1", "UV_PYTHON_DOWNLOADS": "never"}.items() <= \
+            env.items()
+        assert any(i.cmd == "COPY" and i.value == ("/uv", "/usr/local/bin/uv") and "--from=uv" in i.flags
+                   for i in instructions)
     lock = locked(project)
     if strategy == "requirements":
         assert [i.value[0] for i in pip_steps] == [
-            "pip install --no-deps --require-hashes -r /opt/base/requirements.txt"]
+            f"{tool} install --no-deps --require-hashes -r /opt/base/requirements.txt"]
         assert {"flask==", "gunicorn=="} <= {pin.split("==")[0] + "==" for pin, _ in lock}
     elif strategy in ("one-by-one", "combo") or venv:
         # One step per locked package: exactly its pin and all of its hashes, read from stdin.
@@ -100,7 +111,7 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
     if strategy == "distro":
         apt = [i.value[0] for i in instructions if i.cmd == "RUN" and "apt-get install" in i.value[0]]
         assert len(apt) == 3  # the interpreter, then python3-flask, then python3-gunicorn
-        assert "python3-packaging=" in apt[0] and ("python3-venv=" in apt[0]) == venv
+        assert "python3-packaging=" in apt[0] and ("python3-venv=" in apt[0]) == (venv and not uv)
         assert re.search(r" python3-flask=\S+ ", apt[1]) and re.search(r" python3-gunicorn=\S+ ", apt[2])
         assert all(re.search(r"--no-install-recommends +([a-z0-9.+-]+=\S+ +)+\|\|", step) for step in apt)
         assert "run make lock" in apt[1]
@@ -110,7 +121,6 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
         assert lock == []  # Debian packages both requirements: the sidekick has nothing to install
     else:
         assert not (project / "base" / "debian-names.txt").exists()
-    env = {i.value[n]: i.value[n + 1] for i in instructions if i.cmd == "ENV" for n in range(0, len(i.value), 2)}
     if venv:
         assert env["VIRTUAL_ENV"] == "/opt/venv" and env["PATH"].startswith("/opt/venv/bin:")
         venv_step = next(i.value[0] for i in instructions if i.cmd == "RUN" and " venv " in i.value[0])
@@ -119,10 +129,10 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
         assert "VIRTUAL_ENV" not in env
 
 
-@pytest.mark.parametrize(("strategy", "venv"), COMBINATIONS, ids=COMBINATION_IDS)
-def test_hadolint_is_clean(rendered: Rendered, strategy: str, venv: bool) -> None:
+@pytest.mark.parametrize(("strategy", "venv", "installer"), WITH_INSTALLER, ids=WITH_INSTALLER_IDS)
+def test_hadolint_is_clean(rendered: Rendered, strategy: str, venv: bool, installer: str) -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    project = rendered(strategy, venv)
+    project = rendered(strategy, venv, installer)
     result = subprocess.run(
         [hadolint, "--no-color", "Dockerfile", "base/Dockerfile"], cwd=project, capture_output=True, text=True
     )
