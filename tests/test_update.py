@@ -60,7 +60,9 @@ UNLOCKED = (TEMPLATE / "template" / "base" / "requirements.txt").read_text()
 # The files that make the two linked builds: the update must leave them as a fresh project has them.
 BUILD_FILES = ("Dockerfile", ".dockerignore", "base/Dockerfile", "base/.dockerignore", "base/requirements.in",
                "base/requirements.txt")
-Project = Callable[[str, bool], Path]
+Project = Callable[..., Path]
+# The installer switch is tested where it changes the most: combo (base and app) and distro's sidekick.
+INSTALLER_SWITCHES = [("combo", False), ("distro", True)]
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -73,8 +75,9 @@ def copier(*args: str, cwd: Path | None = None, lock: bool = True) -> subprocess
     return subprocess.run([*COPIER, *args], cwd=cwd, capture_output=True, text=True, env=env)
 
 
-def answers(strategy: str, venv: bool) -> list[str]:
-    return [f"--data=strategy={strategy}", f"--data=use_virtualenv={str(venv).lower()}"]
+def answers(strategy: str, venv: bool, installer: str = "uv") -> list[str]:
+    return [f"--data=strategy={strategy}", f"--data=use_virtualenv={str(venv).lower()}",
+            f"--data=installer={installer}"]
 
 
 def needs_engine(strategy: str) -> None:
@@ -157,21 +160,21 @@ def add_requirement(project: Path, line: str = EXTRA_REQUIREMENT) -> None:
     assert locked.returncode == 0, locked.stderr
 
 
-def make_old(template_repo: Path, dst: Path, strategy: str, venv: bool) -> Path:
+def make_old(template_repo: Path, dst: Path, strategy: str, venv: bool, installer: str) -> Path:
     """A project copied at 1.0.0, the user's requirement added and locked, committed.
 
     It is copied unlocked (the lock on copy has its own test) and locked once, with the user's line.
     """
-    copy_old(template_repo, dst, *answers(strategy, venv), lock=False)
+    copy_old(template_repo, dst, *answers(strategy, venv, installer), lock=False)
     add_requirement(dst)
     git(dst, "add", "-A")
     git(dst, "commit", "-qm", "an extra requirement, locked")
     return dst
 
 
-def make_fresh(template_repo: Path, dst: Path, strategy: str, venv: bool) -> Path:
+def make_fresh(template_repo: Path, dst: Path, strategy: str, venv: bool, installer: str) -> Path:
     """A project copied at HEAD with these answers and the user's requirements, locked on copy."""
-    result = copier("copy", "--trust", "--defaults", "--vcs-ref=HEAD", *answers(strategy, venv),
+    result = copier("copy", "--trust", "--defaults", "--vcs-ref=HEAD", *answers(strategy, venv, installer),
                     f"--data=dependencies={USER_DEPENDENCIES}", str(template_repo), str(dst))
     assert result.returncode == 0, result.stderr
     return dst
@@ -185,17 +188,18 @@ def shared(template_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     for apt in a container), then each request waits for its own. Shared: ``clone`` one
     before changing it.
     """
-    futures: dict[tuple[str, str, bool], Future[Path]] = {}
+    futures: dict[tuple[str, str, bool, str], Future[Path]] = {}
+    answer_sets = [(s, v, "uv") for s, v in COMBINATIONS] + [(s, v, "pip") for s, v in INSTALLER_SWITCHES]
     with ThreadPoolExecutor(max_workers=8) as pool:
 
-        def get(kind: str, strategy: str, venv: bool) -> Path:
+        def get(kind: str, strategy: str, venv: bool, installer: str = "uv") -> Path:
             needs_engine(strategy)
             if not futures:
-                for make, key in [(m, (k, s, v)) for k, m in (("old", make_old), ("fresh", make_fresh))
-                                  for s, v in COMBINATIONS]:
+                for make, key in [(m, (k, *a)) for k, m in (("old", make_old), ("fresh", make_fresh))
+                                  for a in answer_sets]:
                     dst = tmp_path_factory.mktemp("-".join(map(str, key))) / "project"
                     futures[key] = pool.submit(make, template_repo, dst, *key[1:])
-            return futures[kind, strategy, venv].result()
+            return futures[kind, strategy, venv, installer].result()
 
         yield get
         for future in futures.values():
@@ -205,13 +209,13 @@ def shared(template_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 @pytest.fixture
 def old_project(shared: Callable[..., Path]) -> Project:
     """A project copied at 1.0.0 with these answers, the user's requirement locked and committed (shared)."""
-    return lambda strategy, venv: shared("old", strategy, venv)
+    return lambda strategy, venv, installer="uv": shared("old", strategy, venv, installer)
 
 
 @pytest.fixture
 def fresh_project(shared: Callable[..., Path]) -> Project:
     """A project copied at HEAD with these answers and the user's requirements, locked (shared)."""
-    return lambda strategy, venv: shared("fresh", strategy, venv)
+    return lambda strategy, venv, installer="uv": shared("fresh", strategy, venv, installer)
 
 
 def clone(project: Path, dst: Path) -> Path:
@@ -281,6 +285,17 @@ def test_virtualenv_switch_matches_a_fresh_project(old_project: Project, fresh_p
     assert result.returncode == 0, result.stderr
     assert conflict_markers(project) == [] and git(project, "ls-files", "--unmerged") == ""
     assert_like_fresh(project, fresh_project(strategy, not venv))
+
+
+@pytest.mark.parametrize(("strategy", "venv"), INSTALLER_SWITCHES, ids=["combo", "distro-venv"])
+@pytest.mark.parametrize(("old", "new"), [("uv", "pip"), ("pip", "uv")], ids=["uv-to-pip", "pip-to-uv"])
+def test_installer_switch_matches_a_fresh_project(old_project: Project, fresh_project: Project, tmp_path: Path,
+                                                  strategy: str, venv: bool, old: str, new: str) -> None:
+    project = clone(old_project(strategy, venv, old), tmp_path / "project")
+    result = update(project, f"--data=installer={new}")
+    assert result.returncode == 0, result.stderr
+    assert conflict_markers(project) == [] and git(project, "ls-files", "--unmerged") == ""
+    assert_like_fresh(project, fresh_project(strategy, venv, new))
 
 
 def test_update_refused_on_a_dirty_tree_changes_nothing(old_project: Project, tmp_path: Path) -> None:
