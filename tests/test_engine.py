@@ -132,8 +132,9 @@ def test_image_serves_as_non_root_and_holds_exactly_the_lock(built: Callable[...
     pins = locked_pins(b.project)
     if strategy != "distro":
         freeze = run_in(b.base_ref, *(("uv", "pip", "freeze") if uv else ("python3", "-m", "pip", "freeze", "--all")))
-        installed = {n.lower().replace("_", "-"): v for n, v in
-                     (line.split("==") for line in freeze.stdout.split()) if n.lower() not in BUILD_TOOLS}
+        # name==version, or `name @ file://...` for a build tool the image brought from a local wheel
+        entries = [re.split(r"==| @ ", line, maxsplit=1) for line in freeze.stdout.splitlines() if line]
+        installed = {n.lower().replace("_", "-"): v for n, v in entries if n.lower() not in BUILD_TOOLS}
         assert installed == {n.replace("_", "-"): v for n, v in pins.items()}
     else:
         debs = run_in(b.image, "dpkg-query", "-W", "-f", "${Package}=${Version}\n").stdout.split()
