@@ -62,7 +62,7 @@ def buildkit_steps(output: str) -> list[Step]:
         if not m:
             continue
         vertex, rest = m.groups()
-        header = re.match(r"^\[(?:[\w-]+ )?\d+/\d+\] (.*)$", rest)
+        header = re.match(r"^\[(?:[\w-]+\s+)?\d+/\d+\] (.*)$", rest)
         if header and vertex not in names:
             names[vertex] = header.group(1)
         elif rest == "CACHED":
