@@ -576,4 +576,4 @@ def test_weekly_refresh_brings_an_upstream_fix_into_a_published_base(registry: R
         fix = docker("run", "--rm", "--network", "host", new_ref, "cat", "/etc/upstream-fix")  # pulled back
         assert fix.stdout == "patched\n", fix.stderr
     finally:
-        docker("rmi", "--force", *refs, f"{registry.host}/bots/fresh:t1")
+        docker("rmi", "--force", *refs, f"{registry.host}/bots/fresh:t1", f"{registry.host}/bots/freshbase:buildcache")
