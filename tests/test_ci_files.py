@@ -76,6 +76,9 @@ def test_gitlab_pipeline_links_two_jobs(project: Path) -> None:
         assert pipeline[name]["script"] == [
             f'python3 base/linked.py publish --only {name} --image "$IMAGE" --cache inline $PUSH'
         ]
+        # A scheduled pipeline is the weekly refresh's: it publishes nothing.
+        assert pipeline[name]["extends"] == ".not-scheduled"
+    assert pipeline[".not-scheduled"]["rules"][0] == {"if": '$CI_PIPELINE_SOURCE == "schedule"', "when": "never"}
 
 
 def plain(value: Any) -> Any:

@@ -158,12 +158,13 @@ def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
         child.send(KEYS["up"])
         child.send(KEYS["down"])
         child.send(KEYS["enter"])
-        for prompt in ("virtualenv", "CPython release", "Debian release", "start FROM"):
+        for prompt in ("virtualenv", "installs the Python packages", "CPython release", "Debian release",
+                       "start FROM"):
             child.expect(prompt)
             child.send(KEYS["enter"])
         child.expect("PEP 508 requirement per line")
         child.send("\x1b\r")  # Esc then Enter finishes a multi-line answer
-        for prompt in ("registry", "namespace", "port", "linked builds"):
+        for prompt in ("registry", "namespace", "port", "linked builds", "bots keep"):
             child.expect(prompt)
             child.send(KEYS["enter"])
         child.expect(pexpect.EOF, timeout=60)
