@@ -2,15 +2,31 @@
 """Benchmark the strategies on real builds: every strategy x virtualenv against three baselines.
 
 Needs the engine set-up of `scripts/engine-up` (a Docker engine with BuildKit and the
-python:3.13-slim-trixie / debian:trixie-slim stand-ins). For each scenario and run:
-a cold build of base and app (BuildKit cache and pip/apt cache mounts pruned first), a
-rebuild after a code-only change, after adding one requirement, and after bumping one
-pin in the middle of the list; image sizes. Baselines on the same machine, engine and
-upstream image: "naive" (code copied, then pip install -r), "single-cached" (the best
+python:3.13-slim-trixie / debian:trixie-slim stand-ins), PyPI, and uv (on PATH or next to
+this Python; else the projects' `lock` runs uv's image). Every project takes the 28 pins of
+bench/requirements.txt as its base/requirements.in and is locked by its own
+`base/linked.py lock`. For each scenario and run: a cold build of base and app, a rebuild
+after a code-only change, after adding one requirement and after bumping one pin in the
+middle of the list (both made in requirements.in, then locked again); image sizes. The
+lock is not part of the build times: its own time is recorded per phase as "lock_s".
+Baselines on the same machine, engine and upstream image, installing the same lock:
+"naive" (code copied, then pip install --require-hashes -r), "single-cached" (the best
 single-Dockerfile practice) and "floor" (copying the code onto a ready image).
+
+Every run is cold without pruning anything it did not make: it builds FROM its own copy
+of the upstream image (one small layer naming the run), so no cached layer of any other
+build matches, and passes BUILDKIT_CACHE_MOUNT_NS so that its pip and apt cache mounts
+are its own and start empty; uv gets a cache folder of its own too. Afterwards it removes
+the images it tagged and, by id, the build-cache records it made; the engine's other
+images and build cache (other projects, their cache mounts) are left as they were.
 
     python bench/run.py              # the full run: medians of 3, results in docs/
     python bench/run.py --quick      # CI: one strategy, once; checks the JSON's shape
+    python bench/run.py --only distro --only naive --runs 1   # some scenarios only
+    python bench/run.py --installer pip --installer uv        # the template's both installers
+
+The template's installer answer is pip unless --installer says otherwise: the baselines
+install with pip, so the comparison is like for like (baselines with uv are yet to come).
 """
 
 from __future__ import annotations
@@ -20,6 +36,8 @@ import functools
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,49 +45,77 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from engine import buildkit_steps  # noqa: E402  (the tests' reader of BuildKit's plain output)
-
 DOCKER = os.environ.get("LINKED_BUILDS_DOCKER", "/usr/bin/docker")
 UPSTREAM = "python:3.13-slim-trixie"
+DISTRO_UPSTREAM = "debian:trixie-slim"
 REQUIREMENTS = (ROOT / "bench" / "requirements.txt").read_text()
 BUMP = ("attrs==25.4.0", "attrs==26.1.0")
+DISTRO_BUMP = ("attrs", "attrs>=25")  # under distro requirements.in names, Debian's versions decide
 ADD = "tabulate==0.9.0"
+ANCHOR = "linked-builds-bench-anchor"  # names the step whose parent every layer of a run descends from
 PHASES = ("cold", "code", "add", "bump")
+# The template's installer answer: the baselines install with pip, so the template does too by default.
+INSTALLERS = ("pip", "uv")
 ENV = {**os.environ, "DOCKER_BUILDKIT": "1"}
+# What `lock` passes to `docker run` (distro's apt container): the bench builds on the host network too.
+LOCK_BUILD_ARGS = os.environ.get("BUILD_ARGS", "--network host")
 
-NAIVE = f"""FROM {UPSTREAM}
+NAIVE = """FROM {upstream}
 WORKDIR /app
 COPY . .
-RUN pip install -r base/requirements.txt && pip install .
+RUN pip install --require-hashes -r base/requirements.txt && pip install .
 """
-SINGLE_CACHED = f"""FROM {UPSTREAM}
+SINGLE_CACHED = """FROM {upstream}
 WORKDIR /app
 RUN --mount=type=cache,target=/root/.cache/pip \\
     --mount=type=bind,source=base/requirements.txt,target=/tmp/requirements.txt \\
-    pip install -r /tmp/requirements.txt
+    pip install --require-hashes -r /tmp/requirements.txt
 COPY . .
 RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps .
 """
 
 
-def build(context: Path, tag: str, dockerfile: str | None = None) -> tuple[float, list[str]]:
-    """Build with BuildKit; (seconds, names of the steps that ran)."""
-    args = [DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag]
-    if dockerfile:
-        args += ["--file", dockerfile]
-    start = time.perf_counter()
-    result = subprocess.run([*args, str(context)], capture_output=True, text=True, env=ENV)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"bench: build of {tag} failed:\n{result.stderr[-3000:]}")
-    ran = [s.name for s in buildkit_steps(result.stderr + result.stdout) if s.ran and not s.name.startswith("FROM ")]
-    return seconds, ran
+# ------------------------------------------------------------ BuildKit's plain output
+
+
+@dataclass
+class Step:
+    """One step of a BuildKit build, from its plain progress output."""
+
+    name: str
+    cached: bool
+    ran: bool
+
+
+def buildkit_steps(output: str) -> list[Step]:
+    """The Dockerfile steps of ``--progress=plain`` output, in order, with their cache state.
+
+    A copy of the tests' reader (tests/engine.py): the benchmark does not import the tests.
+    """
+    names: dict[str, str] = {}
+    cached: set[str] = set()
+    ran: set[str] = set()
+    for line in output.splitlines():
+        m = re.match(r"^#(\d+) (.*)$", line)
+        if not m:
+            continue
+        vertex, rest = m.groups()
+        header = re.match(r"^\[(?:[\w-]+ )?\d+/\d+\] (.*)$", rest)
+        if header and vertex not in names:
+            names[vertex] = header.group(1)
+        elif rest == "CACHED":
+            cached.add(vertex)
+        elif re.match(r"^(DONE|ERROR|\d+\.\d+ )", rest):
+            ran.add(vertex)
+    return [Step(name, v in cached, v in ran and v not in cached) for v, name in names.items()]
+
+
+# ------------------------------------------------------------ the engine, kept apart
 
 
 def image_size(ref: str) -> int:
@@ -78,40 +124,208 @@ def image_size(ref: str) -> int:
     return int(out)
 
 
-def prune() -> None:
-    """Forget every build cache, cache mounts included: the next build is cold."""
-    subprocess.run([DOCKER, "builder", "prune", "--all", "--force"], capture_output=True, check=True)
-
-
 def remove(*refs: str) -> None:
-    subprocess.run([DOCKER, "rmi", "--force", *refs], capture_output=True)
+    """Untag the given references (the bench's own: every name it tags is unique to its run)."""
+    if refs:
+        subprocess.run([DOCKER, "rmi", "--force", *refs], capture_output=True)
 
 
-def tool(project: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "base/linked.py", *args], cwd=project, capture_output=True,
-                            text=True)
+def cache_records() -> dict[str, dict[str, str]]:
+    """The engine's build-cache records by id (ID, Parent, CacheType, Description, ...)."""
+    out = subprocess.run([DOCKER, "system", "df", "--verbose", "--format", "{{json .BuildCache}}"],
+                         capture_output=True, text=True, check=True).stdout
+    return {r["ID"]: r for r in json.loads(out or "null") or []}
+
+
+def step_of(description: str) -> str:
+    """The step a record comes from: "mount / from exec X" and "cached mount /p from exec X" give "exec X"."""
+    return description.partition(" from ")[2]
+
+
+def owned_records(records: dict[str, dict[str, str]], before: set[str], token: str) -> set[str]:
+    """The records one run made: none that existed before it, none another build can use.
+
+    - the two steps that made the run's upstream copy and its anchor (their commands name the run);
+    - the record BuildKit made when it first took the upstream copy as a base (the anchor's
+      parent): every later build FROM that copy reuses it, so all the run's layers descend from it;
+    - the cache mounts first used by one of those steps (BUILDKIT_CACHE_MOUNT_NS makes them new).
+    The parent of the upstream copy's own step is the upstream image, which is never taken.
+    """
+    new = {i: r for i, r in records.items() if i not in before}
+    mine = {i for i, r in new.items() if token in r.get("Description", "")}
+    mine |= {r["Parent"] for i, r in new.items() if i in mine and ANCHOR in r.get("Description", "")
+             and r.get("Parent") in new}
+    grown = True
+    while grown:
+        more = {i for i, r in new.items() if i not in mine and r.get("Parent") in mine}
+        mine |= more
+        grown = bool(more)
+    steps = {step_of(new[i].get("Description", "")) for i in mine} - {""}
+    mine |= {i for i, r in new.items() if r.get("CacheType") == "exec.cachemount"
+             and step_of(r.get("Description", "")) in steps}
+    return mine
+
+
+def prune_records(ids: set[str]) -> set[str]:
+    """Remove exactly these build-cache records; return those still there.
+
+    The id filter is a regular expression here (moby passes it to BuildKit as ``id~=``), so one
+    call takes a batch and BuildKit removes children before their parents. Whatever is left
+    (an engine matching ids exactly, say) is pruned one id at a time.
+    """
+    pending = set(ids)
+    for attempt in range(3):
+        if not pending:
+            break
+        ordered = sorted(pending)
+        filters = ([f"id=^({'|'.join(ordered[i:i + 150])})$" for i in range(0, len(ordered), 150)]
+                   if attempt < 2 else [f"id={i}" for i in ordered])
+        for value in filters:
+            subprocess.run([DOCKER, "builder", "prune", "--all", "--force", "--filter", value],
+                           capture_output=True, text=True)
+        pending &= set(cache_records())
+    return pending
+
+
+class Isolation:
+    """One run's own corner of the engine: a cold start without pruning, and a cleanup of what it made.
+
+    The run builds FROM a copy of the upstream image with one layer naming the run, so no layer
+    cached by any other build matches, and with BUILDKIT_CACHE_MOUNT_NS, so its cache mounts are
+    its own and empty at first. On leaving, it untags its images and prunes, by id, the records
+    ``owned_records`` finds; it never runs a global prune.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.source = upstream
+        self.token = uuid.uuid4().hex[:16]
+        self.namespace = f"linked-builds-bench-{self.token}"
+        self.upstream = f"localhost/linked-builds-bench-upstream:{self.token}"
+        self.images: list[str] = []
+        self.before: set[str] = set()
+        self.report: dict[str, int] = {}
+
+    def __enter__(self) -> Isolation:
+        self.before = set(cache_records())
+        try:
+            self._build_stdin(self.upstream,
+                              f"FROM {self.source}\nRUN echo {self.token} > /etc/linked-builds-bench-run\n")
+            self._build_stdin(f"localhost/{ANCHOR}:{self.token}",
+                              f"FROM {self.upstream}\nRUN : {ANCHOR} {self.token}\n")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        remove(*reversed(dict.fromkeys(self.images)))
+        records = cache_records()
+        mine = owned_records(records, self.before, self.token)
+        left = prune_records(mine)
+        if left:
+            print(f"bench: {len(left)} of this run's build-cache records could not be removed", file=sys.stderr)
+        # Made while the run went on but not by it (another build on the engine), or not recognised:
+        # left alone. The small "local source" records of build contexts cannot be told apart.
+        kept = [i for i, r in records.items() if i not in self.before and i not in mine
+                and r.get("CacheType") != "source.local"]
+        self.report = {"images_removed": len(set(self.images)), "cache_records_removed": len(mine - left),
+                       "cache_records_left": len(left), "new_cache_records_kept": len(kept)}
+
+    def _build_stdin(self, tag: str, dockerfile: str) -> None:
+        self.images.append(tag)
+        result = subprocess.run([DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag, "-"],
+                                input=dockerfile, capture_output=True, text=True, env=ENV)
+        if result.returncode != 0:
+            raise SystemExit(f"bench: build of {tag} failed:\n{result.stderr[-3000:]}")
+
+    def build(self, context: Path, tag: str, dockerfile: Path | None = None) -> tuple[float, list[str]]:
+        """Build with BuildKit; (seconds, names of the steps that ran)."""
+        self.images.append(tag)
+        args = [DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag,
+                "--build-arg", f"BUILDKIT_CACHE_MOUNT_NS={self.namespace}"]
+        if dockerfile:
+            args += ["--file", str(dockerfile)]
+        start = time.perf_counter()
+        result = subprocess.run([*args, str(context)], capture_output=True, text=True, env=ENV)
+        seconds = time.perf_counter() - start
+        if result.returncode != 0:
+            raise SystemExit(f"bench: build of {tag} failed:\n{result.stderr[-3000:]}")
+        ran = [s.name for s in buildkit_steps(result.stderr + result.stdout)
+               if s.ran and not s.name.startswith("FROM ")]
+        return seconds, ran
+
+
+# ------------------------------------------------------------ the projects and their lock
+
+
+def uv_command() -> str | None:
+    """The uv that `lock` will find: on PATH, else next to this Python (the dev virtualenv has it)."""
+    beside = Path(sys.executable).parent / "uv"
+    return shutil.which("uv") or (str(beside) if os.access(beside, os.X_OK) else None)
+
+
+def uv_version() -> str:
+    uv = uv_command()
+    if not uv:
+        return "none here: `lock` runs uv's image"
+    return subprocess.run([uv, "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def lock_env(work: Path) -> dict[str, str]:
+    """What `lock` runs with: uv found, a uv cache of the run's own, the bench's engine."""
+    env = {**os.environ, "DOCKER": DOCKER, "BUILD_ARGS": LOCK_BUILD_ARGS, "UV_CACHE_DIR": str(work / "uv-cache"),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    uv = uv_command()
+    if uv and not shutil.which("uv"):
+        env["PATH"] = os.path.dirname(uv) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def tool(project: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run([sys.executable, "-S", "base/linked.py", *args], cwd=project, capture_output=True,
+                            text=True, env=env)
     if result.returncode != 0:
-        raise SystemExit(f"bench: linked.py {' '.join(args)} failed: {result.stderr}")
+        raise SystemExit(f"bench: linked.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout.strip()
 
 
+def lock(project: Path, env: dict[str, str]) -> float:
+    """`make lock` (uv compiles the lock, then sync); its seconds. `check` must pass after it."""
+    start = time.perf_counter()
+    tool(project, "lock", "--engine", DOCKER, env=env)
+    seconds = time.perf_counter() - start
+    tool(project, "check", env=env)
+    return seconds
+
+
+def locked_packages(project: Path) -> int:
+    """How many packages pip installs from the lock (Debian's pins not counted)."""
+    text = (project / "base" / "requirements.txt").read_text()
+    return len(re.findall(r"^[A-Za-z0-9][A-Za-z0-9._-]*==\S+", text, re.M))
+
+
 def requirements_for(strategy: str) -> str:
-    """The dependency set; under distro the names alone (Debian's versions decide)."""
+    """requirements.in; under distro the names alone (Debian's versions decide)."""
     if strategy != "distro":
         return REQUIREMENTS
-    lines = [line.split("==")[0] if "==" in line else line for line in REQUIREMENTS.splitlines()]
+    lines = [line.split("==")[0] if "==" in line and not line.startswith("#") else line
+             for line in REQUIREMENTS.splitlines()]
     return "\n".join(lines) + "\n"
 
 
 def change(strategy: str, phase: str, text: str) -> str:
-    """requirements.txt after the "add" or "bump" phase."""
+    """requirements.in after the "add" or "bump" phase."""
     if phase == "add":
-        return text + (ADD if strategy != "distro" else ADD.split("==")[0]) + "\n"
-    old, new = BUMP
-    if strategy == "distro":
-        old, new = old.split("==")[0] + "\n", "attrs>=25\n"
-    assert old in text
-    return text.replace(old, new)
+        return text.rstrip("\n") + "\n" + (ADD if strategy != "distro" else ADD.split("==")[0]) + "\n"
+    old, new = DISTRO_BUMP if strategy == "distro" else BUMP
+    lines = text.splitlines()
+    assert lines.count(old) == 1, f"requirements.in has no single {old!r} line"
+    return "\n".join(new if line == old else line for line in lines) + "\n"
+
+
+def edit_requirements(project: Path, strategy: str, phase: str) -> None:
+    path = project / "base" / "requirements.in"
+    path.write_text(change(strategy, phase, path.read_text()))
 
 
 def touch_code(project: Path) -> None:
@@ -119,75 +333,91 @@ def touch_code(project: Path) -> None:
     app.write_text(app.read_text() + f"\n# bench edit {uuid.uuid4().hex}\n")
 
 
-def render(strategy: str, venv: bool, dst: Path) -> Path:
+def render(strategy: str, venv: bool, dst: Path, upstream: str, installer: str = "pip") -> Path:
+    """A project on the run's upstream copy, not locked yet: the bench locks it, timed."""
     from copier import run_copy
+    from plumbum import local
 
-    run_copy(str(ROOT), str(dst), data={"strategy": strategy, "use_virtualenv": venv, "project_slug": "bench-app",
-             "image_namespace": "linked-builds-bench", "dependencies": requirements_for(strategy).strip()},
-             defaults=True, unsafe=True, vcs_ref="HEAD", quiet=True)
+    with local.env(LINKED_BUILDS_LOCK_ON_COPY="0"):  # copier runs its tasks with plumbum's environment
+        run_copy(str(ROOT), str(dst), data={
+            "strategy": strategy, "use_virtualenv": venv, "project_slug": "bench-app",
+            "image_namespace": "linked-builds-bench", "upstream_image": upstream, "installer": installer,
+            "dependencies": requirements_for(strategy).strip()},
+            defaults=True, unsafe=True, vcs_ref="HEAD", quiet=True)
     return dst
 
 
-def template_run(strategy: str, venv: bool, work: Path) -> dict[str, Any]:
+# ------------------------------------------------------------ the scenarios
+
+
+def scenario_name(strategy: str, venv: bool, installer: str) -> str:
+    uv = installer == "uv" and (strategy != "distro" or venv)  # distro alone installs with apt only
+    return f"{strategy}{' + venv' if venv else ''}{' + uv' if uv else ''}"
+
+
+def template_run(strategy: str, venv: bool, installer: str, work: Path) -> dict[str, Any]:
     """One run of a template scenario: cold, code, add, bump."""
-    project = render(strategy, venv, work / "project")
-    app = "docker.io/linked-builds-bench/bench-app:bench"
-    refs = [tool(project, "ref"), app]
-    prune()
-    remove(*refs)
-    out: dict[str, Any] = {"steps": {}}
-    base_s, base_ran = build(project / "base", refs[0])
-    app_s, _ = build(project, app)
-    out["cold"] = base_s + app_s
-    out["size"] = {"base": image_size(refs[0]), "app_adds": image_size(app) - image_size(refs[0])}
-    touch_code(project)
-    out["code"], out["steps"]["code"] = build(project, app)
-    requirements = project / "base" / "requirements.txt"
-    for phase in ("add", "bump"):
-        requirements.write_text(change(strategy, phase, requirements.read_text()))
-        tool(project, "sync")
-        ref = tool(project, "ref")
-        refs.append(ref)
-        base_s, base_ran = build(project / "base", ref)
-        app_s, _ = build(project, app)
-        out[phase] = base_s + app_s
-        out["steps"][phase] = [s for s in base_ran if s.startswith("RUN")]
-    remove(*refs)
+    out: dict[str, Any] = {"steps": {}, "lock_s": {}}
+    with Isolation(DISTRO_UPSTREAM if strategy == "distro" else UPSTREAM) as iso:
+        project = render(strategy, venv, work / "project", iso.upstream, installer)
+        env = lock_env(work)
+        out["lock_s"]["cold"] = lock(project, env)
+        out["locked_packages"] = locked_packages(project)
+        app = f"docker.io/linked-builds-bench/bench-app:{iso.token}"
+        base = tool(project, "ref")
+        base_s, _ = iso.build(project / "base", base)
+        app_s, _ = iso.build(project, app)
+        out["cold"] = base_s + app_s
+        out["size"] = {"base": image_size(base), "app_adds": image_size(app) - image_size(base)}
+        touch_code(project)
+        out["code"], out["steps"]["code"] = iso.build(project, app)
+        for phase in ("add", "bump"):
+            edit_requirements(project, strategy, phase)
+            out["lock_s"][phase] = lock(project, env)
+            base = tool(project, "ref")
+            base_s, base_ran = iso.build(project / "base", base)
+            app_s, _ = iso.build(project, app)
+            out[phase] = base_s + app_s
+            out["steps"][phase] = [s for s in base_ran if s.startswith("RUN")]
+    out["cleanup"] = iso.report
     return out
 
 
 def baseline_run(name: str, work: Path) -> dict[str, Any]:
-    """One run of a single-Dockerfile baseline over the same app and requirements."""
-    project = render("one-by-one", False, work / "project")
-    (project / ".dockerignore").unlink()
-    dockerfile = project / f"Dockerfile.{name}"
-    dockerfile.write_text(NAIVE if name == "naive" else SINGLE_CACHED)
-    tag = f"docker.io/linked-builds-bench/{name}:bench"
-    prune()
-    remove(tag)
-    out: dict[str, Any] = {"steps": {}}
-    out["cold"], _ = build(project, tag, str(dockerfile))
-    out["size"] = {"base": image_size(tag), "app_adds": 0}
-    touch_code(project)
-    out["code"], out["steps"]["code"] = build(project, tag, str(dockerfile))
-    requirements = project / "base" / "requirements.txt"
-    for phase in ("add", "bump"):
-        requirements.write_text(change("one-by-one", phase, requirements.read_text()))
-        out[phase], out["steps"][phase] = build(project, tag, str(dockerfile))
-    remove(tag)
+    """One run of a single-Dockerfile baseline over the same app, requirements.in and lock."""
+    out: dict[str, Any] = {"steps": {}, "lock_s": {}}
+    with Isolation(UPSTREAM) as iso:
+        project = render("one-by-one", False, work / "project", iso.upstream)
+        env = lock_env(work)
+        out["lock_s"]["cold"] = lock(project, env)
+        out["locked_packages"] = locked_packages(project)
+        (project / ".dockerignore").unlink()
+        dockerfile = project / f"Dockerfile.{name}"
+        dockerfile.write_text((NAIVE if name == "naive" else SINGLE_CACHED).format(upstream=iso.upstream))
+        tag = f"docker.io/linked-builds-bench/{name}:{iso.token}"
+        out["cold"], _ = iso.build(project, tag, dockerfile)
+        out["size"] = {"base": image_size(tag), "app_adds": 0}
+        touch_code(project)
+        out["code"], out["steps"]["code"] = iso.build(project, tag, dockerfile)
+        for phase in ("add", "bump"):
+            edit_requirements(project, "one-by-one", phase)
+            out["lock_s"][phase] = lock(project, env)
+            out[phase], out["steps"][phase] = iso.build(project, tag, dockerfile)
+    out["cleanup"] = iso.report
     return out
 
 
 def floor_run(work: Path) -> dict[str, Any]:
     """The least any layout can do on a code change: COPY the code onto a ready image."""
-    project = render("one-by-one", False, work / "project")
-    (project / "Dockerfile.floor").write_text(f"FROM {UPSTREAM}\nWORKDIR /app\nCOPY src/ src/\n")
-    tag = "docker.io/linked-builds-bench/floor:bench"
-    build(project, tag, str(project / "Dockerfile.floor"))
-    touch_code(project)
-    seconds, ran = build(project, tag, str(project / "Dockerfile.floor"))
-    remove(tag)
-    return {"code": seconds, "steps": {"code": ran}}
+    with Isolation(UPSTREAM) as iso:
+        project = render("one-by-one", False, work / "project", iso.upstream)
+        dockerfile = project / "Dockerfile.floor"
+        dockerfile.write_text(f"FROM {iso.upstream}\nWORKDIR /app\nCOPY src/ src/\n")
+        tag = f"docker.io/linked-builds-bench/floor:{iso.token}"
+        iso.build(project, tag, dockerfile)
+        touch_code(project)
+        seconds, ran = iso.build(project, tag, dockerfile)
+    return {"code": seconds, "steps": {"code": ran}, "cleanup": iso.report}
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -205,9 +435,14 @@ def measure(name: str, kind: str, runs: int, once: Callable[[Path], dict[str, An
     for phase in PHASES:
         if phase in results[0]:
             scenario[phase] = summary([r[phase] for r in results])
+    if "lock_s" in results[0]:
+        # Outside the build times: `make lock` after each change of requirements.in (uv, then sync).
+        scenario["lock_s"] = {p: summary([r["lock_s"][p] for r in results]) for p in results[0]["lock_s"]}
     scenario["steps_executed"] = results[-1]["steps"]
-    if "size" in results[0]:
-        scenario["size"] = results[0]["size"]
+    for key in ("size", "locked_packages"):
+        if key in results[0]:
+            scenario[key] = results[0][key]
+    scenario["cleanup"] = [r["cleanup"] for r in results]
     return scenario
 
 
@@ -233,9 +468,13 @@ def markdown(data: dict[str, Any]) -> str:
         p = s.get(phase)
         return f"{p['median']:.2f} ({p['min']:.2f}-{p['max']:.2f})" if p else "-"
 
+    def locks(s: dict[str, Any]) -> str:
+        p = s.get("lock_s")
+        return " / ".join(f"{p[phase]['median']:.1f}" for phase in ("cold", "add", "bump")) if p else "-"
+
     rows = ["| scenario | cold build s | code-only rebuild s | naive ÷ code | code ÷ floor | add one requirement s "
-            "| bump one mid-list pin s | base MB | app adds kB |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| bump one mid-list pin s | lock s (cold / add / bump) | base MB | app adds kB |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for s in data["scenarios"]:
         r = s["ratios"]
         size = s.get("size")
@@ -243,13 +482,16 @@ def markdown(data: dict[str, Any]) -> str:
             s["name"], cell(s, "cold"), cell(s, "code"),
             f"{r['naive_over_code']}x" if r["naive_over_code"] else "-",
             f"{r['code_over_floor']}x" if r["code_over_floor"] else "-",
-            cell(s, "add"), cell(s, "bump"),
+            cell(s, "add"), cell(s, "bump"), locks(s),
             f"{size['base'] / 1e6:.0f}" if size else "-",
             f"{size['app_adds'] / 1e3:.0f}" if size else "-",
         ]) + " |")
     meta = data["meta"]
     return (f"Medians of {meta['runs']} runs (min-max), seconds, on {meta['cores']} cores, Docker engine "
-            f"{meta['engine']}, upstream {meta['upstream']}, {meta['requirements']} pinned requirements.\n\n"
+            f"{meta['engine']}, upstream {meta['upstream']}, installer {' and '.join(meta.get('installers', ['pip']))}"
+            f" (baselines: pip), {meta['requirements']} pinned requirements "
+            f"({meta.get('locked_packages', '?')} locked packages); build times exclude `make lock` "
+            f"({meta.get('uv', 'uv')}), whose medians are in the lock column.\n\n"
             + "\n".join(rows) + "\n")
 
 
@@ -282,38 +524,58 @@ def chart(data: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one strategy, once, no baselines (CI)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--installer", action="append", choices=INSTALLERS, default=[],
+                        help="the template's installer answer (repeatable; default pip, like the baselines)")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="run this scenario only (repeatable), e.g. 'combo + venv' or naive")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default docs/, bench/results/ quick)")
     parser.add_argument("--from-json", type=Path, help="only redraw the table and chart of an earlier run")
     args = parser.parse_args(argv)
-    out = args.out or (ROOT / "bench" / "results" if args.quick else ROOT / "docs")
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out or (ROOT / "bench" / "results" if args.quick or args.only else ROOT / "docs")
     if args.from_json:
+        out.mkdir(parents=True, exist_ok=True)
         earlier = json.loads(args.from_json.read_text())
         (out / "bench.md").write_text(markdown(earlier))
         chart(earlier, out / "bench.png")
         return 0
     runs = 1 if args.quick else args.runs
-    combos = [("one-by-one", False)] if args.quick else [
-        (s, v) for s in ("distro", "requirements", "one-by-one", "combo") for v in (False, True)]
+    installers = list(dict.fromkeys(args.installer or ["pip"]))
     plan: list[tuple[str, str, Callable[[Path], dict[str, Any]], dict[str, Any]]] = [
-        (f"{s}{' + venv' if v else ''}", "template", functools.partial(template_run, s, v), {"strategy": s, "venv": v})
-        for s, v in combos
+        (scenario_name(s, v, i), "template", functools.partial(template_run, s, v, i),
+         {"strategy": s, "venv": v, "installer": i})
+        for s in ("distro", "requirements", "one-by-one", "combo") for v in (False, True) for i in installers
+        # distro without a virtualenv installs nothing with pip or uv: once is enough
+        if s != "distro" or v or i == installers[0]
     ]
-    if not args.quick:
-        plan += [(n, "baseline", functools.partial(baseline_run, n), {}) for n in ("naive", "single-cached")]
-        plan.append(("floor", "baseline", floor_run, {}))
+    plan += [(n, "baseline", functools.partial(baseline_run, n), {}) for n in ("naive", "single-cached")]
+    plan.append(("floor", "baseline", floor_run, {}))
+    wanted = args.only or ([scenario_name("one-by-one", False, installers[0])] if args.quick
+                           else [p[0] for p in plan])
+    unknown = set(wanted) - {p[0] for p in plan}
+    if unknown:
+        parser.error(f"no scenario {', '.join(sorted(unknown))}: pick from {', '.join(p[0] for p in plan)}")
+    plan = [p for p in plan if p[0] in wanted]
+    out.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
         "meta": {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "machine": platform.machine(),
-                 "engine": engine_version(), "upstream": UPSTREAM, "runs": runs, "quick": args.quick,
-                 "requirements": sum(1 for line in REQUIREMENTS.splitlines() if "==" in line),
-                 "added": ADD, "bumped": list(BUMP), "complete": False},
+                 "engine": engine_version(), "upstream": UPSTREAM, "distro_upstream": DISTRO_UPSTREAM,
+                 "runs": runs, "quick": args.quick,
+                 "requirements": sum(1 for line in REQUIREMENTS.splitlines()
+                                     if "==" in line and not line.lstrip().startswith("#")),
+                 "added": ADD, "bumped": list(BUMP), "installers": installers, "uv": uv_version(),
+                 "isolation": "each run builds FROM its own copy of the upstream image with its own "
+                              "BUILDKIT_CACHE_MOUNT_NS and uv cache, then removes only its own images "
+                              "and build-cache records",
+                 "complete": False},
         "scenarios": [],
     }
     for name, kind, once, fields in plan:
         data["scenarios"].append(measure(name, kind, runs, once, **fields))
+        if "locked_packages" in data["scenarios"][-1] and fields.get("strategy") != "distro":
+            data["meta"].setdefault("locked_packages", data["scenarios"][-1]["locked_packages"])
         # Written after every scenario, so an interrupted run keeps what it measured.
         (out / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
     data["meta"]["complete"] = True

@@ -1,37 +1,188 @@
-"""The benchmark's quick mode: one strategy, once, on real builds; the JSON's shape, not the speed."""
+"""The benchmark's quick mode: one strategy, once, on real builds; the JSON's shape, not the speed.
+
+It also checks that the benchmark keeps to its own corner of the engine: an unrelated image,
+its cached layers and its cache mount, built before the run, are all still there after it.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
 from conftest import TEMPLATE
-from engine import DOCKER, require_engine
-
-pytestmark = pytest.mark.engine
+from engine import DOCKER, buildkit_steps, require_engine
 
 
-def test_quick_bench_writes_json_table_and_chart(tmp_path: Path) -> None:
+def bench_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_run", TEMPLATE / "bench" / "run.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_run_takes_only_the_cache_records_it_made() -> None:
+    """The ownership rules on a made-up engine: what the run built, never what others did meanwhile."""
+    bench = bench_module()
+    token, anchor = "0123456789abcdef", bench.ANCHOR
+
+    def rec(parent: str, description: str, kind: str = "regular") -> dict[str, str]:
+        return {"Parent": parent, "Description": description, "CacheType": kind}
+
+    pip = "exec /bin/sh -c echo 'attrs==26.1.0 --hash=sha256:ab' | pip install --no-deps -r /dev/stdin"
+    records = {
+        # there before the run: the upstream image, a user's layer and cache mount for the same step
+        "up": rec("", "pulled from python"), "user": rec("up", f"mount / from {pip}"),
+        "usercache": rec("", f"cached mount /root/.cache/pip from {pip}", "exec.cachemount"),
+        # the run: its upstream copy, the anchor on the copy's import, then its builds
+        "copy": rec("up", f"mount / from exec /bin/sh -c echo {token} > /etc/linked-builds-bench-run"),
+        "import": rec("up", "from local"), "anchor": rec("import", f"mount / from exec /bin/sh -c : {anchor} {token}"),
+        "step": rec("import", f"mount / from {pip}"), "copied": rec("step", "fileop target"),
+        "appimport": rec("copied", "from local"),
+        "cache": rec("", f"cached mount /root/.cache/pip from {pip}", "exec.cachemount"),
+        # another build on the engine meanwhile, on the same upstream, and its own cache mount
+        "other": rec("up", "mount / from exec /bin/sh -c pip install flask"),
+        "otherimport": rec("up", "from local"),
+        "othercache": rec("", "cached mount /root/.cache/pip from exec /bin/sh -c pip install flask",
+                          "exec.cachemount"),
+        "context": rec("", "local source for context", "source.local"),
+    }
+    before = {"up", "user", "usercache"}
+    assert bench.owned_records(records, before, token) == {
+        "copy", "import", "anchor", "step", "copied", "appimport", "cache"}
+
+
+def cache_records() -> dict[str, dict[str, str]]:
+    out = subprocess.run([DOCKER, "system", "df", "--verbose", "--format", "{{json .BuildCache}}"],
+                         capture_output=True, text=True, check=True).stdout
+    return {r["ID"]: r for r in json.loads(out or "null") or []}
+
+
+def images() -> set[str]:
+    out = subprocess.run([DOCKER, "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True,
+                         check=True).stdout
+    return set(out.split())
+
+
+@dataclass
+class Sentinel:
+    """An unrelated image with a cached layer and a cache mount of its own, as a user's project has."""
+
+    token: str
+    folder: Path
+
+    @property
+    def tag(self) -> str:
+        return f"localhost/linked-builds-sentinel:{self.token}"
+
+    def dockerfile(self, extra: str = "") -> str:
+        return (f"FROM python:3.13-slim-trixie\n"
+                f"RUN --mount=type=cache,id=linked-builds-sentinel-{self.token},target=/cache "
+                f"echo {self.token} > /cache/kept\n"
+                f"RUN echo {self.token} > /kept\n{extra}")
+
+    def build(self, extra: str = "") -> str:
+        (self.folder / "Dockerfile").write_text(self.dockerfile(extra))
+        result = subprocess.run([DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", self.tag,
+                                 str(self.folder)], capture_output=True, text=True,
+                                env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stderr + result.stdout
+
+    def records(self) -> set[str]:
+        return {i for i, r in cache_records().items() if self.token in r["Description"]}
+
+    def remove(self) -> None:
+        subprocess.run([DOCKER, "rmi", "--force", self.tag], capture_output=True)
+        ids = self.records()
+        if ids:
+            subprocess.run([DOCKER, "builder", "prune", "--all", "--force", "--filter", f"id=^({'|'.join(ids)})$"],
+                           capture_output=True)
+
+
+@dataclass
+class QuickRun:
+    result: subprocess.CompletedProcess[str]
+    out: Path
+    sentinel: Sentinel
+    sentinel_records: set[str]
+    images_before: set[str]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickRun]:
+    """One quick run of the benchmark, with a sentinel build made just before it."""
     require_engine(DOCKER, ("python:3.13-slim-trixie",))
-    result = subprocess.run([sys.executable, str(TEMPLATE / "bench" / "run.py"), "--quick", "--out", str(tmp_path)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path_factory.mktemp("sentinel")
+    sentinel = Sentinel(uuid.uuid4().hex[:16], folder)
+    sentinel.build()
+    try:
+        records = sentinel.records()
+        assert len(records) >= 2  # its RUN layer and its cache mount
+        before = images()
+        out = tmp_path_factory.mktemp("bench")
+        result = subprocess.run([sys.executable, str(TEMPLATE / "bench" / "run.py"), "--quick", "--out", str(out)],
+                                capture_output=True, text=True)
+        yield QuickRun(result, out, sentinel, records, before)
+    finally:
+        sentinel.remove()
+
+
+@pytest.mark.engine
+def test_quick_bench_writes_json_table_and_chart(quick: QuickRun) -> None:
+    assert quick.result.returncode == 0, quick.result.stderr[-3000:]
+    tmp_path = quick.out
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["meta"]["quick"] is True and data["meta"]["complete"] is True
     assert data["meta"]["requirements"] >= 25
+    assert data["meta"]["locked_packages"] > data["meta"]["requirements"]  # the lock has the transitive ones
     [scenario] = data["scenarios"]
     assert scenario["name"] == "one-by-one" and scenario["kind"] == "template"
     for phase in ("cold", "code", "add", "bump"):
         figures = scenario[phase]
         assert len(figures["runs"]) == 1 and figures["min"] <= figures["median"] <= figures["max"]
         assert figures["median"] > 0
+    # The lock is timed apart from the builds, once per phase that changes requirements.in.
+    assert set(scenario["lock_s"]) == {"cold", "add", "bump"}
+    assert all(figures["median"] > 0 for figures in scenario["lock_s"].values())
     assert scenario["size"]["base"] > 0 and scenario["size"]["app_adds"] >= 0
     assert scenario["steps_executed"]["code"] == ["COPY src/ src/"]
-    assert len(scenario["steps_executed"]["add"]) == 1 and "tabulate==0.9.0" in scenario["steps_executed"]["add"][0]
+    [added] = scenario["steps_executed"]["add"]
+    assert "tabulate==0.9.0" in added and "--require-hashes" in added
+    bumped = scenario["steps_executed"]["bump"]
+    assert "attrs==26.1.0" in bumped[0] and 1 < len(bumped) < scenario["locked_packages"]
     assert set(scenario["ratios"]) == {"naive_over_code", "code_over_floor"}
     assert (tmp_path / "bench.md").read_text().startswith("Medians of 1 runs")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.engine
+def test_quick_bench_removes_what_it_made_and_nothing_else(quick: QuickRun) -> None:
+    assert quick.result.returncode == 0, quick.result.stderr[-3000:]
+    data: dict[str, Any] = json.loads((quick.out / "bench.json").read_text())
+    [cleanup] = data["scenarios"][0]["cleanup"]
+    assert cleanup["cache_records_removed"] > 0 and cleanup["images_removed"] > 0
+    assert cleanup["cache_records_left"] == 0
+    # Its own images are gone; every image there before is still there.
+    left = images()
+    assert not {i for i in left - quick.images_before if "linked-builds-bench" in i}
+    assert quick.sentinel.tag in left
+    # The sentinel's build cache survived: its records, its cached layer, its cache mount's content.
+    assert quick.sentinel_records <= set(cache_records())
+    output = quick.sentinel.build(f"RUN --mount=type=cache,id=linked-builds-sentinel-{quick.sentinel.token},"
+                                  "target=/cache cat /cache/kept\n")
+    steps = [s for s in buildkit_steps(output) if s.name.startswith("RUN")]
+    assert [s.cached for s in steps] == [True, True, False], output[-3000:]
+    assert f" {quick.sentinel.token}\n" in output, "the cache mount lost its content"
