@@ -205,3 +205,14 @@ def test_awkward_answers_render_valid_files(render: Callable[..., Path]) -> None
         "Flask>=2.2\ngunicorn>=20.1 ; os_name == 'posix'  # a comment\n\n# only a comment\n")
     # The marker holds on Linux, so the lock takes gunicorn; the comment lines are left out.
     assert {"flask", "gunicorn"} <= {pin.split("==")[0] for pin, _ in locked(project)}
+
+
+def test_distro_apt_steps_follow_requirements_in(render: Callable[..., Path]) -> None:
+    """Not uv's alphabetical order: a line appended to requirements.in appends its apt step."""
+    from engine import require_engine
+
+    require_engine(images=("debian:trixie-slim",))  # the lock pins Debian's versions with apt
+    project = render(strategy="distro", dependencies="gunicorn>=20.1\nFlask>=2.2")
+    steps = parse(project / "base" / "Dockerfile")
+    apt = [i.value[0] for i in steps if i.cmd == "RUN" and "apt-get install" in i.value[0]]
+    assert len(apt) == 3 and "python3-gunicorn=" in apt[1] and "python3-flask=" in apt[2]

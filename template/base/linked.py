@@ -716,8 +716,10 @@ def lock(
             applicable = uv_compile(work, ["requirements.in", "--no-deps", "--no-annotate", *flags], engine, extra)
             debs, missing = [], []
             extras = {normalize(n) for n in re.findall(r"^\s*([A-Za-z0-9][\w.-]*)\s*\[", requirements_in, re.MULTILINE)}
-            for line in applicable.splitlines():
-                name = normalize(line.split("==")[0].strip()) if line and not line.startswith("#") else ""
+            # uv sorts its output; the apt steps follow requirements.in, so a new line appends a step.
+            order = {name: n for n, name in enumerate(top_level_names(requirements_in, "base/requirements.in"))}
+            names = [normalize(line.split("==")[0].strip()) for line in applicable.splitlines() if line.strip()]
+            for name in sorted((n for n in names if not n.startswith("#")), key=lambda n: order.get(n, len(order))):
                 package = table.get(name)
                 if name and (package is None or name in extras):
                     missing.append(name)
