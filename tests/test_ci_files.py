@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,7 +152,8 @@ def test_publish_refuses_a_stale_pin_before_any_engine_command(project: Path, tm
     ("env", "tags"),
     [
         ({"GITHUB_SHA": "0123456789abcdef0123", "GITHUB_REF_NAME": "main"}, ["0123456789ab", "main"]),
-        ({"GITHUB_SHA": "0123456789abcdef", "GITHUB_REF_NAME": "feature/x y"}, ["0123456789ab", "feature-x-y"]),
+        ({"GITHUB_SHA": "0123456789abcdef", "GITHUB_REF_NAME": "feature/x y"},
+         ["0123456789ab", "feature-x-y-1ae9fd29"]),  # changed, so a hash of the name keeps it apart
         ({"GITHUB_SHA": "abc", "GITHUB_REF_NAME": "42/merge", "GITHUB_EVENT_NAME": "pull_request"}, ["abc", "pr-42"]),
         ({"CI_COMMIT_SHA": "fedcba9876543210", "CI_COMMIT_TAG": "v1.2.0", "CI_COMMIT_REF_SLUG": "v1-2-0"},
          ["fedcba987654", "v1.2.0"]),
@@ -162,6 +164,30 @@ def test_publish_refuses_a_stale_pin_before_any_engine_command(project: Path, tm
 )
 def test_ci_tags(project: Path, env: dict[str, str], tags: list[str]) -> None:
     assert tool_module(project).ci_tags(env, None) == tags
+
+
+def test_tags_from_any_branch_name_are_valid_and_never_collide(project: Path) -> None:
+    module = tool_module(project)
+    names = ["main", "v1.2.0", "ü", "日本", "🚀", "-", ".", "feature/x", "feature-x", "feature_x", "x" * 200,
+             "x" * 199, "-leading", "a b", "a--b"]
+    tags = [module.image_tag(name) for name in names]
+    assert all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag) for tag in tags), tags
+    assert len(set(tags)) == len(names) and "latest" not in tags
+    assert tags[:2] == ["main", "v1.2.0"]  # a valid name is kept as it is
+
+
+def test_publish_refuses_uncommitted_changes_unless_told(project: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
+        subprocess.run([*git, *args], cwd=copy, check=True)
+    (copy / "src" / "demo_app" / "app.py").write_text("# not committed\n")
+    result = linked(copy, "publish", "--image", "example/app", "--engine", "false-engine", "--dry-run")
+    assert result.returncode == 2 and "+ false-engine" not in result.stdout
+    assert result.stderr.startswith("error: publish refused: 1 uncommitted change(s) in the work tree")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=copy, capture_output=True, text=True).stdout[:12]
+    assert tool_module(copy).commit_tags(copy, {}, True) == [f"{head}-dirty"]
 
 
 def test_publish_dry_run_links_app_to_the_pinned_base(project: Path, tmp_path: Path) -> None:

@@ -773,8 +773,13 @@ def lock(
 
 
 def image_tag(text: str) -> str:
-    """``text`` made into a valid image tag (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).lstrip(".-")[:128] or "latest"
+    """``text`` as a valid image tag (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``). A name that had
+    to change gets a short hash of the original, so two names never share a tag."""
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).lstrip(".-")
+    if tag == text and len(tag) <= 128:
+        return tag
+    suffix = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{tag[:110].rstrip('.-')}-{suffix}" if tag.strip("-") else f"ref-{suffix}"
 
 
 def ci_tags(env: dict[str, str], commit: str | None) -> list[str]:
@@ -935,14 +940,28 @@ def _github_output(name: str, value: str) -> None:
             handle.write(f"{name}={value}\n")
 
 
-def _git_commit(root: Path) -> str | None:
+def _git(root: Path, *args: str) -> str | None:
+    """git's output in ``root``, None outside a work tree (or without git)."""
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
     except OSError:
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def commit_tags(root: Path, env: dict[str, str], allow_dirty: bool) -> list[str]:
+    """The CI's tags; from a work tree with uncommitted changes, none that names a commit."""
+    changes = _git(root, "status", "--porcelain")
+    if changes:
+        if not allow_dirty:
+            raise LinkError(
+                f"publish refused: {len(changes.splitlines())} uncommitted change(s) in the work tree: "
+                "commit them, or pass --allow-dirty to tag the app <commit>-dirty"
+            )
+        return [f"{(_git(root, 'rev-parse', 'HEAD') or 'uncommitted')[:12]}-dirty"]
+    return ci_tags(env, _git(root, "rev-parse", "HEAD"))
 
 
 # -------------------------------------------------------------------- verify
@@ -1012,6 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--only", choices=("base", "app"), help="one of the two linked builds (CI jobs)")
     pub.add_argument("--cache", choices=("inline",), help="each image caches from its own repository (CI)")
     pub.add_argument("--dry-run", action="store_true", help="print the engine commands instead of running them")
+    pub.add_argument("--allow-dirty", action="store_true", help="from uncommitted changes: tag <commit>-dirty only")
     sub.add_parser("verify", help="installed versions against requirements.in").add_argument("path", type=Path)
     args = parser.parse_args(argv)
     try:
@@ -1063,7 +1083,7 @@ def main(argv: list[str] | None = None) -> int:
                 project,
                 Engine(engine, dry_run=args.dry_run),
                 args.image,
-                [image_tag(t) for t in args.tags] if args.tags else ci_tags(env, _git_commit(project.root)),
+                [image_tag(t) for t in args.tags] if args.tags else commit_tags(project.root, env, args.allow_dirty),
                 args.push,
                 args.only,
                 common + shlex.split(env.get("BASE_BUILD_ARGS", "")),
