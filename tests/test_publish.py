@@ -147,6 +147,14 @@ def test_dockerhub_hooks_rehearsal(registry: Registry, tmp_path: Path) -> None:
         assert early.returncode == 1 and "did not appear in the registry" in early.stderr
         hub_build(project / "base", base_repo)
         assert registry.tags("rehearsal/hubbase") == sorted(["latest", content_tag])
+        pushed = registry.log().count(f"PUT /v2/rehearsal/hubbase/manifests/{content_tag}")
+        # The base rule again (a rebuild on Docker Hub): the content tag is never pushed twice.
+        hub_build(project / "base", base_repo)
+        assert registry.log().count(f"PUT /v2/rehearsal/hubbase/manifests/{content_tag}") == pushed == 1
+        bad = subprocess.run(["hooks/pre_build"], cwd=project, capture_output=True, text=True,
+                             env={**env, "DOCKER_REPO": app_repo, "BASE_WAIT_SECONDS": "30s"})
+        assert bad.returncode == 2 and bad.stderr.splitlines()[-1] == (
+            "pre_build: BASE_WAIT_SECONDS (30s) and BASE_WAIT_INTERVAL (20) must be whole seconds")
         hub_build(project, app_repo)
         assert registry.tags("rehearsal/hub") == sorted(["latest", commit[:12]])
 

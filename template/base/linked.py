@@ -15,6 +15,7 @@ the same upstream image and the same hashed packages.
     python3 base/linked.py base     build the base image under its content tag
     python3 base/linked.py publish  push the base unless the registry has it, then the app
     python3 base/linked.py verify   (distro base build) Debian's versions against requirements.in
+    python3 base/linked.py exists   (Docker Hub hooks) whether the registry has an image
 
 Standard library only, Python 3.9 or newer (verify uses the image's packaging).
 """
@@ -1033,6 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--dry-run", action="store_true", help="print the engine commands instead of running them")
     pub.add_argument("--allow-dirty", action="store_true", help="from uncommitted changes: tag <commit>-dirty only")
     sub.add_parser("verify", help="installed versions against requirements.in").add_argument("path", type=Path)
+    sub.add_parser("exists", help="exit 0 if the registry has REF, 1 if it clearly has not").add_argument("ref")
     args = parser.parse_args(argv)
     try:
         if args.command == "verify":
@@ -1040,6 +1042,10 @@ def main(argv: list[str] | None = None) -> int:
             for problem in problems:
                 print(f"version mismatch: {problem}", file=sys.stderr)
             return 1 if problems else 0
+        if args.command == "exists":
+            digest = manifest_digest(args.ref)
+            print(digest or f"{args.ref} is not in the registry")
+            return 0 if digest else 1
         project, engine = Project(args.root), shlex.split(getattr(args, "engine", "docker"))
         build_args = os.environ.get("BUILD_ARGS", "")
         if args.command == "tag":
