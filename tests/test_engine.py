@@ -203,6 +203,26 @@ def test_content_tag_hashes_what_buildkit_sends(built: Callable[..., Built], tmp
     assert len(tags) == 4
 
 
+def test_app_context_holds_the_code_and_no_secrets(built: Callable[..., Built], tmp_path: Path) -> None:
+    """The app's .dockerignore is an allow-list: src/ (and the lock under combo), no dotfiles, no keys."""
+    b = built("combo", False)
+    project = b.copy(tmp_path / "project")
+    package = project / "src" / b.package
+    (package / ".env").write_text("SECRET_KEY=do-not-ship\n")
+    (package / "server.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (package / "templates").mkdir()
+    (package / "templates" / "page.html").write_text("<p>shipped</p>\n")
+    (project / "notes.txt").write_text("not code\n")
+    out = tmp_path / "export"
+    subprocess.run([DOCKER, "build", "--output", f"type=local,dest={out}", "--file", "-", str(project)],
+                   input="FROM scratch\nCOPY . /ctx\n", text=True, check=True, capture_output=True,
+                   env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    sent = sorted(p.relative_to(out / "ctx").as_posix() for p in (out / "ctx").rglob("*") if p.is_file())
+    assert f"src/{b.package}/templates/page.html" in sent and "base/requirements.txt" in sent
+    assert not [name for name in sent if name.rsplit("/", 1)[-1].startswith(".") or name.endswith(".pem")]
+    assert all(name.startswith("src/") or name == "base/requirements.txt" for name in sent), sent
+
+
 def test_image_runs_clean_on_a_read_only_root(built: Callable[..., Built]) -> None:
     """`docker run --read-only --tmpfs /tmp`: gunicorn needs no home and no writable root."""
     b = built("combo", False)
