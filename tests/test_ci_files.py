@@ -43,28 +43,147 @@ def test_ci_file_matches_its_vendored_schema(project: Path, path: str, schema: s
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_github_workflow_links_two_jobs_with_least_permissions(project: Path) -> None:
-    flow: dict[Any, Any] = yaml.safe_load((project / ".github/workflows/images.yml").read_text())
-    triggers = flow[True]  # YAML 1.1 reads the key `on` as True
-    assert "pull_request" in triggers and "push" in triggers
-    assert flow["permissions"] == {"contents": "read"}
-    jobs = flow["jobs"]
-    assert set(jobs) == {"base", "app"} and jobs["app"]["needs"] == "base"
-    assert "PUSH" in flow["env"] and "pull_request" in flow["env"]["PUSH"] and "--no-push" in flow["env"]["PUSH"]
-    for name, job in jobs.items():
-        assert "permissions" not in job  # docker.io: the workflow's read-only token is enough
-        uses = [s["uses"] for s in job["steps"] if "uses" in s]
-        assert "actions/checkout@v6" in uses and "docker/login-action@v4" in uses
-        login = next(s for s in job["steps"] if s.get("uses", "").startswith("docker/login-action"))
-        assert login["if"] == "github.event_name != 'pull_request'"
+# ------------------------------------------------- the GitHub workflow, hardened
+
+IMAGES = ".github/workflows/images.yml"
+PUBLISHERS = {"base", "app"}  # the jobs that push, in the environment `registry`
+BUILDERS = {"build-base", "build-app"}  # the jobs that build without pushing, without credentials
+# (event, ref, default branch) -> publishes? Pushes run for main and v* tags only (the `on:` filter).
+RUNS = [
+    ("push", "refs/heads/main", "main", True),
+    ("push", "refs/tags/v1.2.0", "main", True),
+    ("workflow_dispatch", "refs/heads/main", "main", True),
+    ("workflow_dispatch", "refs/tags/v1.2.0", "main", True),
+    ("workflow_dispatch", "refs/heads/feature/x", "main", False),
+    ("workflow_dispatch", "refs/heads/main", "trunk", False),  # main is not the default branch there
+    ("workflow_dispatch", "refs/tags/nightly", "main", False),
+    ("pull_request", "refs/pull/42/merge", "main", False),
+    ("pull_request", "refs/heads/main", "main", False),  # whatever the ref, a pull request never pushes
+]
+
+
+@pytest.fixture(scope="module", params=["docker.io", "ghcr.io"])
+def images(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """images.yml of a render with ci=github (and refresh.yml beside it), for one registry."""
+    project = render_project(tmp_path_factory.mktemp("images") / "project", lock=False, ci=["github"],
+                             bots=["dependabot"], registry=request.param)
+    return project / IMAGES
+
+
+def workflow(path: Path) -> dict[Any, Any]:
+    flow: dict[Any, Any] = yaml.safe_load(path.read_text())
+    flow["on"] = flow.pop(True)  # YAML 1.1 reads the key `on` as True
+    return flow
+
+
+def holds(condition: str | None, context: dict[str, str]) -> bool:
+    """A job's `if:` made of contexts, 'strings', ==, !=, &&, ||, !, (), format() and startsWith()."""
+    if condition is None:
+        return True
+    python = []
+    for token in re.findall(r"'[^']*'|[A-Za-z_][\w.-]*|==|!=|&&|\|\||!|[(),]|\S", condition):
+        if token.startswith("'"):
+            python.append(repr(token[1:-1]))
+        elif token in ("format", "startsWith", "==", "!=", "(", ")", ","):
+            python.append(token)
+        elif token in ("&&", "||", "!"):
+            python.append({"&&": " and ", "||": " or ", "!": " not "}[token])
+        else:
+            assert token in context, f"the test does not know {token} in `if: {condition}`"
+            python.append(repr(context[token]))
+    functions = {"format": lambda text, *args: re.sub(r"\{(\d+)\}", lambda m: str(args[int(m.group(1))]), text),
+                 "startsWith": lambda text, prefix: text.lower().startswith(prefix.lower())}  # as GitHub's
+    return bool(eval(" ".join(python), {"__builtins__": {}}, functions))
+
+
+def jobs_that_run(flow: dict[Any, Any], context: dict[str, str]) -> set[str]:
+    """The jobs a run starts: each one's `if:` holds and every job it needs ran (needs: implies success())."""
+    ran: set[str] = set()
+    for name, job in flow["jobs"].items():  # each job's needs come before it in the file
+        needs = job.get("needs", [])
+        if all(n in ran for n in ([needs] if isinstance(needs, str) else needs)) and holds(job.get("if"), context):
+            ran.add(name)
+    return ran
+
+
+def pushes(job: dict[str, Any]) -> bool:
+    runs = [s["run"] for s in job["steps"] if "run" in s]
+    return any("linked.py publish" in r and "--no-push" not in r for r in runs)
+
+
+def test_github_workflow_passes_zizmor_and_actionlint(images: Path) -> None:
+    zizmor = subprocess.run([tool("zizmor"), "--offline", "--no-progress", str(images)], capture_output=True,
+                            text=True)
+    assert zizmor.returncode == 0, zizmor.stdout + zizmor.stderr
+    actionlint = subprocess.run([tool("actionlint"), "-no-color", str(images)], capture_output=True, text=True)
+    assert actionlint.returncode == 0, actionlint.stdout + actionlint.stderr
+
+
+def test_github_workflow_pins_every_action_by_commit_with_its_version(images: Path) -> None:
+    text = images.read_text()
+    pins: dict[str, str] = {}
+    for job in workflow(images)["jobs"].values():
+        for step in job["steps"]:
+            if "uses" in step:
+                assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
+                assert re.search(re.escape(step["uses"]) + r" # v\d+\.\d+\.\d+\n", text), step["uses"]
+                pins[step["uses"].split("@")[0]] = step["uses"]
+    assert set(pins) == {"actions/checkout", "docker/login-action"}
+    # The sibling workflows pin the same action at the same commit: one version per action.
+    for sibling in sorted(images.parent.glob("*.yml")):
+        for used in re.findall(r"uses: (\S+)", sibling.read_text()):
+            assert pins.get(used.split("@")[0], used) == used, f"{sibling.name}: {used}"
+
+
+def test_github_workflow_publishes_only_from_the_default_branch_and_version_tags(images: Path) -> None:
+    flow = workflow(images)
+    assert flow["on"]["push"] == {"branches": ["main"], "tags": ["v*"]}
+    assert set(flow["on"]) == {"push", "pull_request", "workflow_dispatch"}  # no pull_request_target, no workflow_run
+    assert {name for name, job in flow["jobs"].items() if pushes(job)} == PUBLISHERS
+    for event, ref, default, publishes in RUNS:
+        context = {"github.event_name": event, "github.ref": ref, "github.event.repository.default_branch": default}
+        assert jobs_that_run(flow, context) == (PUBLISHERS if publishes else BUILDERS), (event, ref, default)
+    assert "if" not in flow["jobs"]["app"] and "if" not in flow["jobs"]["build-app"]  # each follows its base job
+
+
+def test_github_workflow_keeps_credentials_in_the_registry_environment(images: Path) -> None:
+    flow = workflow(images)
+    ghcr = flow["env"]["REGISTRY"] == "ghcr.io"
+    assert "secrets." not in str(flow["env"]) and "vars." not in str(flow["env"])
+    for name, job in flow["jobs"].items():
+        secrets = set(re.findall(r"secrets\.(\w+)", str(job)))
+        logins = [s for s in job["steps"] if s.get("uses", "").startswith("docker/login-action@")]
+        if name in PUBLISHERS:
+            assert job["environment"] == "registry"
+            assert secrets == ({"GITHUB_TOKEN"} if ghcr else {"REGISTRY_PASSWORD"})
+            assert len(logins) == 1 and "if" not in logins[0]
+            assert ("vars.REGISTRY_USERNAME" in str(job)) is not ghcr
+        else:
+            assert "environment" not in job and not secrets and not logins and "vars." not in str(job)
+
+
+def test_github_workflow_links_two_jobs_with_least_permissions(images: Path) -> None:
+    flow = workflow(images)
+    ghcr = flow["env"]["REGISTRY"] == "ghcr.io"
+    assert flow["jobs"]["app"]["needs"] == "base" and flow["jobs"]["build-app"]["needs"] == "build-base"
+    assert flow["permissions"] == {}
+    for name, job in flow["jobs"].items():
+        write = ghcr and name in PUBLISHERS  # GITHUB_TOKEN pushes to ghcr.io, only where the job pushes
+        assert job["permissions"] == {"contents": "read", **({"packages": "write"} if write else {})}, name
+        checkouts = [s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@")]
+        assert len(checkouts) == 1 and checkouts[0]["with"] == {"persist-credentials": False}
+
+
+def test_github_workflow_runs_the_tool_with_quoted_variables(images: Path) -> None:
+    flow = workflow(images)
+    for name, job in flow["jobs"].items():
         runs = [s["run"] for s in job["steps"] if "run" in s]
-        assert runs == [f'python3 base/linked.py publish --only {name} --image "$IMAGE" --cache inline $PUSH']
-
-
-def test_github_workflow_for_ghcr_may_write_packages(render: Callable[..., Path]) -> None:
-    flow = yaml.safe_load((render(registry="ghcr.io") / ".github/workflows/images.yml").read_text())
-    for job in flow["jobs"].values():
-        assert job["permissions"] == {"contents": "read", "packages": "write"}
+        only = name.removeprefix("build-")
+        assert runs == [f'python3 base/linked.py publish --only {only} --image "$IMAGE" --cache inline'
+                        + ("" if name in PUBLISHERS else " --no-push")]
+        for run in runs:
+            assert "${{" not in run  # expressions reach scripts through env only
+            assert "$" not in re.sub(r'"[^"]*"', "", run), run  # every variable inside double quotes
 
 
 def test_gitlab_pipeline_links_two_jobs(project: Path) -> None:
