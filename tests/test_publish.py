@@ -189,7 +189,8 @@ def test_upstream_pinned_by_digest_moves_only_with_make_lock(registry: Registry,
     (fixed_ctx / "Dockerfile").write_text(f"FROM {upstream}\nRUN echo patched > /etc/upstream-fix\n")
     subprocess.run([DOCKER, "tag", "python:3.13-slim-trixie", upstream], check=True)
     subprocess.run([DOCKER, "push", upstream], check=True, capture_output=True)
-    project = new_project(registry, tmp_path / "p", project_slug="moving", upstream_image=upstream)
+    # pip: uv's image would come from ghcr.io, which cannot be reached here to pin it by digest.
+    project = new_project(registry, tmp_path / "p", project_slug="moving", upstream_image=upstream, installer="pip")
     first = registry_digest(registry, "library/python", "3.13-slim-trixie")
     base_dockerfile = project / "base" / "Dockerfile"
     assert f"\nFROM {upstream}@{first}\n" in base_dockerfile.read_text()
