@@ -999,6 +999,22 @@ def verify(path: Path) -> list[str]:
 # ----------------------------------------------------------------------- cli
 
 
+def changed(rel: str, old: str, new: str) -> str:
+    """What a write changed, in words: the pin's move, the steps and packages written."""
+    if rel == "Dockerfile":
+        tags = [m["tag"] if m else "?" for m in (PIN_RE.match(text.partition("\n")[0]) for text in (old, new))]
+        return f"pin moved {tags[0]} -> {tags[1]}"
+    if rel == "base/requirements.txt":
+        return f"locked {len(Lock(new).entries)} packages" + (
+            f", {len(Lock(new).apt)} apt steps" if Lock(new).apt else ""
+        )
+    fences = find_fences(new.splitlines(), rel)
+    steps = {kind: sum(line.startswith("RUN ") for line in new.splitlines()[a:b]) for kind, (a, b, _) in fences.items()}
+    froms = [m["image"] + (m["digest"] or "") for m in map(FROM_RE.match, new.splitlines()) if m]
+    blocks = ", ".join(f"block {kind!r} ({n} steps)" for kind, n in steps.items())
+    return f"rewrote {blocks or 'the generated blocks'}" + (f"; FROM {', '.join(froms)}" if froms else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit status."""
     parser = argparse.ArgumentParser(prog="linked.py", description=__doc__.split("\n\n")[0])
@@ -1067,14 +1083,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             plan, stale, more = project.plan(writes.get("base/Dockerfile"), writes.get("base/requirements.txt"))
             writes.update(plan)
+            old = {rel: project.read(rel) for rel in writes}
             for rel, text in writes.items():
-                if text != project.read(rel):
+                if text != old[rel]:
                     write_atomic(project.root / rel, text, rel)
-                    print(f"{args.command}: wrote {rel}")
+                    print(f"{rel}: {changed(rel, old[rel], text)}")
             for line in warnings + [w for w in more if args.command == "sync"]:
                 print(f"warning: {line}", file=sys.stderr)
             for item in stale:
-                print(f"still stale: {item}" if "make lock" in item else f"synced: {item}")
+                if "make lock" in item:
+                    print(f"still stale: {item}")
         elif args.command == "base":
             ref = project.reference()
             cli = Engine(engine)
