@@ -330,6 +330,8 @@ def test_publish_dry_run_links_app_to_the_pinned_base(project: Path, tmp_path: P
     ref = linked(copy, "ref").stdout.strip()
     assert result.returncode == 0, result.stderr
     assert f"base {ref} is in the registry (sha256:{'a' * 64}): using it, not rebuilding it" in result.stdout
+    # The app goes elsewhere than its base: publish says so, and how to move both.
+    assert f"note: the app goes to docker.io/example/demo-app, its base to {ref.rsplit(':', 1)[0]}" in result.stderr
     commands = [line[2:] for line in result.stdout.splitlines() if line.startswith("+ ")]
     assert commands[0] == f"docker pull {ref}"
     assert f"base {ref} is not in the registry: building it and pushing it" in absent.stdout

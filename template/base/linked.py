@@ -890,6 +890,12 @@ def publish(
         raise LinkError("publish refused: run `make lock` or `make sync` and commit; nothing was built or pushed")
     ref = project.reference()
     alias = f"{ref.rsplit(':', 1)[0]}:buildcache"
+    if image.rsplit("/", 1)[0] != ref.rsplit(":", 1)[0].rsplit("/", 1)[0]:
+        print(
+            f"note: the app goes to {image}, its base to {ref.rsplit(':', 1)[0]} (the pin's repository); "
+            "copier update -d registry=... -d image_namespace=... moves both",
+            file=sys.stderr,
+        )
     if inline_cache:
         inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
         base_args = [*base_args, "--cache-from", alias, *inline]
