@@ -731,15 +731,13 @@ def lock(
                     f"base/requirements.in: Debian has no package for {', '.join(missing)}: answer "
                     "use_virtualenv=true (pip installs them beside Debian's) or pick the combo strategy"
                 )
-            wanted = (
-                "\n".join(
-                    r
-                    for r in requirements_in.splitlines()
-                    if top_level_names(r, "base/requirements.in")[:1]
-                    and top_level_names(r, "base/requirements.in")[0] in missing
-                )
-                + "\n"
-            )
+            # The sidekick's lock: the lines of the requirements Debian lacks, as written.
+            kept = [
+                r
+                for r in requirements_in.splitlines()
+                if set(top_level_names(r, "base/requirements.in")) & set(missing)
+            ]
+            wanted = "\n".join(kept) + "\n"
             first = fences["apt"][2].get("with", "python3").split(",")
             apt = debian_pins(
                 engine,
@@ -1011,9 +1009,8 @@ def changed(rel: str, old: str, new: str) -> str:
         tags = [m["tag"] if m else "?" for m in (PIN_RE.match(text.partition("\n")[0]) for text in (old, new))]
         return f"pin moved {tags[0]} -> {tags[1]}"
     if rel == "base/requirements.txt":
-        return f"locked {len(Lock(new).entries)} packages" + (
-            f", {len(Lock(new).apt)} apt steps" if Lock(new).apt else ""
-        )
+        lock = Lock(new)
+        return f"locked {len(lock.entries)} packages" + (f", {len(lock.apt)} apt steps" if lock.apt else "")
     fences = find_fences(new.splitlines(), rel)
     steps = {kind: sum(line.startswith("RUN ") for line in new.splitlines()[a:b]) for kind, (a, b, _) in fences.items()}
     froms = [m["image"] + (m["digest"] or "") for m in map(FROM_RE.match, new.splitlines()) if m]
