@@ -45,9 +45,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from buildkit import buildkit_steps  # bench/buildkit.py, shared with the engine tests
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = os.environ.get("LINKED_BUILDS_DOCKER", "/usr/bin/docker")
@@ -78,41 +79,6 @@ RUN --mount=type=cache,target=/root/.cache/pip \\
 COPY . .
 RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps .
 """
-
-
-# ------------------------------------------------------------ BuildKit's plain output
-
-
-@dataclass
-class Step:
-    """One step of a BuildKit build, from its plain progress output."""
-
-    name: str
-    cached: bool
-    ran: bool
-
-
-def buildkit_steps(output: str) -> list[Step]:
-    """The Dockerfile steps of ``--progress=plain`` output, in order, with their cache state.
-
-    A copy of the tests' reader (tests/engine.py): the benchmark does not import the tests.
-    """
-    names: dict[str, str] = {}
-    cached: set[str] = set()
-    ran: set[str] = set()
-    for line in output.splitlines():
-        m = re.match(r"^#(\d+) (.*)$", line)
-        if not m:
-            continue
-        vertex, rest = m.groups()
-        header = re.match(r"^\[(?:[\w-]+ )?\d+/\d+\] (.*)$", rest)
-        if header and vertex not in names:
-            names[vertex] = header.group(1)
-        elif rest == "CACHED":
-            cached.add(vertex)
-        elif re.match(r"^(DONE|ERROR|\d+\.\d+ )", rest):
-            ran.add(vertex)
-    return [Step(name, v in cached, v in ran and v not in cached) for v, name in names.items()]
 
 
 # ------------------------------------------------------------ the engine, kept apart

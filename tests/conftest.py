@@ -102,3 +102,16 @@ def tool_module(project: Path) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def find_tool(name: str, missing: str, enable: str) -> str:
+    """A command from PATH or beside this Python; where CI is set a missing one fails, else skips."""
+    import shutil
+
+    here = Path(sys.executable).parent / name
+    found = shutil.which(name) or (str(here) if here.exists() else None)
+    if not found:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing: {missing}", pytrace=False)
+        pytest.skip(f"{name} is not installed: {enable}")
+    return found

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,35 +40,6 @@ def require_engine(client: str = DOCKER, images: tuple[str, ...] = ()) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"CI is set but {problem}: {ENABLE}", pytrace=False)
         pytest.skip(f"{problem}: {ENABLE}")
-
-
-@dataclass
-class Step:
-    """One step of a BuildKit build, from its plain progress output."""
-
-    name: str
-    cached: bool
-    ran: bool
-
-
-def buildkit_steps(output: str) -> list[Step]:
-    """The Dockerfile steps of ``--progress=plain`` output, in order, with their cache state."""
-    names: dict[str, str] = {}
-    cached: set[str] = set()
-    ran: set[str] = set()
-    for line in output.splitlines():
-        m = re.match(r"^#(\d+) (.*)$", line)
-        if not m:
-            continue
-        vertex, rest = m.groups()
-        header = re.match(r"^\[(?:[\w-]+\s+)?\d+/\d+\] (.*)$", rest)
-        if header and vertex not in names:
-            names[vertex] = header.group(1)
-        elif rest == "CACHED":
-            cached.add(vertex)
-        elif re.match(r"^(DONE|ERROR|\d+\.\d+ )", rest):
-            ran.add(vertex)
-    return [Step(name, v in cached, v in ran and v not in cached) for v, name in names.items()]
 
 
 def make(project: Path, *targets: str, docker: str = DOCKER, build_args: str = "", check: bool = True,
@@ -186,3 +156,16 @@ class Registry:
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+
+def running_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry of the test module's own, with the engine and the python stand-in it needs."""
+    require_engine(DOCKER, ("python:3.13-slim-trixie",))
+    if not os.path.exists(REGISTRY_BIN):
+        message = f"{REGISTRY_BIN} is missing: scripts/engine-up installs Debian's docker-registry"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    reg = Registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()

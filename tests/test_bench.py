@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
+from buildkit import buildkit_steps
 from conftest import TEMPLATE
-from engine import DOCKER, buildkit_steps, require_engine
+from engine import DOCKER, require_engine
 
 
 def bench_module() -> ModuleType:

@@ -18,8 +18,8 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from conftest import TEMPLATE, linked, render_project
-from engine import DOCKER, REGISTRY_BIN, Registry, make, require_engine
+from conftest import TEMPLATE, find_tool, linked, render_project
+from engine import DOCKER, Registry, make, running_registry
 from fakes import closed_port
 
 BIN = Path(sys.executable).parent
@@ -31,12 +31,8 @@ ME = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
 
 
 def tool(name: str) -> str:
-    found = shutil.which(name) or (str(BIN / name) if (BIN / name).exists() else None)
-    if not found:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing: `make test` installs it from requirements-dev.txt", pytrace=False)
-        pytest.skip(f"{name} is not installed: `make test` installs it from requirements-dev.txt")
-    return found
+    how = "`make test` installs it from requirements-dev.txt"
+    return find_tool(name, how, how)
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -516,15 +512,7 @@ def test_gitlab_refresh_pushes_a_branch_that_opens_a_merge_request(repo: Repo, t
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    require_engine(DOCKER, ("python:3.13-slim-trixie",))
-    if not os.path.exists(REGISTRY_BIN):
-        message = f"{REGISTRY_BIN} is missing: scripts/engine-up installs Debian's docker-registry"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    reg = Registry(tmp_path_factory.mktemp("registry"))
-    yield reg
-    reg.stop()
+    yield from running_registry(tmp_path_factory)
 
 
 def docker(*args: str) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,11 +13,10 @@ import hcl2
 import pytest
 import yaml
 
-from conftest import choices, linked, render_project, tool_module
+from conftest import choices, find_tool, linked, render_project, tool_module
 from fakes import FakeRegistry
 
 ALL_CI = choices("ci")
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +25,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tool(name: str) -> str:
-    found = shutil.which(name) or (str(BIN / name) if (BIN / name).exists() else None)
-    if not found:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing: .ci/run installs it", pytrace=False)
-        pytest.skip(f"{name} is not installed: `apt-get install {name}` or `make test` enables this test")
-    return found
+    return find_tool(name, ".ci/run installs it", f"`apt-get install {name}` or `make test` enables this test")
 
 
 @pytest.mark.parametrize(("path", "schema"), [(".github/workflows/images.yml", "vendor.github-workflows"),

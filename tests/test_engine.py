@@ -20,6 +20,7 @@ from typing import Callable
 
 import pytest
 
+from buildkit import buildkit_steps
 from conftest import (
     COMBINATION_IDS,
     COMBINATIONS,
@@ -29,7 +30,7 @@ from conftest import (
     render_project,
     tool_module,
 )
-from engine import DOCKER, Container, buildkit_steps, free_port, http_get, make, require_engine
+from engine import DOCKER, Container, free_port, http_get, make, require_engine
 
 pytestmark = pytest.mark.engine
 

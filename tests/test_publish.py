@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import linked, render_project
-from engine import DOCKER, REGISTRY_BIN, Registry, make, require_engine
+from engine import DOCKER, Registry, make, running_registry
 
 pytestmark = pytest.mark.engine
 
@@ -22,15 +22,7 @@ NEW_REQUIREMENT = "cowsay==6.1"
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    require_engine(DOCKER, ("python:3.13-slim-trixie",))
-    if not os.path.exists(REGISTRY_BIN):
-        message = f"{REGISTRY_BIN} is missing: scripts/engine-up installs Debian's docker-registry"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    reg = Registry(tmp_path_factory.mktemp("registry"))
-    yield reg
-    reg.stop()
+    yield from running_registry(tmp_path_factory)
 
 
 def new_project(registry: Registry, dst: Path, **data: Any) -> Path:
