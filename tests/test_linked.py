@@ -291,7 +291,7 @@ def test_a_write_that_fails_half_way_leaves_the_file_whole(project: Path) -> Non
          "base/requirements.in: is a folder, not a file", ("check", "sync", "lock")),
         (lambda p: (p / "base" / "requirements.txt").unlink(), "base/requirements.txt: missing", ("check", "sync")),
         (lambda p: (p / "base" / "requirements.in").write_text("--index-url http://evil.example/\n"),
-         "base/requirements.in:1: pip option '--index-url' is not supported here", ("check", "sync", "lock")),
+         "base/requirements.in:1: '--index-url': pip options are not supported", ("check", "sync", "lock")),
     ],
     ids=["not-utf8", "folder", "missing-lock", "pip-option"],
 )

@@ -188,21 +188,22 @@ class Lock:
 
 
 def top_level_names(text: str, label: str) -> list[str]:
-    """The project names of requirements.in, in order; pip options refused."""
-    names = []
+    """The project names of requirements.in, in order; pip options and a name listed
+    twice without environment markers refused. The template's prompt shares this parser."""
+    names: list[str] = []
+    plain: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), 1):
         line = re.sub(r"(^|\s)#.*$", "", line).strip()
-        if not line:
-            continue
         if line.startswith("-"):
-            raise LinkError(
-                f"{label}:{number}: pip option {line.split()[0]!r} is not supported here: "
-                "list PEP 508 requirements, one per line"
-            )
+            raise LinkError(f"{label}:{number}: {line.split()[0]!r}: pip options are not supported, only requirements")
         m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)
-        if not m:
-            raise LinkError(f"{label}:{number}: {line!r} is not a PEP 508 requirement")
-        names.append(normalize(m.group()))
+        if line and not m:
+            raise LinkError(f"{label}:{number}: {line[:30]!r} is not a PEP 508 requirement")
+        if m:
+            name = normalize(m.group())
+            if ";" not in line and plain.setdefault(name, number) != number:
+                raise LinkError(f"{label}:{number}: {name} is already on line {plain[name]}: merge the two")
+            names.append(name)
     return names
 
 
