@@ -22,9 +22,9 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
-	# base/linked.py as a generated project lints it: ruff's defaults, its line length.
-	$(BIN)/ruff check --isolated --line-length 120 template/base/linked.py
-	$(BIN)/ruff format --isolated --check --line-length 120 template/base/linked.py
+	# base/*.py as a generated project lints them: ruff's defaults, its line length.
+	$(BIN)/ruff check --isolated --line-length 120 template/base
+	$(BIN)/ruff format --isolated --check --line-length 120 template/base
 	$(BIN)/mypy
 
 test: lint

@@ -94,13 +94,17 @@ def linked(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def tool_module(project: Path) -> ModuleType:
-    """Import a project's base/linked.py for unit-level checks."""
-    spec = importlib.util.spec_from_file_location(f"linked_{abs(hash(project))}", project / "base" / "linked.py")
+def tool_module(project: Path, name: str = "linked") -> ModuleType:
+    """Import a project's base/<name>.py (the tool, or its registry or publish module) for unit-level checks."""
+    spec = importlib.util.spec_from_file_location(f"{name}_{abs(hash(project))}", project / "base" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(project / "base"))  # its sibling modules, as the tool finds them
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(project / "base"))
     return module
 
 

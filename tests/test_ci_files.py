@@ -275,11 +275,11 @@ def test_publish_refuses_a_stale_pin_before_any_engine_command(project: Path, tm
     ],
 )
 def test_ci_tags(project: Path, env: dict[str, str], tags: list[str]) -> None:
-    assert tool_module(project).ci_tags(env, None) == tags
+    assert tool_module(project, "publish").ci_tags(env, None) == tags
 
 
 def test_tags_from_any_branch_name_are_valid_and_never_collide(project: Path) -> None:
-    module = tool_module(project)
+    module = tool_module(project, "publish")
     names = ["main", "v1.2.0", "ü", "日本", "🚀", "-", ".", "feature/x", "feature-x", "feature_x", "x" * 200,
              "x" * 199, "-leading", "a b", "a--b"]
     tags = [module.image_tag(name) for name in names]
@@ -299,7 +299,7 @@ def test_publish_refuses_uncommitted_changes_unless_told(project: Path, tmp_path
     assert result.returncode == 2 and "+ false-engine" not in result.stdout
     assert result.stderr.startswith("error: publish refused: 1 uncommitted change(s) in the work tree")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=copy, capture_output=True, text=True).stdout[:12]
-    assert tool_module(copy).commit_tags(copy, {}, True) == [f"{head}-dirty"]
+    assert tool_module(copy, "publish").commit_tags(copy, {}, True) == [f"{head}-dirty"]
 
 
 def test_publish_dry_run_links_app_to_the_pinned_base(project: Path, tmp_path: Path) -> None:

@@ -401,12 +401,14 @@ def test_a_conflict_of_the_users_is_left_but_the_pin_is_settled(project: Path) -
     assert app.read_text().splitlines()[0] == pin and linked(project, "check").returncode == 0
 
 
-def test_verify_names_the_package_wanted_and_found(project: Path, tmp_path: Path) -> None:
-    """verify runs inside the distro base with Debian's packaging; here with this interpreter's."""
+def test_verify_names_the_package_wanted_and_found(tmp_path: Path) -> None:
+    """base/debian.py checks versions inside the distro base with Debian's packaging; here with
+    this interpreter's (the file has no Jinja: it runs from the template as it is)."""
     requirements = tmp_path / "requirements.in"
     requirements.write_text("pytest>=1\npytest>=999 ; python_version >= '3'\nnot-installed-xyz\n"
                             "skipped>=1 ; sys_platform == 'win32'\n")
-    result = subprocess.run([sys.executable, str(project / "base" / "linked.py"), "verify", str(requirements)],
+    debian = TEMPLATE / "template" / "base" / "{% if strategy == 'distro' %}debian.py{% endif %}"
+    result = subprocess.run([sys.executable, str(debian), str(requirements)],
                             capture_output=True, text=True)
     assert result.returncode == 1
     found = __import__("pytest").__version__
@@ -435,13 +437,13 @@ def test_verify_names_the_package_wanted_and_found(project: Path, tmp_path: Path
 )
 def test_only_a_clear_404_counts_as_absent(project: Path, registry: FakeRegistry,
                                           answer: tuple[int, dict[str, str]], expected: str | None) -> None:
-    module = tool_module(project)
+    module = tool_module(project, "registry")
     registry.answer = answer
     ref = f"{registry.host}/example/demo-appbase:deps-0123456789abcdef"
     if expected is None or expected.startswith("sha256:"):
         assert module.manifest_digest(ref) == expected
     else:
-        with pytest.raises(module.LinkError, match=re.escape(expected)):
+        with pytest.raises(module.RegistryError, match=re.escape(expected)):
             module.manifest_digest(ref)
     method, path, headers = registry.requests[0]
     assert (method, path) == ("HEAD", "/v2/example/demo-appbase/manifests/deps-0123456789abcdef")
@@ -449,8 +451,8 @@ def test_only_a_clear_404_counts_as_absent(project: Path, registry: FakeRegistry
 
 
 def test_a_registry_that_does_not_answer_is_an_error(project: Path) -> None:
-    module = tool_module(project)
-    with pytest.raises(module.LinkError, match="Connection refused"):
+    module = tool_module(project, "registry")
+    with pytest.raises(module.RegistryError, match="Connection refused"):
         module.manifest_digest(f"{closed_port()}/example/base:deps-0123456789abcdef")
 
 
@@ -464,7 +466,7 @@ def test_a_registry_that_does_not_answer_is_an_error(project: Path) -> None:
 ])
 def test_image_references_split_as_docker_reads_them(project: Path, reference: str,
                                                     parts: tuple[str, str, str]) -> None:
-    assert tool_module(project).split_reference(reference) == parts
+    assert tool_module(project, "registry").split_reference(reference) == parts
 
 
 @pytest.mark.parametrize("answer", [(401, {}), (500, {}), None], ids=["401", "500", "no-answer"])

@@ -116,7 +116,7 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
         assert all(re.search(r"--no-install-recommends +([a-z0-9.+-]+=\S+ +)+\|\|", step) for step in apt)
         assert "run make lock" in apt[1]
         assert [i.value[0] for i in instructions if i.cmd == "RUN"][-1] == \
-            "python3 /opt/base/linked.py verify /opt/base/requirements.in"
+            "python3 /opt/base/debian.py /opt/base/requirements.in"
         assert (project / "base" / "debian-names.txt").is_file()
         assert lock == []  # Debian packages both requirements: the sidekick has nothing to install
     else:
@@ -164,7 +164,9 @@ def test_generated_project_checks_tests_and_stays_clean(
     hooks = subprocess.run([str(bin_dir / "pre-commit"), "run", "--all-files"], cwd=project, capture_output=True,
                            text=True, env={**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit")})
     assert hooks.returncode == 0, hooks.stdout + hooks.stderr
-    assert os.access(project / "base" / "linked.py", os.X_OK)
+    assert all(os.access(project / "base" / f"{name}.py", os.X_OK) for name in ("linked", "registry"))
+    assert (project / "base" / "debian.py").exists() == (strategy == "distro")
+    assert len((project / "base" / "linked.py").read_text().splitlines()) <= 600  # one sitting's read
     leftover = re.compile(r"\{%|\{\{-?\s*(" + "|".join(k for k in COPIER_YML if not k.startswith("_")) + r")\b")
     for path in project.rglob("*"):
         if path.is_file() and ".git" not in path.parts:
