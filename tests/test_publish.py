@@ -236,3 +236,28 @@ def test_publish_refuses_a_registry_base_whose_labels_disagree(registry: Registr
         assert registry.tags("rehearsal/forged") == []
     finally:
         remove_local(base_ref)
+
+
+@pytest.mark.parametrize(("breakage", "says"), [
+    ('return jsonify(status="ok")', 'return jsonify(status="broken"), 500'),
+    ("return app", "raise SystemExit('no app today')"),
+], ids=["healthz-500", "exits"])
+def test_an_app_that_fails_its_smoke_test_is_never_pushed(registry: Registry, tmp_path: Path,
+                                                           breakage: str, says: str) -> None:
+    """publish starts the built app (no network, read-only root), waits for its HEALTHCHECK and
+    GETs /healthz before any push: an app that does not serve leaves the registry without it."""
+    project = new_project(registry, tmp_path / "p", project_slug="smoky")
+    app = next((project / "src").glob("*/app.py"))
+    app.write_text(app.read_text().replace(breakage, says))
+    base_ref = linked(project, "ref").stdout.strip()
+    image = f"{registry.host}/rehearsal/smoky"
+    try:
+        out = publish(project, "t1", check=False)
+        assert "smoke test: " in out and "answers /healthz" not in out, out[-2000:]
+        assert f"push {image}:t1" not in out
+        assert "rehearsal/smoky" not in registry.catalog()
+        leftover = subprocess.run([DOCKER, "ps", "--all", "--quiet", "--filter", "name=linked-smoke-"],
+                                  capture_output=True, text=True)
+        assert leftover.stdout == ""  # the smoke container is removed whatever happened
+    finally:
+        remove_local(base_ref, f"{image}:t1", f"{base_ref.rsplit(':', 1)[0]}:buildcache")

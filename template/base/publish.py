@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from linked import Project
 
 LABEL_TAG, LABEL_LOCK = "org.linked-builds.content-tag", "org.linked-builds.lock"
+# The smoke test's GET, as the image's HEALTHCHECK does it: Python's own urllib, no curl needed.
+HEALTHZ = "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['PORT'] + '/healthz')"
+STATE = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
 
 
 class PublishError(Exception):
@@ -93,6 +97,35 @@ class Engine:
     def must(self, *args: str) -> None:
         if not self.run(*args):
             raise PublishError(f"`{' '.join(self.command)} {args[0]}` failed: see its output above")
+
+    def smoke(self, ref: str, seconds: int = 90) -> None:
+        """Start the app image (no network, read-only root), wait for its HEALTHCHECK to say
+        healthy, then GET /healthz inside it; a failure stops the publish before any push."""
+        if self.dry_run:
+            print(f"smoke test: would start {ref}, wait for healthy and GET /healthz", flush=True)
+            return
+        name, start = f"linked-smoke-{os.getpid()}", time.monotonic()
+        health = ["--health-interval=2s", "--health-start-period=60s"]
+        self.must("run", "--detach", "--name", name, "--network=none", "--read-only", "--tmpfs=/tmp", *health, ref)
+        try:
+            while True:
+                got = subprocess.run(
+                    [*self.command, "inspect", "--format", STATE, name], capture_output=True, text=True, check=False
+                )
+                status, _, health_status = got.stdout.strip().partition(" ")
+                if status not in ("created", "running") or health_status == "unhealthy":
+                    self.run("logs", name)
+                    raise PublishError(f"smoke test: {ref} is {health_status or status or 'gone'} (its log is above)")
+                # An engine that runs no HEALTHCHECK (no status, or "starting" for ever) gets 20 s.
+                settled = health_status in ("healthy", "") or time.monotonic() - start > 20
+                if settled and self.run("exec", name, "python3", "-c", HEALTHZ, quiet=True):
+                    print(f"smoke test: {ref} is {health_status or 'up'} and answers /healthz", flush=True)
+                    return
+                if time.monotonic() - start > seconds:
+                    raise PublishError(f"smoke test: {ref} did not answer /healthz within {seconds} s")
+                time.sleep(2)
+        finally:
+            self.run("rm", "--force", name, quiet=True)
 
     def build_base(self, project: Project, ref: str, args: list[str]) -> None:
         """Build the base under its content tag, labelled with that tag and the lock's hash."""
@@ -179,6 +212,7 @@ def publish(
             *(a for r in refs for a in ("--tag", r)),
             str(project.root),
         )
+        engine.smoke(refs[0])  # before any push: an image that does not serve is never published
         for r in refs if push else []:
             engine.must("push", r)
         print(("pushed " if push else "built ") + " ".join(refs) + f" FROM {ref}", flush=True)
