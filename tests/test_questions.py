@@ -23,7 +23,7 @@ BAD_ANSWERS = [
     ("project_name", "Demo\rinclude: evil", "must be one line of printable text"),
     ("project_slug", "my-app\n", '"my-app\\n": use a-z'),
     ("registry", "docker.io\n", "not a registry host"),
-    ("project_slug", "Bad Slug", '"Bad Slug": use a-z, 0-9 and single dashes, starting with a letter'),
+    ("project_slug", "Bad Slug", '"Bad Slug": use a-z, 0-9 and single dashes, a letter first (like my-app)'),
     ("project_slug", "my--app", '"my--app": use a-z, 0-9 and single dashes'),
     ("project_slug", "9lives", '"9lives": use a-z, 0-9'),
     ("project_slug", "a" * 61, "61 characters: use at most 60"),
@@ -37,10 +37,10 @@ BAD_ANSWERS = [
     ("image_namespace", "My_Org", '"My_Org": not a namespace'),
     ("port", 80, "80 is out of range: use 1024 to 65535"),
     ("port", 70000, "70000 is out of range"),
-    ("dependencies", "Flask>=2.2\n-e .", '"-e .": not a PEP 508 requirement'),
-    ("dependencies", "--index-url https://x.invalid", '"--index-url https://x.invalid": not a PEP 508'),
-    ("dependencies", "Flask >= = 2", '"Flask >= = 2": not a PEP 508 requirement'),
-    ("dependencies", "https://example.invalid/x.whl", "not a PEP 508 requirement"),
+    ("dependencies", "Flask>=2.2\n-e .", 'line 2: "-e": pip options are not supported, only requirements'),
+    ("dependencies", "--index-url https://x.invalid", 'line 1: "--index-url": pip options are not supported'),
+    ("dependencies", "Flask >= = 2", 'line 1: "Flask >= = 2": not a PEP 508 requirement'),
+    ("dependencies", "https://example.invalid/x.whl", 'line 1: "https://example.invalid/x.whl": a URL needs its name'),
 ]
 
 GOOD_ANSWERS = [
@@ -110,7 +110,7 @@ def test_bad_data_on_the_command_line_leaves_nothing(tmp_path: Path) -> None:
     result = copier_data(tmp_path, {"project_slug": "Bad Slug"})
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].endswith(
-        '"Bad Slug": use a-z, 0-9 and single dashes, starting with a letter (like my-app)'
+        '"Bad Slug": use a-z, 0-9 and single dashes, a letter first (like my-app)'
     )
     assert not (tmp_path / "out").exists()
 

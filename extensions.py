@@ -1,0 +1,281 @@
+"""The checks behind copier.yml's validators, as Jinja filters.
+
+copier.yml loads this file through copier-template-extensions
+(``_jinja_extensions: [copier_template_extensions.TemplateExtensionLoader,
+extensions.py:AnswerChecks]``). It sits beside copier.yml, outside the template's
+``_subdirectory``, so it never reaches a generated project.
+
+Each filter takes an answer and returns "" when it is fine, else one line of at
+most 80 characters saying what is wrong and what is allowed; copier prints it
+below its own "Validation error for question '...':" line, so the message never
+repeats the question's name. The dependencies check runs the generated project's
+own requirement parser (template/base/linked.py), so an answer the prompt takes is
+one the project's `lock` and `sync` take too.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import keyword
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from jinja2 import Environment
+from jinja2.ext import Extension
+from packaging.requirements import InvalidRequirement, Requirement
+
+WIDTH = 80  # the longest message: an 80-column terminal shows it on one line
+LINKED = Path(__file__).resolve().parent / "template" / "base" / "linked.py"
+
+# Characters no answer may hold: C0 and C1 controls (line breaks among them) and
+# the Unicode line and paragraph separators, which str.splitlines() breaks on too.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+# Docker's reference grammar (distribution/reference), piece by piece.
+HOST_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+HOST = rf"{HOST_LABEL}(?:\.{HOST_LABEL})*(?::[0-9]+)?"  # registry[:port]
+PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+PATH = rf"{PATH_COMPONENT}(?:/{PATH_COMPONENT})*"  # namespace/name
+TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE = rf"(?:{HOST}/)?{PATH}(?::{TAG})?(?:@{DIGEST})?"
+
+SLUG = r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*"
+SLUG_MAX = 60
+IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+COMMENT = re.compile(r"(^|\s)#.*$")  # base/linked.py strips comments the same way
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a direct URL without a name
+TRAILING_COMMA = re.compile(r",\s*\)?\s*$")  # "Flask>=2.2," or "Flask (>=2.2,)"
+SHOWN_REQUIREMENT = 30  # characters of a refused requirement line that are shown
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character written as an escape (a newline as \\n)."""
+    return CONTROL.sub(lambda m: ESCAPES.get(m.group(), m.group().encode("unicode_escape").decode()), text)
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` escaped and cut to ``width`` characters, ending in "…" when it was cut.
+
+    An escape is kept whole or left out, never cut in two.
+    """
+    shown = escape(text)
+    if len(shown) <= width:
+        return shown
+    kept = ""
+    for piece in map(escape, text):
+        if len(kept) + len(piece) > width - 1:
+            break
+        kept += piece
+    return kept + "…"
+
+
+def window(text: str, width: int) -> str:
+    """``text`` escaped in at most ``width`` characters, like shorten(), except that the
+    first control character stays in view: when it lies beyond the cut, the start gives way."""
+    bad = CONTROL.search(text)
+    if bad is None or len(escape(text[: bad.end()])) < width or len(escape(text)) <= width:
+        return shorten(text, width)
+    after = "…" if bad.end() < len(text) else ""
+    kept = ""
+    for piece in reversed([escape(c) for c in text[: bad.end()]]):
+        if len(kept) + len(piece) > width - 1 - len(after):
+            break
+        kept = piece + kept
+    return "…" + kept + after
+
+
+def quoted(value: str, rest: str, prefix: str = "", limit: int = WIDTH) -> str:
+    """``prefix"value"rest``, the value escaped and shortened to ``limit`` and so the line fits WIDTH."""
+    return f'{prefix}"{window(value, min(limit, WIDTH - len(prefix) - len(rest) - 2))}"{rest}'
+
+
+def fit(message: str) -> str:
+    """``message`` escaped, on one line of at most WIDTH characters: its longest word gives way.
+
+    The word keeps its quotes and a trailing colon or comma; what they enclose is shortened.
+    """
+    excess = len(escape(message)) - WIDTH
+    if excess <= 0:
+        return escape(message)
+    words = message.split(" ")
+    longest = max(range(len(words)), key=lambda i: len(escape(words[i])))
+    word = words[longest]
+    head = word[:1] if word[:1] in ('"', "'") else ""
+    body = word[len(head) :].rstrip(":,")
+    tail = word[len(head) + len(body) :]
+    if head and body.endswith(head):
+        body, tail = body[:-1], head + tail
+    words[longest] = head + shorten(body, max(len(escape(body)) - excess, 2)) + tail
+    return shorten(" ".join(words), WIDTH)
+
+
+def one_line_problem(value: str) -> str:
+    """Why a one-line free-text answer is refused: it holds a control character."""
+    return "must be one line of printable text, no control characters" if CONTROL.search(value) else ""
+
+
+def name_problem(value: str) -> str:
+    """project_name: any one line of printable text, not blank."""
+    if not value.strip():
+        return "must not be empty"
+    return one_line_problem(value)
+
+
+def description_problem(value: str) -> str:
+    """description: one line of printable text (it may be empty)."""
+    return one_line_problem(value)
+
+
+def slug_problem(value: str) -> str:
+    """project_slug: lowercase words of a-z and 0-9 joined by single dashes, at most 60 characters."""
+    if not re.fullmatch(SLUG, value):
+        return quoted(value, ": use a-z, 0-9 and single dashes, a letter first (like my-app)")
+    if len(value) > SLUG_MAX:
+        return f"{len(value)} characters: use at most {SLUG_MAX}"
+    return ""
+
+
+def package_problem(value: str) -> str:
+    """package_name: a Python identifier (ASCII) that is not a keyword."""
+    if not re.fullmatch(IDENTIFIER, value):
+        return quoted(value, ": not an identifier: letters, digits, _, no digit first (like my_app)")
+    if keyword.iskeyword(value):
+        return fit(f'"{value}" is a Python keyword: pick another (like {value}_app)')
+    return ""
+
+
+def image_problem(value: str) -> str:
+    """upstream_image: an image reference, [registry[:port]/]name[:tag][@digest]."""
+    if not re.fullmatch(IMAGE, value):
+        return quoted(value, ": not an image: [registry/]name[:tag][@digest], lowercase")
+    return ""
+
+
+def registry_problem(value: str) -> str:
+    """registry: a host name or address, with an optional port."""
+    if not re.fullmatch(HOST, value):
+        return quoted(value, ": not a registry host: host[:port] (like ghcr.io)")
+    return ""
+
+
+def namespace_problem(value: str) -> str:
+    """image_namespace: lowercase path components, as in <registry>/<namespace>/<slug>."""
+    if not re.fullmatch(PATH, value):
+        return quoted(value, ": not a namespace: a-z and 0-9 joined by . _ - or / (like my-org)")
+    return ""
+
+
+def port_problem(value: Any) -> str:
+    """port: a port a non-root process may listen on, 1024 to 65535."""
+    if not 1024 <= int(value) <= 65535:
+        return fit(f"{value} is out of range: use 1024 to 65535 (non-root ports)")
+    return ""
+
+
+def bots_problem(bots: list[str], ci: list[str]) -> str:
+    """bots: Dependabot only where GitHub runs the builds."""
+    if "dependabot" in bots and "github" not in ci:
+        return "dependabot runs on GitHub only: answer github to ci too, or pick renovate"
+    return ""
+
+
+@functools.cache
+def linked() -> ModuleType:
+    """The generated project's tool, template/base/linked.py, imported from its path."""
+    spec = importlib.util.spec_from_file_location("linked_builds_prompt_tool", LINKED)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {LINKED}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def shared_parser_problem(text: str) -> tuple[int, str]:
+    """(line number, message) of what the tool's own requirement parser refuses, else (0, "").
+
+    Its errors read ``line:3: flask is already on line 1: merge the two``; here they
+    become ``line 3: ...``, with Python's 'quotes' turned into the prompt's "quotes".
+    """
+    tool = linked()
+    try:
+        tool.top_level_names(text, "line")
+    except tool.LinkError as error:
+        message = str(error)
+    else:
+        return 0, ""
+    found = re.match(r"line:(\d+): (.*)", message, re.DOTALL)
+    if not found:
+        return 1, fit(message)
+    detail = re.sub(r"'([^'\"\\]*)'", r'"\1"', found.group(2))
+    return int(found.group(1)), fit(f"line {found.group(1)}: {detail}")
+
+
+def requirement_problem(number: int, line: str) -> str:
+    """Why line ``number`` of the dependencies is not a PEP 508 requirement ("" when it is one).
+
+    packaging decides, except that it lets a trailing comma after the versions
+    pass, which PEP 508 does not.
+    """
+    requirement = COMMENT.sub("", line).strip()
+    if not requirement:
+        return ""
+    prefix = f"line {number}: "
+    if URL.match(requirement):
+        return quoted(requirement, ": a URL needs its name first (name @ URL)", prefix, SHOWN_REQUIREMENT)
+    try:
+        parsed = Requirement(requirement)
+    except InvalidRequirement:
+        parsed = None
+    if parsed is None or (parsed.url is None and TRAILING_COMMA.search(requirement.split(";", 1)[0])):
+        return quoted(requirement, ": not a PEP 508 requirement", prefix, SHOWN_REQUIREMENT)
+    return ""
+
+
+def dependencies_problem(text: str) -> str:
+    """dependencies: PEP 508 requirements, one a line, that base/linked.py accepts.
+
+    Blank lines and # comments are fine; tabs are whitespace; other control
+    characters are refused. A name may appear on two lines only when both carry
+    an environment marker (``; python_version < '3.12'``). The first line with a
+    problem is named; on one line the tool's own parser speaks first.
+    """
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        bad = CONTROL.search(line.replace("\t", " "))
+        if bad:
+            return f"line {number}: control character {escape(bad.group())}: use printable text only"
+    shared_line, shared = shared_parser_problem(text)
+    for number, line in enumerate(lines, 1):
+        if shared and shared_line <= number:
+            return shared
+        problem = requirement_problem(number, line)
+        if problem:
+            return problem
+    return shared
+
+
+FILTERS: dict[str, Callable[..., str]] = {
+    "name_problem": name_problem,
+    "description_problem": description_problem,
+    "slug_problem": slug_problem,
+    "package_problem": package_problem,
+    "image_problem": image_problem,
+    "registry_problem": registry_problem,
+    "namespace_problem": namespace_problem,
+    "port_problem": port_problem,
+    "bots_problem": bots_problem,
+    "dependencies_problem": dependencies_problem,
+}
+
+
+class AnswerChecks(Extension):
+    """Jinja extension adding the FILTERS: ``{{ project_slug | slug_problem }}``."""
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        environment.filters.update(FILTERS)
