@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import random
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import pexpect
 import pytest
 import yaml
 
-from conftest import TEMPLATE, choices, linked
+from conftest import COPIER_YML, STRATEGIES, TEMPLATE, choices, linked, render_project
 from engine import require_engine
 
 COPIER = [sys.executable, "-m", "copier"]
@@ -40,7 +44,30 @@ BAD_ANSWERS = [
     ("dependencies", "Flask>=2.2\n-e .", 'line 2: "-e": pip options are not supported, only requirements'),
     ("dependencies", "--index-url https://x.invalid", 'line 1: "--index-url": pip options are not supported'),
     ("dependencies", "Flask >= = 2", 'line 1: "Flask >= = 2": not a PEP 508 requirement'),
+    ("dependencies", "Flask>=2.2,", 'line 1: "Flask>=2.2,": not a PEP 508 requirement'),
+    ("dependencies", "gunicorn\nflask ; ", 'line 2: "flask ;": not a PEP 508 requirement'),
     ("dependencies", "https://example.invalid/x.whl", 'line 1: "https://example.invalid/x.whl": a URL needs its name'),
+    ("dependencies", "Flask>=2.2\ngunicorn\nflask", "line 3: flask is already on line 1: merge the two"),
+    ("dependencies", "Flask>=2.2\r\ngunicorn", "line 1: control character \\r: use printable text only"),
+    ("dependencies", "Flask>=2.2\ngunicorn\x1b[0m", "line 2: control character \\x1b"),
+    ("dependencies", "Flask>=2.2\n" + "x" * 90 + "\n" + "x" * 90, "line 3: " + "x" * 10),
+    # Control characters in every free-text answer, shown escaped where the answer is quoted.
+    ("project_name", "Demo\tApp", "must be one line of printable text"),
+    ("project_name", "Demo \x1b[31mApp", "must be one line of printable text"),
+    ("project_slug", "my-app\r", '"my-app\\r": use a-z'),
+    ("project_slug", "my\tapp", '"my\\tapp": use a-z'),
+    ("project_slug", "my-app\x1b", '"my-app\\x1b": use a-z'),
+    ("project_slug", "Not A Slug At All " * 5, "…\": use a-z, 0-9 and single dashes"),
+    ("package_name", "app\r", '"app\\r": not an identifier'),
+    ("package_name", "app\x1b", '"app\\x1b": not an identifier'),
+    ("description", "tab\tinside", "must be one line of printable text"),
+    ("description", "escape \x1b[2J", "must be one line of printable text"),
+    ("upstream_image", "python:3.13\r", '"python:3.13\\r": not an image'),
+    ("upstream_image", "python:3.13\x1b", '"python:3.13\\x1b": not an image'),
+    ("registry", "ghcr.io\r", '"ghcr.io\\r": not a registry host'),
+    ("registry", "ghcr.io\t", '"ghcr.io\\t": not a registry host'),
+    ("image_namespace", "my-org\r", '"my-org\\r": not a namespace'),
+    ("image_namespace", "my\x7forg", '"my\\x7forg": not a namespace'),
 ]
 
 GOOD_ANSWERS = [
@@ -53,7 +80,136 @@ GOOD_ANSWERS = [
     ("port", 1024),
     ("dependencies", "Flask[async]>=2.2,<4 ; python_version >= '3.9'  # web\n\n# comment\ngunicorn"),
     ("dependencies", "pkg @ https://example.invalid/pkg-1.0.tar.gz"),
+    ("dependencies", "flask>=3 ; python_version >= '3.12'\nFlask<3 ; python_version < '3.12'"),
+    ("dependencies", "Flask\t>=2.2\t# tabs are whitespace\ngunicorn (>=20.1)"),
+    ("dependencies", "# nothing yet"),
+    ("project_name", "Ünïcode Café"),
 ]
+
+
+def load_extensions() -> ModuleType:
+    """The template's extensions.py, imported from its path as copier-template-extensions does."""
+    spec = importlib.util.spec_from_file_location("linked_builds_extensions", TEMPLATE / "extensions.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EXTENSIONS = load_extensions()
+
+# The filters themselves: (filter, answer, message or "" for a good answer).
+FILTER_CASES: list[tuple[str, Any, str]] = [
+    ("name_problem", "Demo App", ""),
+    ("name_problem", "", "must not be empty"),
+    ("name_problem", "a\u2028b", "must be one line of printable text, no control characters"),
+    ("name_problem", "a\x85b", "must be one line of printable text, no control characters"),
+    ("description_problem", "", ""),
+    ("slug_problem", "a" * 60, ""),
+    ("slug_problem", "my-app-", '"my-app-": use a-z, 0-9 and single dashes, a letter first (like my-app)'),
+    # A control character beyond the cut stays in view: the start of the answer gives way.
+    ("slug_problem", "my-long-app-name\x1b-x",
+     '"…g-app-name\\x1b…": use a-z, 0-9 and single dashes, a letter first (like my-app)'),
+    ("slug_problem", "x" * 100, "100 characters: use at most 60"),
+    ("package_problem", "match", ""),  # a soft keyword is a valid name
+    ("package_problem", "None", '"None" is a Python keyword: pick another (like None_app)'),
+    ("package_problem", "café", '"café": not an identifier: letters, digits, _, no digit first (like my_app)'),
+    ("image_problem", "ghcr.io/astral-sh/uv:0.13.9", ""),
+    ("image_problem", "python@sha256:abc",
+     '"python@sha256:abc": not an image: [registry/]name[:tag][@digest], lowercase'),
+    ("registry_problem", "localhost:5000", ""),
+    ("registry_problem", "-bad.example", '"-bad.example": not a registry host: host[:port] (like ghcr.io)'),
+    ("namespace_problem", "a__b/c-d", ""),
+    ("namespace_problem", "a___b", '"a___b": not a namespace: a-z and 0-9 joined by . _ - or / (like my-org)'),
+    ("port_problem", 65535, ""),
+    ("port_problem", 65536, "65536 is out of range: use 1024 to 65535 (non-root ports)"),
+    ("dependencies_problem", "", ""),
+    ("dependencies_problem", "Flask>=2.2  # a comment\n\n  gunicorn  \n", ""),
+    ("dependencies_problem", "flask ; python_version < '3.12'\nflask ; python_version >= '3.12'", ""),
+    ("dependencies_problem", "Flask\ngunicorn\nflask", "line 3: flask is already on line 1: merge the two"),
+    ("dependencies_problem", "Flask_Login\nflask-login", "line 2: flask-login is already on line 1: merge the two"),
+    ("dependencies_problem", "Flask,\ngunicorn\ngunicorn", 'line 1: "Flask,": not a PEP 508 requirement'),
+    ("dependencies_problem", "Flask (>=2.2,)", 'line 1: "Flask (>=2.2,)": not a PEP 508 requirement'),
+    ("dependencies_problem", "./src/pkg", 'line 1: "./src/pkg" is not a PEP 508 requirement'),
+    ("dependencies_problem", "-r other.txt", 'line 1: "-r": pip options are not supported, only requirements'),
+    ("dependencies_problem", "a\tb\x0bc", "line 1: control character \\x0b: use printable text only"),
+    ("dependencies_problem", "".join(f"pkg{n}\n" for n in range(9)) + "x" * 40 + "==1,",
+     'line 10: "' + "x" * 29 + '…": not a PEP 508 requirement'),
+    ("bots_problem", (["dependabot"], ["gitlab"]),
+     "dependabot runs on GitHub only: answer github to ci too, or pick renovate"),
+    ("bots_problem", (["renovate"], ["gitlab"]), ""),
+]
+
+
+@pytest.mark.parametrize(("name", "answer", "message"), FILTER_CASES,
+                         ids=[f"{f}-{a!r}"[:60] for f, a, _ in FILTER_CASES])
+def test_filters_say_what_is_wrong(name: str, answer: Any, message: str) -> None:
+    check = getattr(EXTENSIONS, name)
+    assert (check(*answer) if isinstance(answer, tuple) else check(answer)) == message
+
+
+HOSTILE = ["", " ", "\n", "\r\n", "\x00", "\x1b[2J", "\t", "\u2028", "é" * 200, "-" * 200, "a" * 300, "A b" * 100,
+           '"' * 120, "'" * 120, "\\" * 100, "x\n" * 100 + "x", ("flask" + "x" * 200 + "\n") * 2, "=" * 200]
+
+
+@pytest.mark.parametrize("name", sorted(EXTENSIONS.FILTERS))
+def test_every_message_fits_80_columns(name: str) -> None:
+    """Whatever the answer, a refusal is one line of at most 80 characters."""
+    check = EXTENSIONS.FILTERS[name]
+    if name == "port_problem":
+        answers: list[Any] = [-(10**100), 0, 80, 10**100]
+    elif name == "bots_problem":
+        answers = [(["dependabot"], [])]
+    else:
+        answers = HOSTILE + [a + "\x1b" + a for a in HOSTILE]
+    for answer in answers:
+        message = check(*answer) if isinstance(answer, tuple) else check(answer)
+        assert len(message) <= 80 and "\n" not in message and "\r" not in message, (answer, message)
+
+
+def test_copier_yml_validators_are_one_filter_call_each() -> None:
+    """Every validator of copier.yml calls one filter of extensions.py on its own answer."""
+    validators = {q: spec["validator"] for q, spec in COPIER_YML.items()
+                  if isinstance(spec, dict) and "validator" in spec}
+    assert len(validators) == 10
+    for question, validator in validators.items():
+        call = re.fullmatch(r"\{\{ (\w+) \| (\w+)(\(\w+\))? \}\}", validator)
+        assert call and call.group(1) == question and call.group(2) in EXTENSIONS.FILTERS, validator
+    assert COPIER_YML["_jinja_extensions"] == ["copier_template_extensions.TemplateExtensionLoader",
+                                               "extensions.py:AnswerChecks"]
+
+
+def test_dependencies_the_prompt_takes_are_dependencies_sync_takes() -> None:
+    """Random answers made of good and bad pieces: whatever the validator passes, the
+    generated tool's parser takes too, as base/requirements.in renders it (stripped, under a header)."""
+    tool = EXTENSIONS.linked()
+    pieces = ["Flask>=2.2", "flask", "FLASK ; os_name == 'posix'", "flask;python_version<'3.12'", "gunicorn",
+              "gunicorn (>=20)", "pkg @ https://x.invalid/p.whl", "# comment", "", "  ", "\t", "x # y", "-e .",
+              "https://x.invalid/p.whl", "Flask>=2.2,", "flask[async]", "a_b", "A.b", "a-b ; extra == 'x'", "1x", "é"]
+    rng = random.Random(508)
+    passed = 0
+    for _ in range(3000):
+        text = "\n".join(rng.choice(pieces) for _ in range(rng.randint(1, 5)))
+        if EXTENSIONS.dependencies_problem(text):
+            continue
+        passed += 1
+        rendered = "# The dependencies of the base image.\n# ...\n# ...\n" + text.strip() + "\n"
+        tool.top_level_names(rendered, "base/requirements.in")  # raises LinkError where sync would fail
+    assert 100 < passed < 3000
+
+
+GOOD_DEPENDENCIES = [value for question, value in GOOD_ANSWERS if question == "dependencies"] + [""]
+
+
+@pytest.mark.parametrize("number", range(len(GOOD_DEPENDENCIES)), ids=[repr(d)[:40] for d in GOOD_DEPENDENCIES])
+def test_good_dependencies_render_and_sync(tmp_path: Path, number: int) -> None:
+    """A dependencies answer the prompt takes never fails the post-copy task: rendered
+    unlocked (no network), in each strategy in turn, the project's own sync passes."""
+    strategy = STRATEGIES[number % len(STRATEGIES)]
+    project = render_project(tmp_path / "project", lock=False, strategy=strategy,
+                             dependencies=GOOD_DEPENDENCIES[number])
+    result = linked(project, "sync")
+    assert result.returncode == 0, result.stderr
 
 
 def copier_data(tmp_path: Path, answers: dict[str, Any]) -> subprocess.CompletedProcess[str]:
@@ -137,7 +293,8 @@ KEYS = {"up": "\x1b[A", "down": "\x1b[B", "enter": "\r"}
 
 
 def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
-    """Arrow keys pick a strategy; a bad slug shows the validator's line; Enter takes defaults."""
+    """Arrow keys pick a strategy; a bad slug and a duplicate requirement show the validator's
+    line and are corrected; Enter takes defaults."""
     dst = tmp_path / "out"
     child = pexpect.spawn(
         COPIER[0], [*COPIER[1:], "copy", "--trust", "--vcs-ref=HEAD", str(TEMPLATE), str(dst)],
@@ -166,7 +323,11 @@ def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
             child.expect(prompt)
             child.send(KEYS["enter"])
         child.expect("PEP 508 requirement per line")
+        child.send(KEYS["enter"] + "flask")  # Enter adds a line under the default's two
         child.send("\x1b\r")  # Esc then Enter finishes a multi-line answer
+        child.expect("line 3: flask is already on line 1: merge the two")
+        child.send("\x7f" * len("\nflask"))  # Backspace takes the duplicate line away again
+        child.send("\x1b\r")
         for prompt in ("registry", "namespace", "port", "linked builds", "bots keep"):
             child.expect(prompt)
             child.send(KEYS["enter"])
@@ -176,4 +337,5 @@ def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
     assert child.exitstatus == 0, child.before
     answers = yaml.safe_load((dst / ".copier-answers.yml").read_text())
     assert answers["project_slug"] == "shop-front" and answers["strategy"] == "one-by-one"
+    assert answers["dependencies"] == COPIER_YML["dependencies"]["default"]
     assert "echo 'flask==" in (dst / "base" / "Dockerfile").read_text()
