@@ -259,7 +259,32 @@ def dependencies_problem(text: str) -> str:
     return shared
 
 
-FILTERS: dict[str, Callable[..., str]] = {
+def new_project(dst_path: Any, answers_file: Any) -> bool:
+    """Whether copier is making a new project (no answers file in the destination yet).
+
+    The dependencies question is asked only then: after the first copy
+    base/requirements.in is the user's, and an answer given on update would change
+    nothing (the file is skipped), so it is not asked again.
+    """
+    return not (Path(str(dst_path)) / str(answers_file)).exists()
+
+
+def tidy_requirements(text: str) -> str:
+    """A dependencies answer without trailing spaces, blank lines at either end, or runs
+    of blank lines (a multi-line prompt adds one per extra Enter)."""
+    lines = [line.rstrip() for line in text.split("\n")]
+    kept = [line for n, line in enumerate(lines) if line or (n and lines[n - 1])]
+    return "\n".join(kept).strip("\n")
+
+
+def tidy_answers(answers: dict[str, Any]) -> dict[str, Any]:
+    """The answers to record, the dependencies answer tidied as base/requirements.in has it."""
+    if isinstance(answers.get("dependencies"), str):
+        return {**answers, "dependencies": tidy_requirements(answers["dependencies"])}
+    return answers
+
+
+FILTERS: dict[str, Callable[..., Any]] = {
     "name_problem": name_problem,
     "description_problem": description_problem,
     "slug_problem": slug_problem,
@@ -270,6 +295,9 @@ FILTERS: dict[str, Callable[..., str]] = {
     "port_problem": port_problem,
     "bots_problem": bots_problem,
     "dependencies_problem": dependencies_problem,
+    "new_project": new_project,
+    "tidy_requirements": tidy_requirements,
+    "tidy_answers": tidy_answers,
 }
 
 

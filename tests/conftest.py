@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,14 @@ def find_tool(name: str, missing: str, enable: str) -> str:
             pytest.fail(f"{name} is missing: {missing}", pytrace=False)
         pytest.skip(f"{name} is not installed: {enable}")
     return found
+
+
+def copy_worktree(repo: Path) -> None:
+    """This working tree's files (tracked or not, ignored ones left out) into ``repo``."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=TEMPLATE, check=True, capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = TEMPLATE / name
+        if src.is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / name)

@@ -15,8 +15,10 @@ from typing import Any, Callable
 import pexpect
 import pytest
 import yaml
+from copier import run_copy
+from plumbum import local
 
-from conftest import COPIER_YML, STRATEGIES, TEMPLATE, choices, linked, render_project
+from conftest import COPIER_YML, STRATEGIES, TEMPLATE, choices, copy_worktree, linked, render_project
 from engine import require_engine
 
 COPIER = [sys.executable, "-m", "copier"]
@@ -339,3 +341,64 @@ def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
     assert answers["project_slug"] == "shop-front" and answers["strategy"] == "one-by-one"
     assert answers["dependencies"] == COPIER_YML["dependencies"]["default"]
     assert "echo 'flask==" in (dst / "base" / "Dockerfile").read_text()
+
+
+def spawn_copier(*args: str) -> pexpect.spawn:
+    return pexpect.spawn(COPIER[0], [*COPIER[1:], *args], encoding="utf-8", timeout=30, dimensions=(50, 200),
+                         env={**os.environ, "TERM": "xterm", "COLUMNS": "200", "LINES": "50",
+                              "LINKED_BUILDS_LOCK_ON_COPY": "0"})
+
+
+def test_blank_lines_of_the_dependencies_prompt_are_not_kept(tmp_path: Path) -> None:
+    """Extra Enters in the multi-line prompt leave no blank lines in the answers or the file."""
+    dst = tmp_path / "out"
+    child = spawn_copier("copy", "--trust", "--vcs-ref=HEAD", str(TEMPLATE), str(dst))
+    try:
+        for prompt in ("project called", "short name", "import name", "in one line", "install the dependencies",
+                       "virtualenv", "installs the Python packages", "CPython release", "Debian release",
+                       "start FROM"):
+            child.expect(prompt)
+            child.send(KEYS["enter"])
+        child.expect("PEP 508 requirement per line")
+        child.send(KEYS["enter"] * 3 + "click  " + KEYS["enter"] * 4)
+        child.send("\x1b\r")
+        for prompt in ("registry", "namespace", "port", "linked builds", "bots keep"):
+            child.expect(prompt)
+            child.send(KEYS["enter"])
+        child.expect(pexpect.EOF, timeout=60)
+    finally:
+        child.close()
+    assert child.exitstatus == 0, child.before
+    answers = yaml.safe_load((dst / ".copier-answers.yml").read_text())
+    assert answers["dependencies"] == "Flask>=2.2\ngunicorn>=20.1\n\nclick"
+    assert (dst / "base" / "requirements.in").read_text().endswith("\ngunicorn>=20.1\n\nclick\n")
+
+
+def test_update_does_not_ask_for_the_dependencies_again(tmp_path: Path) -> None:
+    """After the first copy base/requirements.in is the user's: `copier update` asks every
+    other question in a real terminal, not that one, and leaves the user's list alone."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    template, dst = tmp_path / "template", tmp_path / "out"
+    copy_worktree(template)  # a release of this working tree that `copier update` can find again
+    for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "release"], ["tag", "2.0.0"]):
+        subprocess.run([*git, *step], cwd=template, check=True)
+    with local.env(LINKED_BUILDS_LOCK_ON_COPY="0"):
+        run_copy(str(template), str(dst), defaults=True, unsafe=True, quiet=True)
+    requirements = dst / "base" / "requirements.in"
+    requirements.write_text(requirements.read_text() + "click>=8\n")
+    for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "mine"]):
+        subprocess.run([*git, *step], cwd=dst, check=True)
+    child = spawn_copier("update", "--trust", str(dst))
+    try:
+        for prompt in ("project called", "short name", "import name", "in one line", "install the dependencies",
+                       "virtualenv", "installs the Python packages", "CPython release", "Debian release",
+                       "start FROM", "registry", "namespace", "port", "linked builds", "bots keep"):
+            child.expect(prompt)
+            assert "PEP 508 requirement per line" not in child.before
+            child.send(KEYS["enter"])
+        child.expect(pexpect.EOF, timeout=90)
+        assert "PEP 508 requirement per line" not in child.before
+    finally:
+        child.close()
+    assert child.exitstatus == 0, child.before
+    assert requirements.read_text().endswith("gunicorn>=20.1\nclick>=8\n")

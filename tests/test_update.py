@@ -26,7 +26,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import COMBINATIONS, STRATEGIES, TEMPLATE, linked
+from conftest import COMBINATIONS, STRATEGIES, TEMPLATE, copy_worktree, linked
 
 GIT = ["git", "-c", "user.name=Tester", "-c", "user.email=tester@example.com", "-c", "init.defaultBranch=main"]
 COPIER = [sys.executable, "-m", "copier"]
@@ -86,17 +86,6 @@ def needs_engine(strategy: str) -> None:
         from engine import require_engine
 
         require_engine(images=("debian:trixie-slim",))
-
-
-def copy_worktree(repo: Path) -> None:
-    """This working tree's files (tracked or not, ignored ones left out) into ``repo``."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=TEMPLATE, check=True, capture_output=True, text=True).stdout.split("\0")
-    for name in filter(None, files):
-        src = TEMPLATE / name
-        if src.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, repo / name)
 
 
 @pytest.fixture(scope="module")
