@@ -218,3 +218,33 @@ def test_distro_apt_steps_follow_requirements_in(render: Callable[..., Path]) ->
     steps = parse(project / "base" / "Dockerfile")
     apt = [i.value[0] for i in steps if i.cmd == "RUN" and "apt-get install" in i.value[0]]
     assert len(apt) == 3 and "python3-gunicorn=" in apt[1] and "python3-flask=" in apt[2]
+
+
+def test_a_requirement_debian_has_too_old_goes_to_the_sidekick_or_is_refused(render: Callable[..., Path]) -> None:
+    """Debian's version is checked against requirements.in at lock time (Debian's packaging,
+    in the upstream image): with the sidekick the newer release comes from PyPI, without
+    one the lock names the package and the fix, instead of a build that fails later."""
+    from packaging.version import Version
+
+    from engine import require_engine
+
+    require_engine(images=("debian:trixie-slim",))
+    project = render(strategy="distro", use_virtualenv=True, dependencies="click")
+    lock = (project / "base" / "requirements.txt").read_text()
+    debian = re.search(r"python3-click=(\S+)", lock)
+    assert debian, lock
+    newer = f"click>{Version(debian[1].split(':')[-1].rsplit('-', 1)[0].replace('~', '')).public}"
+    (project / "base" / "requirements.in").write_text(newer + "\n")
+    result = linked(project, "lock")
+    if "No solution found" in result.stderr or "unsatisfiable" in result.stderr:
+        pytest.skip(f"PyPI has no click newer than Debian's {debian[1]} today")
+    assert result.returncode == 0, result.stderr
+    lock = (project / "base" / "requirements.txt").read_text()
+    assert "python3-click=" not in lock and re.search(r"^click==\S+ \\$", lock, re.M), lock
+    assert linked(project, "check").returncode == 0
+
+    alone = render(strategy="distro", use_virtualenv=False, dependencies=newer)
+    result = linked(alone, "lock")
+    assert result.returncode == 2
+    assert f"Debian has no package for click (Debian has only python3-click={debian[1]}): answer " \
+           "use_virtualenv=true" in result.stderr

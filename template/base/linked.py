@@ -475,14 +475,13 @@ def lock(project: Project, engine: list[str], extra: list[str], upgrade: list[st
     with tempfile.TemporaryDirectory() as tmp:
         work, wanted = Path(tmp), requirements_in
         (work / "requirements.in").write_text(requirements_in, encoding="utf-8")
-        if "apt" in fences:  # Debian's packages where it has them, the sidekick's lock for the rest
-            debian, options = sibling("debian"), fences["apt"][2]
+        if "apt" in fences:  # Debian's packages where it has them (and new enough), the sidekick's lock for the rest
+            options, image = fences["apt"][2], FROM_RE.match(base_text.splitlines()[from_index])
             applicable = uv_compile(work, ["requirements.in", "--no-deps", "--no-annotate", *flags], engine, extra)
             table = project.read("base/" + options.get("names", "debian-names.txt"))
-            debs, wanted = debian.split(requirements_in, applicable, table, sidekick="pip" in fences)
-            image = FROM_RE.match(base_text.splitlines()[from_index])
-            groups = [options.get("with", "python3").split(","), *([d] for d in debs)]
-            apt = debian.pins(engine, extra, image["image"] + (image["digest"] or "") if image else "", groups)
+            upstream, first = image["image"] + (image["digest"] or "") if image else "", options.get("with", "python3")
+            args = (requirements_in, applicable, table, "pip" in fences)
+            apt, wanted = sibling("debian").resolve(engine, extra, upstream, first.split(","), *args)
         (work / "requirements.in").write_text(wanted, encoding="utf-8")
         if old.meta:
             (work / "requirements.txt").write_text(old.body, encoding="utf-8")  # uv keeps the pins that still fit
