@@ -15,6 +15,7 @@ one the project's `lock` and `sync` take too.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import importlib.util
 import keyword
@@ -27,7 +28,9 @@ from jinja2 import Environment
 from jinja2.ext import Extension
 from packaging.requirements import InvalidRequirement, Requirement
 
-WIDTH = 80  # the longest message: an 80-column terminal shows it on one line
+WIDTH = 80  # an 80-column terminal shows copier's prefix and the message on one line
+PREFIX = "Validation error for question '{}': "  # copier's, in front of every message
+ROOM: contextvars.ContextVar[int] = contextvars.ContextVar("room", default=WIDTH)  # what is left for it
 LINKED = Path(__file__).resolve().parent / "template" / "base" / "linked.py"
 
 # Characters no answer may hold: C0 and C1 controls (line breaks among them) and
@@ -90,8 +93,11 @@ def window(text: str, width: int) -> str:
 
 
 def quoted(value: str, rest: str, prefix: str = "", limit: int = WIDTH) -> str:
-    """``prefix"value"rest``, the value escaped and shortened to ``limit`` and so the line fits WIDTH."""
-    return f'{prefix}"{window(value, min(limit, WIDTH - len(prefix) - len(rest) - 2))}"{rest}'
+    """``prefix"value"rest``, the value escaped and shortened to ``limit`` and so the line fits
+    the ROOM copier leaves; where that leaves fewer than 6 characters for it, the value (which
+    the person just typed, above) is left out: ``prefix`` then ``rest`` without its colon."""
+    room = min(limit, ROOM.get() - len(prefix) - len(rest) - 2)
+    return f'{prefix}"{window(value, room)}"{rest}' if room >= 6 else prefix + rest.removeprefix(": ")
 
 
 def fit(message: str) -> str:
@@ -99,7 +105,7 @@ def fit(message: str) -> str:
 
     The word keeps its quotes and a trailing colon or comma; what they enclose is shortened.
     """
-    excess = len(escape(message)) - WIDTH
+    excess = len(escape(message)) - ROOM.get()
     if excess <= 0:
         return escape(message)
     words = message.split(" ")
@@ -111,12 +117,12 @@ def fit(message: str) -> str:
     if head and body.endswith(head):
         body, tail = body[:-1], head + tail
     words[longest] = head + shorten(body, max(len(escape(body)) - excess, 2)) + tail
-    return shorten(" ".join(words), WIDTH)
+    return shorten(" ".join(words), ROOM.get())
 
 
 def one_line_problem(value: str) -> str:
     """Why a one-line free-text answer is refused: it holds a control character."""
-    return "must be one line of printable text, no control characters" if CONTROL.search(value) else ""
+    return "one line, no control characters" if CONTROL.search(value) else ""
 
 
 def name_problem(value: str) -> str:
@@ -134,53 +140,60 @@ def description_problem(value: str) -> str:
 def slug_problem(value: str) -> str:
     """project_slug: lowercase words of a-z and 0-9 joined by single dashes, at most 60 characters."""
     if not re.fullmatch(SLUG, value):
-        return quoted(value, ": use a-z, 0-9 and single dashes, a letter first (like my-app)")
+        return quoted(value, ": a-z, 0-9, single dashes (my-app)")
     if len(value) > SLUG_MAX:
-        return f"{len(value)} characters: use at most {SLUG_MAX}"
+        return f"{len(value)} characters: at most {SLUG_MAX}"
     return ""
 
 
 def package_problem(value: str) -> str:
     """package_name: a Python identifier (ASCII) that is not a keyword."""
     if not re.fullmatch(IDENTIFIER, value):
-        return quoted(value, ": not an identifier: letters, digits, _, no digit first (like my_app)")
+        return quoted(value, ": not an identifier (my_app)")
     if keyword.iskeyword(value):
-        return fit(f'"{value}" is a Python keyword: pick another (like {value}_app)')
+        return fit(f"a Python keyword: try {value}_app")
     return ""
 
 
 def image_problem(value: str) -> str:
     """upstream_image: an image reference, [registry[:port]/]name[:tag][@digest]."""
     if not re.fullmatch(IMAGE, value):
-        return quoted(value, ": not an image: [registry/]name[:tag][@digest], lowercase")
+        return quoted(value, ": not [host/]name[:tag][@digest]")
     return ""
 
 
 def registry_problem(value: str) -> str:
     """registry: a host name or address, with an optional port."""
     if not re.fullmatch(HOST, value):
-        return quoted(value, ": not a registry host: host[:port] (like ghcr.io)")
+        return quoted(value, ": not host[:port] (ghcr.io)")
     return ""
 
 
 def namespace_problem(value: str) -> str:
     """image_namespace: lowercase path components, as in <registry>/<namespace>/<slug>."""
     if not re.fullmatch(PATH, value):
-        return quoted(value, ": not a namespace: a-z and 0-9 joined by . _ - or / (like my-org)")
+        return quoted(value, ": use a-z 0-9 . _ - / (my-org)")
     return ""
 
 
 def port_problem(value: Any) -> str:
-    """port: a port a non-root process may listen on, 1024 to 65535."""
-    if not 1024 <= int(value) <= 65535:
-        return fit(f"{value} is out of range: use 1024 to 65535 (non-root ports)")
+    """port: a port a non-root process may listen on, 1024 to 65535, as a whole number.
+
+    The question is a string, so a word gets this message rather than copier's bare
+    "Invalid input" for a number it cannot parse.
+    """
+    text = str(value)
+    if not re.fullmatch(r"[1-9][0-9]{0,5}", text):
+        return quoted(text, ": use a whole number, 1024-65535")
+    if not 1024 <= int(text) <= 65535:
+        return fit(f"{text} is out of range: use 1024 to 65535")
     return ""
 
 
 def bots_problem(bots: list[str], ci: list[str]) -> str:
     """bots: Dependabot only where GitHub runs the builds."""
     if "dependabot" in bots and "github" not in ci:
-        return "dependabot runs on GitHub only: answer github to ci too, or pick renovate"
+        return "dependabot runs on GitHub only"
     return ""
 
 
@@ -199,7 +212,7 @@ def shared_parser_problem(text: str) -> tuple[int, str]:
     """(line number, message) of what the tool's own requirement parser refuses, else (0, "").
 
     Its errors read ``line:3: flask is already on line 1: merge the two``; here they
-    become ``line 3: ...``, with Python's 'quotes' turned into the prompt's "quotes".
+    become ``line 3: flask repeats line 1``, short enough for copier's prefix.
     """
     tool = linked()
     try:
@@ -211,8 +224,13 @@ def shared_parser_problem(text: str) -> tuple[int, str]:
     found = re.match(r"line:(\d+): (.*)", message, re.DOTALL)
     if not found:
         return 1, fit(message)
-    detail = re.sub(r"'([^'\"\\]*)'", r'"\1"', found.group(2))
-    return int(found.group(1)), fit(f"line {found.group(1)}: {detail}")
+    number, detail, prefix = int(found[1]), found[2], f"line {found[1]}: "
+    for pattern, rest in ((r"'(.*)': pip options", ": no pip options"), (r"'(.*)' is not a PEP 508", ": not PEP 508")):
+        said = re.match(pattern, detail)
+        if said:
+            return number, quoted(said[1], rest, prefix)
+    twice = re.match(r"(\S+) is already on line (\d+)", detail)
+    return number, fit(f"{prefix}{twice[1]} repeats line {twice[2]}" if twice else prefix + detail)
 
 
 def requirement_problem(number: int, line: str) -> str:
@@ -226,13 +244,13 @@ def requirement_problem(number: int, line: str) -> str:
         return ""
     prefix = f"line {number}: "
     if URL.match(requirement):
-        return quoted(requirement, ": a URL needs its name first (name @ URL)", prefix, SHOWN_REQUIREMENT)
+        return fit(f"{prefix}name @ URL, not a bare URL")
     try:
         parsed = Requirement(requirement)
     except InvalidRequirement:
         parsed = None
     if parsed is None or (parsed.url is None and TRAILING_COMMA.search(requirement.split(";", 1)[0])):
-        return quoted(requirement, ": not a PEP 508 requirement", prefix, SHOWN_REQUIREMENT)
+        return quoted(requirement, ": not PEP 508", prefix, SHOWN_REQUIREMENT)
     return ""
 
 
@@ -248,7 +266,7 @@ def dependencies_problem(text: str) -> str:
     for number, line in enumerate(lines, 1):
         bad = CONTROL.search(line.replace("\t", " "))
         if bad:
-            return f"line {number}: control character {escape(bad.group())}: use printable text only"
+            return f"line {number}: control character {escape(bad.group())}"
     shared_line, shared = shared_parser_problem(text)
     for number, line in enumerate(lines, 1):
         if shared and shared_line <= number:
@@ -284,17 +302,36 @@ def tidy_answers(answers: dict[str, Any]) -> dict[str, Any]:
     return answers
 
 
+QUESTIONS = {  # each filter's question: copier names it in front of the message
+    "name_problem": "project_name",
+    "description_problem": "description",
+    "slug_problem": "project_slug",
+    "package_problem": "package_name",
+    "image_problem": "upstream_image",
+    "registry_problem": "registry",
+    "namespace_problem": "image_namespace",
+    "port_problem": "port",
+    "bots_problem": "bots",
+    "dependencies_problem": "dependencies",
+}
+
+
+def bounded(check: Callable[..., str], question: str) -> Callable[..., str]:
+    """``check`` with its messages fitted to what copier's prefix leaves of WIDTH."""
+
+    @functools.wraps(check)
+    def run(*args: Any) -> str:
+        token = ROOM.set(WIDTH - len(PREFIX.format(question)))
+        try:
+            return check(*args)
+        finally:
+            ROOM.reset(token)
+
+    return run
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
-    "name_problem": name_problem,
-    "description_problem": description_problem,
-    "slug_problem": slug_problem,
-    "package_problem": package_problem,
-    "image_problem": image_problem,
-    "registry_problem": registry_problem,
-    "namespace_problem": namespace_problem,
-    "port_problem": port_problem,
-    "bots_problem": bots_problem,
-    "dependencies_problem": dependencies_problem,
+    **{name: bounded(globals()[name], question) for name, question in QUESTIONS.items()},
     "new_project": new_project,
     "tidy_requirements": tidy_requirements,
     "tidy_answers": tidy_answers,
