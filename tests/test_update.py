@@ -318,6 +318,13 @@ def test_user_conflict_in_a_dockerfile_is_left_with_markers_and_a_note(old_proje
     check = linked(project, "check")
     assert check.returncode == 3 and re.fullmatch(
         r"error: Dockerfile:\d+: a merge conflict: resolve it, then run `make sync`\n", check.stderr)
+    readme = project / "README.md"
+    readme.write_text(readme.read_text() + "<<<<<<< mine\nours\n=======\ntheirs\n>>>>>>> theirs\n")
+    made = subprocess.run(["make", "check"], cwd=project, capture_output=True, text=True)
+    assert made.returncode != 0
+    assert made.stderr.splitlines()[:2] == ["Dockerfile: merge conflict markers left: resolve them",
+                                            "README.md: merge conflict markers left: resolve them"], made.stderr
+    readme.write_text(readme.read_text().split("<<<<<<< mine")[0])
     dockerfile.write_text(re.sub(r"<<<<<<< before updating\n.*?=======\n(.*?)>>>>>>> after updating\n", r"\1",
                                  text, flags=re.S))
     assert conflict_markers(project) == []
