@@ -414,3 +414,43 @@ def test_update_does_not_ask_for_the_dependencies_again(tmp_path: Path) -> None:
         child.close()
     assert child.exitstatus == 0, child.before
     assert requirements.read_text().endswith("gunicorn>=20.1\nclick>=8\n")
+
+
+@pytest.mark.parametrize(("ups", "venv_help", "image_help"), [
+    (3, "sits beside Debian's packages", "a Debian image"),
+    (0, "The image's own Python stays untouched", "a Python image"),
+], ids=["distro", "combo"])
+def test_help_texts_follow_the_strategy_chosen(tmp_path: Path, ups: int, venv_help: str, image_help: str) -> None:
+    """In a real terminal the virtualenv and upstream image questions speak of the strategy
+    just picked (distro: Debian's packages and a Debian image; the others: Python's)."""
+    child = spawn_copier("copy", "--trust", "--vcs-ref=HEAD", str(TEMPLATE), str(tmp_path / "out"))
+    try:
+        for prompt in ("project called", "short name", "import name", "in one line"):
+            child.expect(prompt)
+            child.send(KEYS["enter"])
+        child.expect("install the dependencies")
+        child.send(KEYS["up"] * ups + KEYS["enter"])
+        child.expect("virtualenv")
+        child.expect(venv_help)
+        child.send(KEYS["enter"])
+        while child.expect(["start FROM", "installs the Python packages", "CPython release", "Debian release"]):
+            child.send(KEYS["enter"])
+        child.expect(image_help)
+        child.sendcontrol("c")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert not (tmp_path / "out" / "base").exists()
+
+
+def test_the_development_makefile_refuses_an_old_python_in_one_line(tmp_path: Path) -> None:
+    """`make demo` / `make test` with a Python older than 3.11 (copier's and check-jsonschema's
+    minimum) stop before installing anything, in one line saying what to pass instead."""
+    old = tmp_path / "python3.9"
+    old.write_text("#!/bin/sh\nexec " + sys.executable + " -c 'import sys; sys.exit(1)'\n")
+    old.chmod(0o755)
+    result = subprocess.run(["make", "-s", "demo", f"PYTHON={old}", f"VENV={tmp_path / 'venv'}"], cwd=TEMPLATE,
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and not (tmp_path / "venv").exists()
+    assert result.stderr.splitlines()[0] == (f"make: {old} is not Python 3.11 or newer (copier and check-jsonschema "
+                                             "need it): make PYTHON=python3.11")
