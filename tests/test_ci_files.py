@@ -40,7 +40,7 @@ def test_ci_file_matches_its_vendored_schema(project: Path, path: str, schema: s
 
 IMAGES = ".github/workflows/images.yml"
 PUBLISHERS = {"base", "app"}  # the jobs that push, in the environment `registry`
-BUILDERS = {"build-base", "build-app"}  # the jobs that build without pushing, without credentials
+BUILDERS = {"build"}  # the job that builds both images without pushing, without credentials
 # (event, ref, default branch) -> publishes? Pushes run for main and v* tags only (the `on:` filter).
 RUNS = [
     ("push", "refs/heads/main", "main", True),
@@ -105,10 +105,13 @@ def pushes(job: dict[str, Any]) -> bool:
 
 
 def test_github_workflow_passes_zizmor_and_actionlint(images: Path) -> None:
-    zizmor = subprocess.run([tool("zizmor"), "--offline", "--no-progress", str(images)], capture_output=True,
+    """Every generated workflow (images.yml, and the bots' bots.yml and refresh.yml beside it)."""
+    flows = sorted(str(p) for p in images.parent.glob("*.yml"))
+    assert len(flows) == 3
+    zizmor = subprocess.run([tool("zizmor"), "--offline", "--no-progress", *flows], capture_output=True,
                             text=True)
     assert zizmor.returncode == 0, zizmor.stdout + zizmor.stderr
-    actionlint = subprocess.run([tool("actionlint"), "-no-color", str(images)], capture_output=True, text=True)
+    actionlint = subprocess.run([tool("actionlint"), "-no-color", *flows], capture_output=True, text=True)
     assert actionlint.returncode == 0, actionlint.stdout + actionlint.stderr
 
 
@@ -136,7 +139,7 @@ def test_github_workflow_publishes_only_from_the_default_branch_and_version_tags
     for event, ref, default, publishes in RUNS:
         context = {"github.event_name": event, "github.ref": ref, "github.event.repository.default_branch": default}
         assert jobs_that_run(flow, context) == (PUBLISHERS if publishes else BUILDERS), (event, ref, default)
-    assert "if" not in flow["jobs"]["app"] and "if" not in flow["jobs"]["build-app"]  # each follows its base job
+    assert "if" not in flow["jobs"]["app"]  # it follows its base job
 
 
 def test_github_workflow_keeps_credentials_in_the_registry_environment(images: Path) -> None:
@@ -158,7 +161,7 @@ def test_github_workflow_keeps_credentials_in_the_registry_environment(images: P
 def test_github_workflow_links_two_jobs_with_least_permissions(images: Path) -> None:
     flow = workflow(images)
     ghcr = flow["env"]["REGISTRY"] == "ghcr.io"
-    assert flow["jobs"]["app"]["needs"] == "base" and flow["jobs"]["build-app"]["needs"] == "build-base"
+    assert flow["jobs"]["app"]["needs"] == "base" and "needs" not in flow["jobs"]["build"]
     assert flow["permissions"] == {}
     for name, job in flow["jobs"].items():
         write = ghcr and name in PUBLISHERS  # GITHUB_TOKEN pushes to ghcr.io, only where the job pushes
@@ -171,8 +174,8 @@ def test_github_workflow_runs_the_tool_with_quoted_variables(images: Path) -> No
     flow = workflow(images)
     for name, job in flow["jobs"].items():
         runs = [s["run"] for s in job["steps"] if "run" in s]
-        only = name.removeprefix("build-")
-        assert runs == [f'python3 base/linked.py publish --only {only} --image "$IMAGE" --cache inline'
+        only = f"--only {name} " if name in PUBLISHERS else ""  # build: both images in one job, base built once
+        assert runs == [f'python3 base/linked.py publish {only}--image "$IMAGE" --cache inline'
                         + ("" if name in PUBLISHERS else " --no-push")]
         for run in runs:
             assert "${{" not in run  # expressions reach scripts through env only
@@ -183,15 +186,23 @@ def test_gitlab_pipeline_links_two_jobs(project: Path) -> None:
     pipeline = yaml.safe_load((project / ".gitlab-ci.yml").read_text())
     assert pipeline["stages"] == ["base", "app"]
     assert pipeline["app"]["needs"] == ["base"]
-    mr_rule = pipeline["workflow"]["rules"][0]
-    assert "merge_request_event" in mr_rule["if"] and mr_rule["variables"]["PUSH"] == "--no-push"
     for name in ("base", "app"):
-        assert pipeline[name]["script"] == [
-            f'python3 base/linked.py publish --only {name} --image "$IMAGE" --cache inline $PUSH'
-        ]
-        # A scheduled pipeline is the weekly refresh's: it publishes nothing.
-        assert pipeline[name]["extends"] == ".not-scheduled"
-    assert pipeline[".not-scheduled"]["rules"][0] == {"if": '$CI_PIPELINE_SOURCE == "schedule"', "when": "never"}
+        script = f'python3 base/linked.py publish --only {name} --image "$IMAGE" --cache inline'
+        assert pipeline[name]["script"] == [script]
+        # Only protected refs publish; a merge request or a schedule (the weekly refresh) never does.
+        assert pipeline[name]["extends"] == ".publishing"
+    never, protected = pipeline[".publishing"]["rules"]
+    assert never == {"if": '$CI_PIPELINE_SOURCE == "schedule" || $CI_PIPELINE_SOURCE == "merge_request_event"',
+                     "when": "never"}
+    assert protected == {"if": '$CI_COMMIT_REF_PROTECTED == "true"'}
+    # A merge request: one job builds both images, so a changed base is built once, and pushes nothing.
+    assert pipeline["build"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
+    assert pipeline["build"]["script"] == ['python3 base/linked.py publish --image "$IMAGE" --cache inline --no-push']
+    assert "PUSH" not in str(pipeline)
+    # Tags run a pipeline only as v*; the docs ask for protected variables and protected tags.
+    assert pipeline["workflow"]["rules"][1]["if"].endswith("$CI_COMMIT_TAG =~ /^v/")
+    header = (project / ".gitlab-ci.yml").read_text().split("stages:")[0]
+    assert "masked and\n# protected" in header and "Protected tags" in header
 
 
 def plain(value: Any) -> Any:
