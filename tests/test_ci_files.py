@@ -138,7 +138,8 @@ def test_github_workflow_publishes_only_from_the_default_branch_and_version_tags
     assert {name for name, job in flow["jobs"].items() if pushes(job)} == PUBLISHERS
     for event, ref, default, publishes in RUNS:
         context = {"github.event_name": event, "github.ref": ref, "github.event.repository.default_branch": default}
-        assert jobs_that_run(flow, context) == (PUBLISHERS if publishes else BUILDERS), (event, ref, default)
+        expected = {"test"} | (PUBLISHERS if publishes else BUILDERS)  # the tests run first, every time
+        assert jobs_that_run(flow, context) == expected, (event, ref, default)
     assert "if" not in flow["jobs"]["app"]  # it follows its base job
 
 
@@ -161,7 +162,8 @@ def test_github_workflow_keeps_credentials_in_the_registry_environment(images: P
 def test_github_workflow_links_two_jobs_with_least_permissions(images: Path) -> None:
     flow = workflow(images)
     ghcr = flow["env"]["REGISTRY"] == "ghcr.io"
-    assert flow["jobs"]["app"]["needs"] == "base" and "needs" not in flow["jobs"]["build"]
+    assert flow["jobs"]["app"]["needs"] == "base" and flow["jobs"]["base"]["needs"] == "test"
+    assert flow["jobs"]["build"]["needs"] == "test" and "needs" not in flow["jobs"]["test"]
     assert flow["permissions"] == {}
     for name, job in flow["jobs"].items():
         write = ghcr and name in PUBLISHERS  # GITHUB_TOKEN pushes to ghcr.io, only where the job pushes
@@ -174,6 +176,9 @@ def test_github_workflow_runs_the_tool_with_quoted_variables(images: Path) -> No
     flow = workflow(images)
     for name, job in flow["jobs"].items():
         runs = [s["run"] for s in job["steps"] if "run" in s]
+        if name == "test":
+            assert "$" not in "".join(runs)
+            continue
         only = f"--only {name} " if name in PUBLISHERS else ""  # build: both images in one job, base built once
         assert runs == [f'python3 base/linked.py publish {only}--image "$IMAGE" --cache inline'
                         + ("" if name in PUBLISHERS else " --no-push")]
@@ -184,8 +189,9 @@ def test_github_workflow_runs_the_tool_with_quoted_variables(images: Path) -> No
 
 def test_gitlab_pipeline_links_two_jobs(project: Path) -> None:
     pipeline = yaml.safe_load((project / ".gitlab-ci.yml").read_text())
-    assert pipeline["stages"] == ["base", "app"]
+    assert pipeline["stages"] == ["test", "base", "app"]  # the app's tests first: a later stage needs them passed
     assert pipeline["app"]["needs"] == ["base"]
+    assert pipeline["test"]["script"][-1] == ".venv/bin/python -m pytest" and pipeline["test"]["before_script"] == []
     for name in ("base", "app"):
         script = f'python3 base/linked.py publish --only {name} --image "$IMAGE" --cache inline'
         assert pipeline[name]["script"] == [script]
@@ -345,3 +351,14 @@ def test_publish_dry_run_links_app_to_the_pinned_base(project: Path, tmp_path: P
     assert f"--build-arg BASE_IMAGE={ref}" in app_build and "--tag docker.io/example/demo-app:t1" in app_build
     assert "--cache-from docker.io/example/demo-app:t1" in app_build
     assert commands[-1] == "docker push docker.io/example/demo-app:t1"
+
+
+def test_the_workflow_test_step_runs_the_apps_tests(images: Path, tmp_path: Path) -> None:
+    """The `test` job's script, run as it is in a copy of the rendered project: a fresh
+    virtualenv from base/requirements.in (PyPI), then the app's own tests pass."""
+    project = tmp_path / "project"
+    shutil.copytree(images.parents[2], project, ignore=shutil.ignore_patterns(".venv"))
+    (script,) = [s["run"] for s in workflow(images)["jobs"]["test"]["steps"] if "run" in s]
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert re.search(r"\b4 passed\b", result.stdout), result.stdout[-2000:]
