@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""Benchmark the strategies on real builds: every strategy x virtualenv against three baselines.
+"""Benchmark the strategies on real builds: every strategy x virtualenv against the baselines.
 
 Needs the engine set-up of `scripts/engine-up` (a Docker engine with BuildKit and the
 python:3.13-slim-trixie / debian:trixie-slim stand-ins), PyPI, and uv (on PATH or next to
 this Python; else the projects' `lock` runs uv's image). Every project takes the 28 pins of
 bench/requirements.txt as its base/requirements.in and is locked by its own
 `base/linked.py lock`. For each scenario and run: a cold build of base and app, a rebuild
-after a code-only change, after adding one requirement and after bumping one pin in the
-middle of the list (both made in requirements.in, then locked again); image sizes. The
-lock is not part of the build times: its own time is recorded per phase as "lock_s".
-Baselines on the same machine, engine and upstream image, installing the same lock:
-"naive" (code copied, then pip install --require-hashes -r), "single-cached" (the best
-single-Dockerfile practice) and "floor" (copying the code onto a ready image).
+after a code-only change, after adding one requirement, after bumping one pin in the
+middle of the list (both made in requirements.in, then locked again) and after a weekly
+refresh (five pins loosened, then `make lock UPGRADE=1`, which moves them and every pin
+not held by an ==; how many moved is recorded); image sizes. The lock is not part of the
+build times: its own time is recorded per phase as "lock_s". Baselines on the same
+machine, engine and upstream image, installing the same lock: "naive" (code copied, then
+pip install --require-hashes -r), the strongest single Dockerfiles a user could write,
+"single, pyproject first" (dependencies from the lock with a cache mount, then the app's
+metadata, then the code) and "uv-docker-example" (the same in the pattern of
+astral-sh/uv-docker-example, installed by uv from its image), and "floor" (copying the
+code onto a ready image).
 
 Every run is cold without pruning anything it did not make: it builds FROM its own copy
 of the upstream image (one small layer naming the run), so no cached layer of any other
@@ -25,8 +30,8 @@ images and build cache (other projects, their cache mounts) are left as they wer
     python bench/run.py --only distro --only naive --runs 1   # some scenarios only
     python bench/run.py --installer pip --installer uv        # the template's both installers
 
-The template's installer answer is pip unless --installer says otherwise: the baselines
-install with pip, so the comparison is like for like (baselines with uv are yet to come).
+The template's installer answer is pip unless --installer says otherwise; "naive" and
+"single, pyproject first" install with pip, "uv-docker-example" with uv.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ import os
 import platform
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +66,10 @@ BUMP = ("attrs==25.4.0", "attrs==26.1.0")
 DISTRO_BUMP = ("attrs", "attrs>=25")  # under distro requirements.in names, Debian's versions decide
 ADD = "tabulate==0.9.0"
 ANCHOR = "linked-builds-bench-anchor"  # names the step whose parent every layer of a run descends from
-PHASES = ("cold", "code", "add", "bump")
+PHASES = ("cold", "code", "add", "bump", "refresh", "fresh")
+# The weekly refresh: these lines of requirements.in go from == to >=, then `make lock UPGRADE=1`
+# moves them, and every pin that is not held by an ==, to the newest release allowed.
+REFRESH = ("requests", "lxml", "SQLAlchemy", "python-dateutil", "click")
 # The template's installer answer: the baselines install with pip, so the template does too by default.
 INSTALLERS = ("pip", "uv")
 ENV = {**os.environ, "DOCKER_BUILDKIT": "1"}
@@ -71,14 +81,35 @@ WORKDIR /app
 COPY . .
 RUN pip install --require-hashes -r base/requirements.txt && pip install .
 """
-SINGLE_CACHED = """FROM {upstream}
+# The strongest single Dockerfiles a user could write for the same app: the dependencies from
+# the lock first (cache mount, lock bind-mounted), then the app's metadata, then the code, which
+# the app runs from src/ as the template's app image does (no install of the app, no build backend).
+SINGLE = """FROM {upstream}
 WORKDIR /app
 RUN --mount=type=cache,target=/root/.cache/pip \\
     --mount=type=bind,source=base/requirements.txt,target=/tmp/requirements.txt \\
     pip install --require-hashes -r /tmp/requirements.txt
-COPY . .
-RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps .
+COPY pyproject.toml ./
+ENV PYTHONPATH=/app/src
+COPY src/ src/
 """
+# astral-sh/uv-docker-example's pattern (uv's binary from its image, link mode copy, bytecode,
+# a cache mount, the lock bind-mounted, dependencies before the project), on the same
+# requirements.txt lock: `uv pip install --require-hashes` where the example runs `uv sync --locked`.
+UV_EXAMPLE = """FROM {uv_image} AS uv
+FROM {upstream}
+COPY --from=uv /uv /bin/uv
+ENV UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never UV_SYSTEM_PYTHON=1
+WORKDIR /app
+RUN --mount=type=cache,target=/root/.cache/uv \\
+    --mount=type=bind,source=base/requirements.txt,target=/tmp/requirements.txt \\
+    uv pip install --require-hashes -r /tmp/requirements.txt
+COPY pyproject.toml ./
+ENV PYTHONPATH=/app/src
+COPY src/ src/
+"""
+UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.9"
+BASELINES = {"naive": NAIVE, "single, pyproject first": SINGLE, "uv-docker-example": UV_EXAMPLE}
 
 
 # ------------------------------------------------------------ the engine, kept apart
@@ -204,11 +235,18 @@ class Isolation:
         if result.returncode != 0:
             raise SystemExit(f"bench: build of {tag} failed:\n{result.stderr[-3000:]}")
 
-    def build(self, context: Path, tag: str, dockerfile: Path | None = None) -> tuple[float, list[str]]:
+    def forget(self) -> None:
+        """Empty the engine of what the run made so far (images, build cache, cache mounts), as
+        a fresh CI runner has it; the images stay listed for the final cleanup."""
+        remove(*reversed(dict.fromkeys(self.images)))
+        prune_records(owned_records(cache_records(), self.before, self.token))
+
+    def build(self, context: Path, tag: str, dockerfile: Path | None = None,
+              extra: list[str] | None = None) -> tuple[float, list[str]]:
         """Build with BuildKit; (seconds, names of the steps that ran)."""
         self.images.append(tag)
         args = [DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag,
-                "--build-arg", f"BUILDKIT_CACHE_MOUNT_NS={self.namespace}"]
+                "--build-arg", f"BUILDKIT_CACHE_MOUNT_NS={self.namespace}", *(extra or [])]
         if dockerfile:
             args += ["--file", str(dockerfile)]
         start = time.perf_counter()
@@ -219,6 +257,99 @@ class Isolation:
         ran = [s.name for s in buildkit_steps(result.stderr + result.stdout)
                if s.ran and not s.name.startswith("FROM ")]
         return seconds, ran
+
+
+# ------------------------------------------------------------ a fresh CI runner
+
+
+class LocalRegistry:
+    """Debian's docker-registry on 127.0.0.1 (a free port), storing under ``root``, for one run.
+
+    Docker treats 127.0.0.0/8 as an insecure registry, so it pushes and pulls over HTTP.
+    """
+
+    def __init__(self, root: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.host = f"127.0.0.1:{sock.getsockname()[1]}"
+        config = root / "registry.yml"
+        config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'registry'}\n"
+                          f"http:\n  addr: {self.host}\n")
+        self.process = subprocess.Popen(["/usr/bin/docker-registry", "serve", str(config)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=3):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise SystemExit(f"bench: the registry on {self.host} did not start") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def docker(*args: str) -> None:
+    result = subprocess.run([DOCKER, *args], capture_output=True, text=True, env=ENV)
+    if result.returncode != 0:
+        raise SystemExit(f"bench: docker {' '.join(args[:2])} failed:\n{result.stderr[-3000:]}")
+
+
+def push(iso: Isolation, local: str, remote: str) -> None:
+    """Tag ``local`` as ``remote`` and push it (not timed)."""
+    iso.images.append(remote)
+    docker("tag", local, remote)
+    docker("push", remote)
+
+
+def fresh_template(iso: Isolation, project: Path, work: Path) -> tuple[float, list[str]]:
+    """A CI runner with an empty engine, the base in the registry: the app job after a code change.
+
+    What `publish --only app --cache inline` does there: pull the pinned base, build the app
+    FROM it with the inline cache of the app's last image. Pushes (not timed) put the base
+    and the app's last image in a registry of the run's own; then the run's local images and
+    build cache go, and the timed part starts from nothing.
+    """
+    registry = LocalRegistry(work)
+    try:
+        # The run's token in every name: the records of what is pulled and built on it are the run's.
+        remote_base = f"{registry.host}/bench/base-{iso.token}:{tool(project, 'tag')}"
+        remote_app = f"{registry.host}/bench/app-{iso.token}:main"
+        push(iso, tool(project, "ref"), remote_base)
+        inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1", "--build-arg", f"BASE_IMAGE={remote_base}"]
+        iso.build(project, remote_app, extra=inline)
+        docker("push", remote_app)
+        iso.forget()
+        touch_code(project)
+        start = time.perf_counter()
+        docker("pull", remote_base)
+        _, ran = iso.build(project, remote_app, extra=[*inline, "--cache-from", remote_app])
+        return time.perf_counter() - start, ran
+    finally:
+        registry.stop()
+
+
+def fresh_baseline(iso: Isolation, project: Path, dockerfile: Path, work: Path) -> tuple[float, list[str]]:
+    """The same CI runner for a single Dockerfile: the registry cache it can have on this engine
+    (BuildKit's inline cache, from its last image, and the upstream image from the registry)."""
+    registry = LocalRegistry(work)
+    try:
+        remote_upstream = f"{registry.host}/bench/upstream:{iso.token}"
+        remote = f"{registry.host}/bench/single-{iso.token}:main"
+        push(iso, iso.upstream, remote_upstream)
+        dockerfile.write_text(dockerfile.read_text().replace(iso.upstream, remote_upstream))
+        inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
+        iso.build(project, remote, dockerfile, extra=inline)
+        docker("push", remote)
+        iso.forget()
+        touch_code(project)
+        return iso.build(project, remote, dockerfile, extra=[*inline, "--cache-from", remote])
+    finally:
+        registry.stop()
 
 
 # ------------------------------------------------------------ the projects and their lock
@@ -255,13 +386,29 @@ def tool(project: Path, *args: str, env: dict[str, str] | None = None) -> str:
     return result.stdout.strip()
 
 
-def lock(project: Path, env: dict[str, str]) -> float:
-    """`make lock` (uv compiles the lock, then sync); its seconds. `check` must pass after it."""
+def lock(project: Path, env: dict[str, str], upgrade: bool = False) -> float:
+    """`make lock` (uv compiles the lock, then sync; UPGRADE=1 with ``upgrade``); its seconds.
+    `check` must pass after it."""
     start = time.perf_counter()
-    tool(project, "lock", "--engine", DOCKER, env=env)
+    tool(project, "lock", "--engine", DOCKER, *(["--upgrade"] if upgrade else []), env=env)
     seconds = time.perf_counter() - start
     tool(project, "check", env=env)
     return seconds
+
+
+def pins(project: Path) -> dict[str, str]:
+    """name: version of every package pip or uv installs from the lock."""
+    text = (project / "base" / "requirements.txt").read_text()
+    return dict(re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", text, re.M))
+
+
+def refresh(project: Path, strategy: str, env: dict[str, str], out: dict[str, Any]) -> None:
+    """The weekly refresh: loosen REFRESH's pins, `make lock UPGRADE=1`; how many pins moved."""
+    before = pins(project)
+    edit_requirements(project, strategy, "refresh")
+    out["lock_s"]["refresh"] = lock(project, env, upgrade=True)
+    after = pins(project)
+    out["pins_moved"] = sum(1 for name, version in after.items() if before.get(name) != version)
 
 
 def locked_packages(project: Path) -> int:
@@ -280,7 +427,10 @@ def requirements_for(strategy: str) -> str:
 
 
 def change(strategy: str, phase: str, text: str) -> str:
-    """requirements.in after the "add" or "bump" phase."""
+    """requirements.in after the "add", "bump" or "refresh" phase."""
+    if phase == "refresh":  # under distro the names are loose already: the refresh re-locks them as they are
+        return "".join(re.sub(r"^([\w.-]+)==", r"\1>=", line) if line.split("==")[0] in REFRESH else line
+                       for line in text.splitlines(keepends=True))
     if phase == "add":
         return text.rstrip("\n") + "\n" + (ADD if strategy != "distro" else ADD.split("==")[0]) + "\n"
     old, new = DISTRO_BUMP if strategy == "distro" else BUMP
@@ -337,14 +487,18 @@ def template_run(strategy: str, venv: bool, installer: str, work: Path) -> dict[
         out["size"] = {"base": image_size(base), "app_adds": image_size(app) - image_size(base)}
         touch_code(project)
         out["code"], out["steps"]["code"] = iso.build(project, app)
-        for phase in ("add", "bump"):
-            edit_requirements(project, strategy, phase)
-            out["lock_s"][phase] = lock(project, env)
+        for phase in ("add", "bump", "refresh"):
+            if phase == "refresh":
+                refresh(project, strategy, env, out)
+            else:
+                edit_requirements(project, strategy, phase)
+                out["lock_s"][phase] = lock(project, env)
             base = tool(project, "ref")
             base_s, base_ran = iso.build(project / "base", base)
             app_s, _ = iso.build(project, app)
             out[phase] = base_s + app_s
             out["steps"][phase] = [s for s in base_ran if s.startswith("RUN")]
+        out["fresh"], out["steps"]["fresh"] = fresh_template(iso, project, work)
     out["cleanup"] = iso.report
     return out
 
@@ -358,17 +512,21 @@ def baseline_run(name: str, work: Path) -> dict[str, Any]:
         out["lock_s"]["cold"] = lock(project, env)
         out["locked_packages"] = locked_packages(project)
         (project / ".dockerignore").unlink()
-        dockerfile = project / f"Dockerfile.{name}"
-        dockerfile.write_text((NAIVE if name == "naive" else SINGLE_CACHED).format(upstream=iso.upstream))
-        tag = f"docker.io/linked-builds-bench/{name}:{iso.token}"
+        dockerfile = project / "Dockerfile.baseline"
+        dockerfile.write_text(BASELINES[name].format(upstream=iso.upstream, uv_image=UV_IMAGE))
+        tag = f"docker.io/linked-builds-bench/{re.sub(r'[^a-z0-9-]+', '-', name)}:{iso.token}"
         out["cold"], _ = iso.build(project, tag, dockerfile)
         out["size"] = {"base": image_size(tag), "app_adds": 0}
         touch_code(project)
         out["code"], out["steps"]["code"] = iso.build(project, tag, dockerfile)
-        for phase in ("add", "bump"):
-            edit_requirements(project, "one-by-one", phase)
-            out["lock_s"][phase] = lock(project, env)
+        for phase in ("add", "bump", "refresh"):
+            if phase == "refresh":
+                refresh(project, "one-by-one", env, out)
+            else:
+                edit_requirements(project, "one-by-one", phase)
+                out["lock_s"][phase] = lock(project, env)
             out[phase], out["steps"][phase] = iso.build(project, tag, dockerfile)
+        out["fresh"], out["steps"]["fresh"] = fresh_baseline(iso, project, dockerfile, work)
     out["cleanup"] = iso.report
     return out
 
@@ -405,7 +563,7 @@ def measure(name: str, kind: str, runs: int, once: Callable[[Path], dict[str, An
         # Outside the build times: `make lock` after each change of requirements.in (uv, then sync).
         scenario["lock_s"] = {p: summary([r["lock_s"][p] for r in results]) for p in results[0]["lock_s"]}
     scenario["steps_executed"] = results[-1]["steps"]
-    for key in ("size", "locked_packages"):
+    for key in ("size", "locked_packages", "pins_moved"):
         if key in results[0]:
             scenario[key] = results[0][key]
     scenario["cleanup"] = [r["cleanup"] for r in results]
@@ -436,11 +594,13 @@ def markdown(data: dict[str, Any]) -> str:
 
     def locks(s: dict[str, Any]) -> str:
         p = s.get("lock_s")
-        return " / ".join(f"{p[phase]['median']:.1f}" for phase in ("cold", "add", "bump")) if p else "-"
+        return " / ".join(f"{p[phase]['median']:.1f}" for phase in ("cold", "add", "bump", "refresh")
+                          if phase in p) if p else "-"
 
     rows = ["| scenario | cold build s | code-only rebuild s | naive ÷ code | code ÷ floor | add one requirement s "
-            "| bump one mid-list pin s | lock s (cold / add / bump) | base MB | app adds kB |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| bump one mid-list pin s | weekly refresh s (pins moved) | fresh CI runner, code change s "
+            "| lock s (cold / add / bump / refresh) | base MB | app adds kB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in data["scenarios"]:
         r = s["ratios"]
         size = s.get("size")
@@ -448,14 +608,15 @@ def markdown(data: dict[str, Any]) -> str:
             s["name"], cell(s, "cold"), cell(s, "code"),
             f"{r['naive_over_code']}x" if r["naive_over_code"] else "-",
             f"{r['code_over_floor']}x" if r["code_over_floor"] else "-",
-            cell(s, "add"), cell(s, "bump"), locks(s),
+            cell(s, "add"), cell(s, "bump"),
+            cell(s, "refresh") + (f" ({s['pins_moved']})" if "pins_moved" in s else ""), cell(s, "fresh"), locks(s),
             f"{size['base'] / 1e6:.0f}" if size else "-",
             f"{size['app_adds'] / 1e3:.0f}" if size else "-",
         ]) + " |")
     meta = data["meta"]
     return (f"Medians of {meta['runs']} runs (min-max), seconds, on {meta['cores']} cores, Docker engine "
             f"{meta['engine']}, upstream {meta['upstream']}, installer {' and '.join(meta.get('installers', ['pip']))}"
-            f" (baselines: pip), {meta['requirements']} pinned requirements "
+            f" (baselines: pip, uv-docker-example uv), {meta['requirements']} pinned requirements "
             f"({meta.get('locked_packages', '?')} locked packages); build times exclude `make lock` "
             f"({meta.get('uv', 'uv')}), whose medians are in the lock column.\n\n"
             + "\n".join(rows) + "\n")
@@ -516,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         # distro without a virtualenv installs nothing with pip or uv: once is enough
         if s != "distro" or v or i == installers[0]
     ]
-    plan += [(n, "baseline", functools.partial(baseline_run, n), {}) for n in ("naive", "single-cached")]
+    plan += [(n, "baseline", functools.partial(baseline_run, n), {}) for n in BASELINES]
     plan.append(("floor", "baseline", floor_run, {}))
     wanted = args.only or ([scenario_name("one-by-one", False, installers[0])] if args.quick
                            else [p[0] for p in plan])

@@ -151,12 +151,14 @@ def test_quick_bench_writes_json_table_and_chart(quick: QuickRun) -> None:
     assert data["meta"]["locked_packages"] > data["meta"]["requirements"]  # the lock has the transitive ones
     [scenario] = data["scenarios"]
     assert scenario["name"] == "one-by-one" and scenario["kind"] == "template"
-    for phase in ("cold", "code", "add", "bump"):
+    for phase in ("cold", "code", "add", "bump", "refresh", "fresh"):
         figures = scenario[phase]
         assert len(figures["runs"]) == 1 and figures["min"] <= figures["median"] <= figures["max"]
         assert figures["median"] > 0
     # The lock is timed apart from the builds, once per phase that changes requirements.in.
-    assert set(scenario["lock_s"]) == {"cold", "add", "bump"}
+    assert set(scenario["lock_s"]) == {"cold", "add", "bump", "refresh"}
+    # The weekly refresh loosens five pins that are behind and locks with UPGRADE=1: they move.
+    assert scenario["pins_moved"] >= 5
     assert all(figures["median"] > 0 for figures in scenario["lock_s"].values())
     assert scenario["size"]["base"] > 0 and scenario["size"]["app_adds"] >= 0
     assert scenario["steps_executed"]["code"] == ["COPY src/ src/"]
@@ -164,6 +166,9 @@ def test_quick_bench_writes_json_table_and_chart(quick: QuickRun) -> None:
     assert "tabulate==0.9.0" in added and "--require-hashes" in added
     bumped = scenario["steps_executed"]["bump"]
     assert "attrs==26.1.0" in bumped[0] and 1 < len(bumped) < scenario["locked_packages"]
+    # A fresh CI runner: the base pulled from the registry, the app's layers from its inline cache;
+    # only the changed code is copied again.
+    assert scenario["steps_executed"]["fresh"] == ["COPY src/ src/"]
     assert set(scenario["ratios"]) == {"naive_over_code", "code_over_floor"}
     assert (tmp_path / "bench.md").read_text().startswith("Medians of 1 runs")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
