@@ -193,7 +193,7 @@ def port_problem(value: Any) -> str:
 def bots_problem(bots: list[str], ci: list[str]) -> str:
     """bots: Dependabot only where GitHub runs the builds."""
     if "dependabot" in bots and "github" not in ci:
-        return "dependabot runs on GitHub only"
+        return "dependabot: add ci github, or use renovate"
     return ""
 
 

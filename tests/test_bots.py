@@ -187,7 +187,7 @@ def test_dependabot_without_github_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].endswith(
-        "dependabot runs on GitHub only: answer github to ci too, or pick renovate")
+        "dependabot: add ci github, or use renovate")
     assert not (tmp_path / "out").exists()
 
 

@@ -138,7 +138,7 @@ FILTER_CASES: list[tuple[str, Any, str]] = [
     ("dependencies_problem", "a\tb\x0bc", "line 1: control character \\x0b"),
     ("dependencies_problem", "".join(f"pkg{n}\n" for n in range(9)) + "x" * 40 + "==1,",
      'line 10: "' + "x" * 9 + '…": not PEP 508'),
-    ("bots_problem", (["dependabot"], ["gitlab"]), "dependabot runs on GitHub only"),
+    ("bots_problem", (["dependabot"], ["gitlab"]), "dependabot: add ci github, or use renovate"),
     ("bots_problem", (["renovate"], ["gitlab"]), ""),
 ]
 
