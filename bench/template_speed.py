@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """How fast the template itself is: `copier copy --defaults`, the generated `make lock` and `make check`.
 
-Measured in fresh processes, as a user runs them, and reported (medians, min-max) in
+Measured in fresh processes, as a user runs them, from a fresh clone of HEAD (committed
+work only) beside a one-file template repository, and reported (medians, min-max) in
 docs/template-speed.json:
 
 - `copier copy --defaults` with its post-copy `lock` (uv compiles base/requirements.txt
@@ -110,15 +111,19 @@ def main(argv: list[str] | None = None) -> int:
         env.pop("LINKED_BUILDS_LOCK_ON_COPY", None)
         no_lock = {**env, "LINKED_BUILDS_LOCK_ON_COPY": "0"}
         small = one_file_template(work / "small")
+        # The template as a user's copier finds it: a fresh clone of HEAD (packed, no working files
+        # of ours), beside the one-file template, so both copies start from the same kind of repository.
+        template = work / "template"
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(template)], check=True)
         # Not timed: fills uv's cache (and the OS's file cache) the way a user's earlier work would.
-        timed([*copier, str(ROOT), str(work / "warm")], env=env)
+        timed([*copier, str(template), str(work / "warm")], env=env)
         if not locked(work / "warm"):
             raise SystemExit("template_speed: `copier copy` did not lock the project: is PyPI reachable?")
         baseline, with_lock, without_lock = [], [], []
         for n in range(args.runs):
             baseline.append(timed([*copier, str(small), str(work / f"s{n}")], env=no_lock))
-            with_lock.append(timed([*copier, str(ROOT), str(work / f"l{n}")], env=env))
-            without_lock.append(timed([*copier, str(ROOT), str(work / f"o{n}")], env=no_lock))
+            with_lock.append(timed([*copier, str(template), str(work / f"l{n}")], env=env))
+            without_lock.append(timed([*copier, str(template), str(work / f"o{n}")], env=no_lock))
         if not all(locked(work / f"l{n}") for n in range(args.runs)):
             raise SystemExit("template_speed: a copy with its lock step left the project unlocked")
         if any(locked(work / f"o{n}") for n in range(args.runs)):
