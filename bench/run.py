@@ -163,14 +163,35 @@ def owned_records(records: dict[str, dict[str, str]], before: set[str], token: s
     return mine
 
 
+@functools.cache
+def prunes_by_id() -> bool:
+    """Whether the engine is Docker's own (a component named "Engine", API 1.39 or newer): its
+    build-cache prune validates every filter and honours ``id``. Another server behind the
+    docker CLI (Podman's, say) might ignore the filter, and with ``--all`` the prune would then
+    empty the user's whole build cache; there the bench prunes nothing and says so."""
+    out = subprocess.run([DOCKER, "version", "--format", "{{json .Server}}"], capture_output=True, text=True)
+    try:
+        server = json.loads(out.stdout or "null") or {}
+        engine = next(c for c in server.get("Components") or [] if c.get("Name") == "Engine")
+        api = tuple(int(part) for part in str(engine["Details"]["ApiVersion"]).split(".")[:2])
+    except (ValueError, StopIteration, KeyError, TypeError, AttributeError):
+        return False
+    return api >= (1, 39)
+
+
 def prune_records(ids: set[str]) -> set[str]:
-    """Remove exactly these build-cache records; return those still there.
+    """Remove exactly these build-cache records; return those still there (all of them, on an
+    engine that may not honour the id filter: see prunes_by_id).
 
     The id filter is a regular expression here (moby passes it to BuildKit as ``id~=``), so one
     call takes a batch and BuildKit removes children before their parents. Whatever is left
     (an engine matching ids exactly, say) is pruned one id at a time.
     """
     pending = set(ids)
+    if pending and not prunes_by_id():
+        print(f"bench: {DOCKER} is not Docker's own engine, whose prune honours an id filter: "
+              f"{len(pending)} build-cache records of this run are left in place", file=sys.stderr)
+        return pending
     for attempt in range(3):
         if not pending:
             break

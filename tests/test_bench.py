@@ -65,6 +65,27 @@ def test_a_run_takes_only_the_cache_records_it_made() -> None:
         "copy", "import", "anchor", "step", "copied", "appimport", "cache"}
 
 
+def test_no_prune_where_the_engine_may_ignore_the_id_filter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind a docker CLI whose server is not Docker's own engine (here a fake that answers
+    like Podman's), `builder prune --all` might ignore the id filter and empty the whole build
+    cache: the bench then prunes nothing and reports the records as left."""
+    log = tmp_path / "calls"
+    fake = tmp_path / "docker"
+    podman = json.dumps({"Components": [{"Name": "Podman Engine", "Details": {"APIVersion": "4.3.1"}}]})
+    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n[ \"$1\" = version ] && echo '{podman}'\nexit 0\n")
+    fake.chmod(0o755)
+    bench = bench_module()
+    monkeypatch.setattr(bench, "DOCKER", str(fake))
+    assert bench.prune_records({"abc", "def"}) == {"abc", "def"}
+    assert log.read_text().splitlines() == ["version --format {{json .Server}}"]  # no builder prune at all
+
+
+@pytest.mark.engine
+def test_this_engine_prunes_by_id() -> None:
+    require_engine(DOCKER, ())
+    assert bench_module().prunes_by_id()
+
+
 def cache_records() -> dict[str, dict[str, str]]:
     out = subprocess.run([DOCKER, "system", "df", "--verbose", "--format", "{{json .BuildCache}}"],
                          capture_output=True, text=True, check=True).stdout
@@ -106,11 +127,9 @@ class Sentinel:
         return {i for i, r in cache_records().items() if self.token in r["Description"]}
 
     def remove(self) -> None:
+        """Untag it and prune its own records, by id, the way the bench does (never a global prune)."""
         subprocess.run([DOCKER, "rmi", "--force", self.tag], capture_output=True)
-        ids = self.records()
-        if ids:
-            subprocess.run([DOCKER, "builder", "prune", "--all", "--force", "--filter", f"id=^({'|'.join(ids)})$"],
-                           capture_output=True)
+        bench_module().prune_records(self.records())  # its DOCKER is this one: both read LINKED_BUILDS_DOCKER
 
 
 @dataclass
