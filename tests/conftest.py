@@ -96,7 +96,7 @@ def linked(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def tool_module(project: Path, name: str = "linked") -> ModuleType:
-    """Import a project's base/<name>.py (the tool, or its registry or publish module) for unit-level checks."""
+    """Import a project's base/<name>.py (the tool, or its publish module) for unit-level checks."""
     spec = importlib.util.spec_from_file_location(f"{name}_{abs(hash(project))}", project / "base" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

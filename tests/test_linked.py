@@ -437,13 +437,13 @@ def test_verify_names_the_package_wanted_and_found(tmp_path: Path) -> None:
 )
 def test_only_a_clear_404_counts_as_absent(project: Path, registry: FakeRegistry,
                                           answer: tuple[int, dict[str, str]], expected: str | None) -> None:
-    module = tool_module(project, "registry")
+    module = tool_module(project, "publish")
     registry.answer = answer
     ref = f"{registry.host}/example/demo-appbase:deps-0123456789abcdef"
     if expected is None or expected.startswith("sha256:"):
         assert module.manifest_digest(ref) == expected
     else:
-        with pytest.raises(module.RegistryError, match=re.escape(expected)):
+        with pytest.raises(module.LinkError, match=re.escape(expected)):
             module.manifest_digest(ref)
     method, path, headers = registry.requests[0]
     assert (method, path) == ("HEAD", "/v2/example/demo-appbase/manifests/deps-0123456789abcdef")
@@ -451,8 +451,8 @@ def test_only_a_clear_404_counts_as_absent(project: Path, registry: FakeRegistry
 
 
 def test_a_registry_that_does_not_answer_is_an_error(project: Path) -> None:
-    module = tool_module(project, "registry")
-    with pytest.raises(module.RegistryError, match="Connection refused"):
+    module = tool_module(project, "publish")
+    with pytest.raises(module.LinkError, match="Connection refused"):
         module.manifest_digest(f"{closed_port()}/example/base:deps-0123456789abcdef")
 
 
@@ -466,7 +466,7 @@ def test_a_registry_that_does_not_answer_is_an_error(project: Path) -> None:
 ])
 def test_image_references_split_as_docker_reads_them(project: Path, reference: str,
                                                     parts: tuple[str, str, str]) -> None:
-    assert tool_module(project, "registry").split_reference(reference) == parts
+    assert tool_module(project, "publish").split_reference(reference) == parts
 
 
 @pytest.mark.parametrize("answer", [(401, {}), (500, {}), None], ids=["401", "500", "no-answer"])

@@ -1,13 +1,17 @@
-"""Build and push the two linked images: `python3 base/linked.py publish` (and `base`) run this.
+"""Registries and engines for base/linked.py: digests, build, smoke test, push.
 
-The base goes to the registry under its content tag only when the registry clearly
-lacks it (a 404; any other answer stops before anything is built), and a content tag
-once pushed is never pushed again. The app is built FROM exactly that base, after
-its labels (content tag, lock hash) are checked.
+`make lock` pins base/Dockerfile's FROM lines by the digests this module asks the
+registries for; `make publish` (and the CI) pushes the base under its content tag
+unless the registry clearly has it (a 404: any other answer stops before anything
+is built; a content tag is never pushed twice), then builds the app FROM exactly
+that base, smoke-tests it and pushes it. Credentials come from Podman's or
+Docker's auth file or credential helper. Standard library only.
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
 import hashlib
 import json
 import os
@@ -16,65 +20,170 @@ import shlex
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from registry import manifest_digest
-
-if TYPE_CHECKING:
-    from linked import Project
+from linked import FROM_RE, HASH_RE, LinkError, Project, run
 
 LABEL_TAG, LABEL_LOCK = "org.linked-builds.content-tag", "org.linked-builds.lock"
+PATH_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+KINDS = "oci.image.index.v1 docker.distribution.manifest.list.v2 oci.image.manifest.v1 docker.distribution.manifest.v2"
 # The smoke test's GET, as the image's HEALTHCHECK does it: Python's own urllib, no curl needed.
 HEALTHZ = "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['PORT'] + '/healthz')"
-STATE = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
+
+# ------------------------------------------------------------------ registries
 
 
-class PublishError(Exception):
-    """Why nothing (more) was built or pushed: one line, exit 2."""
+def split_reference(ref: str) -> tuple[str, str, str]:
+    """(registry host, repository, tag or digest) of an image reference, as Docker reads it."""
+    name, _, digest = ref.partition("@")
+    first, _, rest = name.partition("/")
+    host, path = (
+        (first, rest) if rest and ("." in first or ":" in first or first == "localhost") else ("docker.io", name)
+    )
+    path, _, tag = path.partition(":") if ":" in path.rsplit("/", 1)[-1] else (path, "", "latest")
+    path = "library/" + path if host == "docker.io" and "/" not in path else path
+    if not PATH_RE.match(path):
+        raise LinkError(f"{ref!r} is not an image reference")
+    return host, path, digest or tag
+
+
+def credentials(host: str) -> str:
+    """ "user:secret" for ``host`` from Podman's or Docker's auth file or credential helper ("" if none)."""
+    keys = [host, "https://index.docker.io/v1/"] if host == "docker.io" else [host, f"https://{host}"]
+    docker = os.path.join(os.environ.get("DOCKER_CONFIG", os.path.expanduser("~/.docker")), "config.json")
+    for path in (
+        os.environ.get("REGISTRY_AUTH_FILE", ""),
+        f"{os.environ.get('XDG_RUNTIME_DIR', '/nonexistent')}/containers/auth.json",
+        docker,
+    ):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                config = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        for key in keys:
+            if config.get("auths", {}).get(key, {}).get("auth"):
+                return base64.b64decode(config["auths"][key]["auth"]).decode()
+            helper = config.get("credHelpers", {}).get(key) or config.get("credsStore") or ""
+            if not re.match(r"^[\w.-]+$", helper):
+                continue
+            try:  # docker-credential-<helper> get answers {"Username": ..., "Secret": ...} for the key on its input
+                argv = [f"docker-credential-{helper}", "get"]
+                data = json.loads(
+                    subprocess.run(argv, input=key, capture_output=True, text=True, timeout=20, check=True).stdout
+                )
+                return f"{data['Username']}:{data['Secret']}"
+            except (OSError, ValueError, KeyError, TypeError, subprocess.SubprocessError):
+                pass
+    return ""
+
+
+def manifest_digest(ref: str) -> str | None:
+    """The registry's digest for ``ref``, None only on a clear 404; any other failure raises."""
+    host, path, tag = split_reference(ref)
+    api = "registry-1.docker.io" if host == "docker.io" else host
+    local = api.split(":")[0] in ("localhost", "127.0.0.1", "[::1]")
+    url, basic = (
+        f"{'http' if local else 'https'}://{api}/v2/{path}/manifests/{tag}",
+        base64.b64encode(credentials(host).encode()).decode(),
+    )
+    headers = {"Accept": ", ".join(f"application/vnd.{kind}+json" for kind in KINDS.split())}
+    for attempt in range(2):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD", headers=headers), timeout=15) as got:
+                digest = got.headers.get("Docker-Content-Digest", "")
+                if not HASH_RE.match(digest):
+                    raise LinkError(f"{api}: answered {ref} without a sha256 digest")
+                return str(digest)
+        except urllib.request.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            challenge = exc.headers.get("WWW-Authenticate", "") if exc.code == 401 else ""
+            if attempt or not challenge:
+                raise LinkError(f"{api}: {ref}: HTTP {exc.code} {exc.reason}") from None
+            use_basic = challenge.lower().startswith("basic") and basic
+            headers["Authorization"] = (
+                f"Basic {basic}" if use_basic else f"Bearer {token(api, ref, challenge, basic, local)}"
+            )
+        except OSError as exc:  # URLError too
+            raise LinkError(f"{api}: {ref}: {getattr(exc, 'reason', exc)}") from None
+    raise LinkError(f"{api}: {ref}: refused the credentials")
+
+
+def token(api: str, ref: str, challenge: str, basic: str, local: bool) -> str:
+    """A bearer token from the realm a 401's challenge names (https only, but for a local registry)."""
+    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    realm = params.get("realm", "")
+    if not challenge.lower().startswith("bearer") or not realm.startswith("http" if local else "https://"):
+        raise LinkError(f"{api}: {ref}: HTTP 401 with a scheme this tool cannot use")
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
+    try:
+        request = urllib.request.Request(
+            f"{realm}?{query}", headers={"Authorization": f"Basic {basic}"} if basic else {}
+        )
+        with urllib.request.urlopen(request, timeout=15) as got:
+            body = json.loads(got.read(1 << 20))
+            return str(body.get("token") or body["access_token"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise LinkError(f"{api}: {ref}: no token ({exc})") from None
+
+
+def pin_digests(text: str) -> tuple[str, list[str]]:
+    """A Dockerfile's text with each FROM pinned by its tag's current digest, and warnings for
+    the ones the registry could not answer (they keep the digest they had, if any)."""
+    lines, warnings = text.splitlines(keepends=True), []
+    for index, line in enumerate(lines):
+        m = FROM_RE.match(line.rstrip("\r\n"))
+        if not m or "$" in m["image"] or (m["digest"] and ":" not in m["image"].rsplit("/", 1)[-1]):
+            continue  # an argument, or pinned by digest alone: no tag to follow
+        try:
+            digest = "@" + (manifest_digest(m["image"]) or "")
+            if digest == "@":
+                raise LinkError(f"{m['image']}: not found in its registry")
+        except LinkError as exc:
+            digest = m["digest"] or ""
+            warnings.append(f"digest not resolved ({exc}); kept {'its digest' if digest else 'no digest'}")
+        lines[index] = f"FROM {m['image']}{digest}{m['rest'] or ''}" + line[len(line.rstrip("\r\n")) :]
+    return "".join(lines), warnings
+
+
+# --------------------------------------------------------------------- publish
 
 
 def image_tag(text: str) -> str:
     """``text`` as a valid image tag (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``). A name that had
     to change gets a short hash of the original, so two names never share a tag."""
-    tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).lstrip(".-")
+    tag, suffix = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).lstrip(".-"), hashlib.sha256(text.encode()).hexdigest()[:8]
     if tag == text and len(tag) <= 128:
         return tag
-    suffix = hashlib.sha256(text.encode()).hexdigest()[:8]
     return f"{tag[:110].rstrip('.-')}-{suffix}" if tag.strip("-") else f"ref-{suffix}"
 
 
 def ci_tags(env: dict[str, str], commit: str | None) -> list[str]:
     """App image tags from what the CI says: the commit, then the branch or version."""
-    sha = env.get("GITHUB_SHA") or env.get("CI_COMMIT_SHA") or env.get("SOURCE_COMMIT") or commit
-    tags = [image_tag(sha[:12])] if sha else []
+    sha = env.get("GITHUB_SHA") or env.get("CI_COMMIT_SHA") or env.get("SOURCE_COMMIT") or commit or ""
     name = env.get("GITHUB_REF_NAME", "")
-    if name and env.get("GITHUB_EVENT_NAME", "").startswith("pull_request"):
-        name = f"pr-{name.split('/')[0]}"
+    name = f"pr-{name.split('/')[0]}" if name and env.get("GITHUB_EVENT_NAME", "").startswith("pull_request") else name
     name = name or env.get("CI_COMMIT_TAG") or env.get("CI_COMMIT_REF_SLUG") or env.get("SOURCE_BRANCH") or ""
-    return list(dict.fromkeys(tags + ([image_tag(name)] if name else []))) or ["dev"]
-
-
-def git(root: Path, *args: str) -> str | None:
-    """git's output in ``root``, None outside a work tree (or without git)."""
-    try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
-    except OSError:
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return list(dict.fromkeys(image_tag(t) for t in (sha[:12], name) if t)) or ["dev"]
 
 
 def commit_tags(root: Path, env: dict[str, str], allow_dirty: bool) -> list[str]:
     """The CI's tags; from a work tree with uncommitted changes, none that names a commit."""
-    changes = git(root, "status", "--porcelain")
-    if not changes:
-        return ci_tags(env, git(root, "rev-parse", "HEAD"))
+    try:
+        changes, head = (run(["git", *a], "", root, True) for a in (["status", "--porcelain"], ["rev-parse", "HEAD"]))
+    except LinkError:  # no git: nothing to say about commits
+        return ci_tags(env, None)
+    commit = head.stdout.strip() if head.returncode == 0 else None
+    if changes.returncode or not changes.stdout.strip():
+        return ci_tags(env, commit)
     if not allow_dirty:
-        raise PublishError(
-            f"publish refused: {len(changes.splitlines())} uncommitted change(s) in the work tree: "
-            "commit them, or pass --allow-dirty to tag the app <commit>-dirty"
-        )
-    return [f"{(git(root, 'rev-parse', 'HEAD') or 'uncommitted')[:12]}-dirty"]
+        count = len(changes.stdout.splitlines())
+        how = "commit them, or pass --allow-dirty to tag the app <commit>-dirty"
+        raise LinkError(f"publish refused: {count} uncommitted change(s) in the work tree: {how}")
+    return [f"{(commit or 'uncommitted')[:12]}-dirty"]
 
 
 class Engine:
@@ -84,102 +193,89 @@ class Engine:
         self.command, self.dry_run = command, dry_run
 
     def run(self, *args: str, quiet: bool = False) -> bool:
-        argv = [*self.command, *args]
-        print("+ " + " ".join(shlex.quote(a) for a in argv), flush=True)
-        if self.dry_run and not quiet:  # a quiet run only asks (image inspect): it runs in a dry run too
-            return True
-        stream = subprocess.DEVNULL if quiet else None
-        try:
-            return subprocess.run(argv, stdout=stream, stderr=stream, check=False).returncode == 0
-        except OSError as exc:
-            raise PublishError(f"cannot run {argv[0]}: {exc.strerror}") from None
+        """Run the engine; a quiet run only asks, so it runs in a dry run too."""
+        print("+ " + shlex.join([*self.command, *args]), flush=True)
+        return (self.dry_run and not quiet) or run([*self.command, *args], quiet=quiet).returncode == 0
 
     def must(self, *args: str) -> None:
         if not self.run(*args):
-            raise PublishError(f"`{' '.join(self.command)} {args[0]}` failed: see its output above")
+            raise LinkError(f"`{' '.join(self.command)} {args[0]}` failed: see its output above")
+
+    def ask(self, *args: str) -> str:
+        return "" if self.dry_run else run([*self.command, *args], quiet=True).stdout.strip()
 
     def smoke(self, ref: str, seconds: int = 90) -> None:
         """Start the app image (no network, read-only root), wait for its HEALTHCHECK to say
         healthy, then GET /healthz inside it; a failure stops the publish before any push."""
         if self.dry_run:
-            print(f"smoke test: would start {ref}, wait for healthy and GET /healthz", flush=True)
-            return
-        name, start = f"linked-smoke-{os.getpid()}", time.monotonic()
-        health = ["--health-interval=2s", "--health-start-period=60s"]
+            return print(f"smoke test: would start {ref}, wait for healthy and GET /healthz", flush=True)
+        name, start, health = (
+            f"linked-smoke-{os.getpid()}",
+            time.monotonic(),
+            ["--health-interval=2s", "--health-start-period=60s"],
+        )
         self.must("run", "--detach", "--name", name, "--network=none", "--read-only", "--tmpfs=/tmp", *health, ref)
         try:
             while True:
-                got = subprocess.run(
-                    [*self.command, "inspect", "--format", STATE, name], capture_output=True, text=True, check=False
+                state = self.ask(
+                    "inspect", "--format", "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", name
                 )
-                status, _, health_status = got.stdout.strip().partition(" ")
-                if status not in ("created", "running") or health_status == "unhealthy":
+                status, _, healthy = state.partition(" ")
+                if status not in ("created", "running") or healthy == "unhealthy":
                     self.run("logs", name)
-                    raise PublishError(f"smoke test: {ref} is {health_status or status or 'gone'} (its log is above)")
+                    raise LinkError(f"smoke test: {ref} is {healthy or status or 'gone'} (its log is above)")
                 # An engine that runs no HEALTHCHECK (no status, or "starting" for ever) gets 20 s.
-                settled = health_status in ("healthy", "") or time.monotonic() - start > 20
+                settled = healthy in ("healthy", "") or time.monotonic() - start > 20
                 if settled and self.run("exec", name, "python3", "-c", HEALTHZ, quiet=True):
-                    print(f"smoke test: {ref} is {health_status or 'up'} and answers /healthz", flush=True)
-                    return
+                    return print(f"smoke test: {ref} is {healthy or 'up'} and answers /healthz", flush=True)
                 if time.monotonic() - start > seconds:
-                    raise PublishError(f"smoke test: {ref} did not answer /healthz within {seconds} s")
+                    raise LinkError(f"smoke test: {ref} did not answer /healthz within {seconds} s")
                 time.sleep(2)
         finally:
             self.run("rm", "--force", name, quiet=True)
 
     def build_base(self, project: Project, ref: str, args: list[str]) -> None:
         """Build the base under its content tag, labelled with that tag and the lock's hash."""
-        labels = [f"{LABEL_TAG}={ref.rsplit(':', 1)[1]}", f"{LABEL_LOCK}={project.lock().meta.get('body', '')}"]
-        self.must("build", *args, *(a for label in labels for a in ("--label", label)), "--tag", ref, str(project.base))
+        labels = [
+            f"--label={LABEL_TAG}={ref.rsplit(':', 1)[1]}",
+            f"--label={LABEL_LOCK}={project.lock().meta.get('body', '')}",
+        ]
+        self.must("build", *args, *labels, "--tag", ref, str(project.base))
 
     def check_labels(self, project: Project, ref: str) -> None:
         """Refuse a base whose labels name another content tag or lock than the project's."""
-        if self.dry_run:
-            return
-        argv = [*self.command, "image", "inspect", "--format", "{{json .Config.Labels}}", ref]
         try:
-            labels = json.loads(subprocess.run(argv, capture_output=True, text=True, check=False).stdout or "null")
-        except (OSError, ValueError):
-            labels = None
-        got = [str((labels or {}).get(key, "<none>")) for key in (LABEL_TAG, LABEL_LOCK)]
-        want = [ref.rsplit(":", 1)[1], project.lock().meta.get("body", "")]
-        if got != want:
+            labels = (
+                json.loads(self.ask("image", "inspect", "--format", "{{json .Config.Labels}}", ref) or "null") or {}
+            )
+        except ValueError:
+            labels = {}
+        got = [str(labels.get(key, "<none>")) for key in (LABEL_TAG, LABEL_LOCK)]
+        if (want := [ref.rsplit(":", 1)[1], project.lock().meta.get("body", "")]) != got and not self.dry_run:
             labelled = f"content-tag={got[0]} lock={got[1]}"
-            raise PublishError(f"{ref} is labelled {labelled}, not {want[0]} {want[1]}: refusing to build FROM it")
+            raise LinkError(f"{ref} is labelled {labelled}, not {want[0]} {want[1]}: refusing to build FROM it")
 
 
-def publish(
-    project: Project,
-    engine: Engine,
-    image: str,
-    tags: list[str],
-    push: bool,
-    only: str | None,
-    base_args: list[str],
-    app_args: list[str],
-    cache: str | None = None,
-) -> None:
+def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: list[str], build_args: list[str]) -> None:
     """Push the base unless the registry has it, then build (and push) the app FROM exactly that base."""
-    _, stale, _ = project.plan()
-    for item in stale:
+    for item in (stale := project.plan()[1]):
         print(f"stale: {item}", file=sys.stderr)
     if stale:
-        raise PublishError("publish refused: run `make lock` or `make sync` and commit; nothing was built or pushed")
-    ref = project.reference()
+        raise LinkError("publish refused: run `make lock` or `make sync` and commit; nothing was built or pushed")
+    ref, push, only = project.reference(), args.push, args.only
     repository = ref.rsplit(":", 1)[0]
-    alias = f"{repository}:buildcache"
-    if image.rsplit("/", 1)[0] != repository.rsplit("/", 1)[0]:
+    if args.image.rsplit("/", 1)[0] != repository.rsplit("/", 1)[0]:
         how = "copier update -d registry=... -d image_namespace=... moves both"
-        print(f"note: the app goes to {image}, its base to {repository} (the pin's repository); {how}", file=sys.stderr)
-    if cache == "inline":  # each image caches from its own repository
-        inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
-        base_args, app_args = (
-            [*base_args, "--cache-from", alias, *inline],
-            [*app_args, "--cache-from", f"{image}:{tags[-1]}", *inline],
+        print(
+            f"note: the app goes to {args.image}, its base to {repository} (the pin's repository); {how}",
+            file=sys.stderr,
         )
+    base_args, app_args = (build_args + shlex.split(os.environ.get(f"{k}_BUILD_ARGS", "")) for k in ("BASE", "APP"))
+    if args.cache == "inline":  # each image caches from its own repository
+        base_args += ["--cache-from", f"{repository}:buildcache", "--build-arg", "BUILDKIT_INLINE_CACHE=1"]
+        app_args += ["--cache-from", f"{args.image}:{tags[-1]}", "--build-arg", "BUILDKIT_INLINE_CACHE=1"]
     if only in (None, "base"):
-        digest = manifest_digest(ref)
-        if digest:
+        if digest := manifest_digest(ref):
             print(f"base {ref} is in the registry ({digest}): using it, not rebuilding it", flush=True)
             engine.must("pull", ref)
             engine.check_labels(project, ref)
@@ -187,9 +283,13 @@ def publish(
             print(f"base {ref} is not in the registry: building it" + (" and pushing it" if push else ""), flush=True)
             engine.build_base(project, ref, base_args)
             if push and manifest_digest(ref):
-                raise PublishError(f"{ref} appeared in the registry during the build: not overwriting it")
-            for args in (("push", ref), ("tag", ref, alias), ("push", alias)) if push else ():
-                engine.must(*args)
+                raise LinkError(f"{ref} appeared in the registry during the build: not overwriting it")
+            for step in (
+                (("push", ref), ("tag", ref, f"{repository}:buildcache"), ("push", f"{repository}:buildcache"))
+                if push
+                else ()
+            ):
+                engine.must(*step)
         if os.environ.get("GITHUB_OUTPUT"):
             with open(os.environ["GITHUB_OUTPUT"], "a", encoding="utf-8") as handle:
                 handle.write(f"base-image={ref}\n")
@@ -198,12 +298,12 @@ def publish(
             if manifest_digest(ref):
                 engine.must("pull", ref)
             elif push:
-                raise PublishError(f"base {ref} is in no registry: publish the base first (the base job)")
+                raise LinkError(f"base {ref} is in no registry: publish the base first (the base job)")
             else:
                 print(f"base {ref} is in no registry: building it here, for this build only", flush=True)
                 engine.build_base(project, ref, base_args)
         engine.check_labels(project, ref)
-        refs = [f"{image}:{tag}" for tag in tags]
+        refs = [f"{args.image}:{tag}" for tag in tags]
         engine.must(
             "build",
             *app_args,
