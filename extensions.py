@@ -197,6 +197,15 @@ def bots_problem(bots: list[str], ci: list[str]) -> str:
     return ""
 
 
+def platforms_problem(platforms: list[str], ci: list[str]) -> str:
+    """platforms: at least one; Docker Hub's automated builds build linux/amd64 alone."""
+    if not platforms:
+        return "pick at least one platform"
+    if "dockerhub" in ci and list(platforms) != ["linux/amd64"]:
+        return "dockerhub builds linux/amd64 only"
+    return ""
+
+
 @functools.cache
 def linked() -> ModuleType:
     """The generated project's tool, template/base/linked.py, imported from its path."""
@@ -312,6 +321,7 @@ QUESTIONS = {  # each filter's question: copier names it in front of the message
     "namespace_problem": "image_namespace",
     "port_problem": "port",
     "bots_problem": "bots",
+    "platforms_problem": "platforms",
     "dependencies_problem": "dependencies",
 }
 

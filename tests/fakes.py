@@ -14,12 +14,14 @@ from typing import Any
 class FakeRegistry:
     """An HTTP server on 127.0.0.1 whose answer to every manifest request is set by the test.
 
-    ``answer`` is (status, headers); a 401 with a Bearer challenge sends the client to
-    ``/token``, which hands out ``token-1``. Every request is logged with its headers.
+    ``answer`` is (status, headers) and ``body`` what a GET of a manifest gets; a 401 with a
+    Bearer challenge sends the client to ``/token``, which hands out ``token-1``. Every
+    request is logged with its headers.
     """
 
     def __init__(self) -> None:
         self.answer: tuple[int, dict[str, str]] = (404, {})
+        self.body = b""
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         registry = self
 
@@ -40,8 +42,10 @@ class FakeRegistry:
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value.replace("{host}", registry.host))
-                self.send_header("Content-Length", "0")
+                body = registry.body if self.command == "GET" and status == 200 else b""
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                self.wfile.write(body)
 
             do_GET = do_HEAD = _reply
 
@@ -68,6 +72,22 @@ def logging_engine(folder: Path) -> tuple[Path, Path]:
     return script, log
 
 
+def scripted_engine(folder: Path, version: str, buildx: bool) -> tuple[Path, Path]:
+    """An engine client that logs its arguments and succeeds, but that `--version` prints
+    ``version`` and `buildx version` fails unless ``buildx``: (its path, its log)."""
+    log = folder / "engine.log"
+    script = folder / "engine"
+    script.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\n'
+        f'[ "$1" = --version ] && echo "{version}"\n'
+        f'[ "$1 $2" = "buildx version" ] && exit {0 if buildx else 1}\n'
+        "exit 0\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    log.write_text("")
+    return script, log
+
+
 def closed_port() -> str:
     """127.0.0.1:<a port nothing listens on>."""
     import socket
@@ -77,4 +97,4 @@ def closed_port() -> str:
         return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
-__all__ = ["FakeRegistry", "closed_port", "logging_engine", "os"]
+__all__ = ["FakeRegistry", "closed_port", "logging_engine", "os", "scripted_engine"]

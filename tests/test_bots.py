@@ -526,7 +526,7 @@ def test_weekly_refresh_brings_an_upstream_fix_into_a_published_base(registry: R
     assert docker("tag", "python:3.13-slim-trixie", upstream).returncode == 0
     assert docker("push", upstream).returncode == 0
     project = render_project(tmp_path / "p", registry=registry.host, image_namespace="bots", project_slug="fresh",
-                             strategy="one-by-one", upstream_image=upstream)
+                             strategy="one-by-one", upstream_image=upstream, platforms=["linux/amd64"])
     first = upstream_line(project)
     assert "@sha256:" in first
     git(project, "init", "-q", "-b", "main")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import choices, find_tool, linked, render_project, tool_module
-from fakes import FakeRegistry
+from fakes import FakeRegistry, scripted_engine
 
 ALL_CI = choices("ci")
 
@@ -55,11 +57,13 @@ RUNS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["docker.io", "ghcr.io"])
+@pytest.fixture(scope="module", params=[("docker.io", False), ("ghcr.io", True)], ids=["docker.io", "ghcr.io-signed"])
 def images(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """images.yml of a render with ci=github (and refresh.yml beside it), for one registry."""
+    """images.yml of a render with ci=github (and refresh.yml beside it), for one registry,
+    unsigned or with cosign signing; both for linux/amd64 and linux/arm64, the default."""
+    registry, sign = request.param
     project = render_project(tmp_path_factory.mktemp("images") / "project", lock=False, ci=["github"],
-                             bots=["dependabot"], registry=request.param)
+                             bots=["dependabot"], registry=registry, sign=sign)
     return project / IMAGES
 
 
@@ -124,7 +128,9 @@ def test_github_workflow_pins_every_action_by_commit_with_its_version(images: Pa
                 assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
                 assert re.search(re.escape(step["uses"]) + r" # v\d+\.\d+\.\d+\n", text), step["uses"]
                 pins[step["uses"].split("@")[0]] = step["uses"]
-    assert set(pins) == {"actions/checkout", "docker/login-action"}
+    signed = {"sigstore/cosign-installer"} if "cosign" in text else set()
+    assert set(pins) == {"actions/checkout", "docker/login-action", "docker/setup-qemu-action",
+                         "docker/setup-buildx-action", *signed}
     # The sibling workflows pin the same action at the same commit: one version per action.
     for sibling in sorted(images.parent.glob("*.yml")):
         for used in re.findall(r"uses: (\S+)", sibling.read_text()):
@@ -165,9 +171,12 @@ def test_github_workflow_links_two_jobs_with_least_permissions(images: Path) -> 
     assert flow["jobs"]["app"]["needs"] == "base" and flow["jobs"]["base"]["needs"] == "test"
     assert flow["jobs"]["build"]["needs"] == "test" and "needs" not in flow["jobs"]["test"]
     assert flow["permissions"] == {}
+    signed = any("cosign" in str(step) for step in flow["jobs"]["base"]["steps"])
     for name, job in flow["jobs"].items():
         write = ghcr and name in PUBLISHERS  # GITHUB_TOKEN pushes to ghcr.io, only where the job pushes
-        assert job["permissions"] == {"contents": "read", **({"packages": "write"} if write else {})}, name
+        oidc = signed and name == "base"  # cosign's keyless signature, in the one job that signs
+        assert job["permissions"] == {"contents": "read", **({"packages": "write"} if write else {}),
+                                      **({"id-token": "write"} if oidc else {})}, name
         checkouts = [s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@")]
         assert len(checkouts) == 1 and checkouts[0]["with"] == {"persist-credentials": False}
 
@@ -175,7 +184,7 @@ def test_github_workflow_links_two_jobs_with_least_permissions(images: Path) -> 
 def test_github_workflow_runs_the_tool_with_quoted_variables(images: Path) -> None:
     flow = workflow(images)
     for name, job in flow["jobs"].items():
-        runs = [s["run"] for s in job["steps"] if "run" in s]
+        runs = [s["run"] for s in job["steps"] if "run" in s and "cosign" not in s["run"]]
         if name == "test":
             assert "$" not in "".join(runs)
             continue
@@ -362,3 +371,136 @@ def test_the_workflow_test_step_runs_the_apps_tests(images: Path, tmp_path: Path
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=project, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert re.search(r"\b4 passed\b", result.stdout), result.stdout[-2000:]
+
+
+@pytest.fixture
+def two_platforms(project: Path, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, FakeRegistry]]:
+    """A copy of the project whose images are for linux/amd64 and linux/arm64, its base
+    repository on a registry that answers what the test says (and no BUILD_ARGS)."""
+    monkeypatch.setenv("BUILD_ARGS", "")
+    registry = FakeRegistry()
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy)
+    for path in (copy / "Dockerfile", copy / "base" / "Dockerfile"):
+        text = path.read_text().replace("docker.io/example/demo-appbase", f"{registry.host}/example/demo-appbase")
+        path.write_text(text.replace("platforms=linux/amd64", "platforms=linux/amd64,linux/arm64"))
+    assert linked(copy, "sync").returncode == 0
+    yield copy, registry
+    registry.close()
+
+
+def engine_commands(out: str) -> list[str]:
+    return [" ".join(line.split()[2:]) for line in out.splitlines() if line.startswith("+ ")]
+
+
+@pytest.mark.parametrize(("version", "buildx"), [("Docker version 28.5.1", True), ("podman version 4.3.1", False)])
+def test_two_platforms_publish_as_manifest_lists_with_buildx_or_podman(
+        two_platforms: tuple[Path, FakeRegistry], tmp_path: Path, version: str, buildx: bool) -> None:
+    project, _ = two_platforms
+    engine, _ = scripted_engine(tmp_path, version, buildx)
+    result = linked(project, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1", "--engine",
+                    str(engine), "--dry-run", "--cache", "inline")
+    assert result.returncode == 0, result.stderr
+    ref, app = linked(project, "ref").stdout.strip(), "docker.io/example/demo-app:t1"
+    repository = ref.rsplit(":", 1)[0]
+    commands = engine_commands(result.stdout)
+    labels = (f"--label=org.linked-builds.content-tag={ref.rsplit(':', 1)[1]} --label=org.linked-builds.lock="
+              + tool_module(project).Project(project).lock().meta["body"])
+    both = "--platform=linux/amd64,linux/arm64"
+    if buildx:
+        attest = f"--provenance=mode=max --sbom=true {both}"
+        base_cache = (f"--cache-from=type=registry,ref={repository}:buildx-cache "
+                      f"--cache-to=type=registry,ref={repository}:buildx-cache,mode=max")
+        app_cache = ("--cache-from=type=registry,ref=docker.io/example/demo-app:buildx-cache "
+                     "--cache-to=type=registry,ref=docker.io/example/demo-app:buildx-cache,mode=max")
+        assert commands == [
+            "buildx version",
+            f"buildx build {labels} {base_cache} {attest} --tag={ref} {project / 'base'}",
+            # Into the build cache first; pushed only once the registry still lacks it, from that cache.
+            f"buildx build {labels} {base_cache} --push {attest} --tag={ref} {project / 'base'}",
+            f"buildx build {app_cache} --build-arg BASE_IMAGE={ref} --load --platform=linux/amd64 --tag={app} "
+            f"{project}",
+            f"buildx build {app_cache} --build-arg BASE_IMAGE={ref} --push {attest} --tag={app} {project}",
+        ]
+    else:
+        inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
+        assert commands == [
+            f"manifest rm {ref}",
+            f"build {labels} --cache-from {repository}:buildcache {' '.join(inline)} {both} --manifest={ref} "
+            f"{project / 'base'}",
+            f"manifest push --all {ref} docker://{ref}",
+            f"manifest rm {app}",
+            f"build --cache-from {app} {' '.join(inline)} --build-arg BASE_IMAGE={ref} {both} --manifest={app} "
+            f"{project}",
+            f"manifest push --all {app} docker://{app}",
+        ]
+    assert f"smoke test: would start {app}" in result.stdout  # the smoke test comes before the app's push
+    assert result.stdout.index("smoke test:") < result.stdout.index(f"+ {engine} {commands[-1]}")
+
+
+def test_two_platforms_without_buildx_or_podman_push_nothing(two_platforms: tuple[Path, FakeRegistry],
+                                                             tmp_path: Path) -> None:
+    project, _ = two_platforms
+    engine, log = scripted_engine(tmp_path, "Docker version 20.10.24+dfsg1", buildx=False)
+    result = linked(project, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1", "--engine",
+                    str(engine))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "error: base/Dockerfile asks for linux/amd64,linux/arm64: pushing them needs docker buildx or Podman, "
+        "or platforms=linux/amd64 on its `# linked-builds:lock` line")
+    assert log.read_text().splitlines() == ["--version", "buildx version"]  # asked, nothing built or pushed
+    # A build without a push (a pull request) builds this machine's platform with the engine's own builder.
+    built = linked(project, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1", "--engine",
+                   str(engine), "--no-push", "--dry-run")
+    assert built.returncode == 0, built.stderr
+    assert "note: building for linux/amd64 only (a build without a push), not linux/amd64,linux/arm64" in built.stdout
+    assert [c.split()[0] for c in engine_commands(built.stdout)] == ["build", "build"]
+
+
+@pytest.mark.parametrize(("listed", "missing"), [
+    (["linux/amd64"], "linux/arm64"),
+    ([], "linux/amd64, linux/arm64"),  # not an index: one image, of whatever platform
+])
+def test_a_base_in_the_registry_must_list_every_platform(two_platforms: tuple[Path, FakeRegistry], tmp_path: Path,
+                                                         listed: list[str], missing: str) -> None:
+    project, registry = two_platforms
+    registry.answer = (200, {"Docker-Content-Digest": "sha256:" + "c" * 64})
+    manifests = [{"digest": "sha256:" + "d" * 64, "platform": dict(zip(("os", "architecture"), p.split("/")))}
+                 for p in listed] + [{"digest": "sha256:" + "e" * 64, "platform": {"os": "unknown",
+                                                                                     "architecture": "unknown"}}]
+    registry.body = json.dumps({"schemaVersion": 2, "manifests": manifests} if listed else {"layers": []}).encode()
+    engine, log = scripted_engine(tmp_path, "Docker version 28.5.1", buildx=True)
+    result = linked(project, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1", "--engine",
+                    str(engine))
+    ref = linked(project, "ref").stdout.strip()
+    assert result.returncode == 2
+    refused = f"error: base {ref} in the registry lacks {missing}: refusing to build on it"
+    assert result.stderr.splitlines()[-1] == refused
+    assert log.read_text().splitlines() == ["--version", "buildx version"]  # nothing pulled, built or pushed
+
+
+def test_two_platforms_publish_through_buildx_and_a_signed_base_is_verified(images: Path) -> None:
+    """The publishing jobs set up QEMU and a buildx builder (manifest lists, attestations,
+    the registry cache); with signing, the base job signs only a base it pushed, and the
+    app job verifies this workflow's signature before it builds FROM the base."""
+    flow = workflow(images)
+    for name in PUBLISHERS:
+        uses = [s["uses"].split("@")[0] for s in flow["jobs"][name]["steps"] if "uses" in s]
+        assert uses[-2:] == ["docker/setup-qemu-action", "docker/setup-buildx-action"] or uses[-3:] == [
+            "docker/setup-qemu-action", "docker/setup-buildx-action", "sigstore/cosign-installer"], uses
+    build = [s.get("uses", "").split("@")[0] for s in flow["jobs"]["build"]["steps"]]
+    assert "docker/setup-buildx-action" not in build  # a pull request builds with the engine's own builder
+    base, app = (flow["jobs"][name]["steps"] for name in ("base", "app"))
+    signs = [s for s in base if "cosign sign" in s.get("run", "")]
+    verifies = [s for s in app if "cosign verify" in s.get("run", "")]
+    if "sigstore/cosign-installer" not in str(base):
+        assert not signs and not verifies
+        return
+    assert signs[0]["if"] == "steps.publish.outputs.base-pushed == 'true'"
+    assert base.index(signs[0]) > next(i for i, s in enumerate(base) if s.get("id") == "publish")
+    assert "--certificate-oidc-issuer https://token.actions.githubusercontent.com" in verifies[0]["run"]
+    assert verifies[0]["env"]["IDENTITY"].endswith("/\\.github/workflows/images\\.yml@refs/(heads/"
+                                                   "${{ github.event.repository.default_branch }}|tags/v.+)$")
+    publish = next(i for i, s in enumerate(app) if "linked.py publish" in s.get("run", ""))
+    assert app.index(verifies[0]) < publish

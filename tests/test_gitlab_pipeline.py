@@ -91,7 +91,13 @@ def git(project: Path, *args: str) -> str:
 def new_project(registry: Registry, dst: Path, slug: str) -> Path:
     """A locked project with the GitLab pipeline, committed on main (origin's default branch)."""
     project = render_project(
-        dst, registry=registry.host, image_namespace=NAMESPACE, strategy="one-by-one", ci=["gitlab"], project_slug=slug
+        dst,
+        registry=registry.host,
+        image_namespace=NAMESPACE,
+        strategy="one-by-one",
+        ci=["gitlab"],
+        project_slug=slug,
+        platforms=["linux/amd64"],  # the stand-in docker:28-cli is docker 20.10's client: no buildx
     )
     assert linked(project, "check").returncode == 0  # `make check` passes: nothing stale
     pipeline = yaml.safe_load((project / ".gitlab-ci.yml").read_text())

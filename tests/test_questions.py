@@ -140,6 +140,10 @@ FILTER_CASES: list[tuple[str, Any, str]] = [
      'line 10: "' + "x" * 9 + '…": not PEP 508'),
     ("bots_problem", (["dependabot"], ["gitlab"]), "dependabot: add ci github, or use renovate"),
     ("bots_problem", (["renovate"], ["gitlab"]), ""),
+    ("platforms_problem", (["linux/amd64", "linux/arm64"], ["github", "gitlab"]), ""),
+    ("platforms_problem", ([], ["github"]), "pick at least one platform"),
+    ("platforms_problem", (["linux/amd64", "linux/arm64"], ["dockerhub"]), "dockerhub builds linux/amd64 only"),
+    ("platforms_problem", (["linux/amd64"], ["github", "dockerhub"]), ""),
 ]
 
 
@@ -164,6 +168,8 @@ def test_every_message_fits_80_columns(name: str) -> None:
         answers: list[Any] = [-(10**100), 0, 80, 10**100]
     elif name == "bots_problem":
         answers = [(["dependabot"], [])]
+    elif name == "platforms_problem":
+        answers = [([], []), (["linux/arm64"], ["dockerhub"])]
     else:
         answers = HOSTILE + [a + "\x1b" + a for a in HOSTILE]
     for answer in answers:
@@ -175,7 +181,7 @@ def test_copier_yml_validators_are_one_filter_call_each() -> None:
     """Every validator of copier.yml calls one filter of extensions.py on its own answer."""
     validators = {q: spec["validator"] for q, spec in COPIER_YML.items()
                   if isinstance(spec, dict) and "validator" in spec}
-    assert len(validators) == 10
+    assert len(validators) == 11
     for question, validator in validators.items():
         call = re.fullmatch(r"\{\{ (\w+) \| (\w+)(\(\w+\))? \}\}", validator)
         assert call and call.group(1) == question and call.group(2) in EXTENSIONS.FILTERS, validator
@@ -332,7 +338,7 @@ def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
         child.expect("line 3: flask repeats line 1")
         child.send("\x7f" * len("\nflask"))  # Backspace takes the duplicate line away again
         child.send("\x1b\r")
-        for prompt in ("registry", "namespace", "port", "linked builds", "bots keep"):
+        for prompt in ("registry", "namespace", "port", "linked builds", "which platforms", "with cosign", "bots keep"):
             child.expect(prompt)
             child.send(KEYS["enter"])
         child.expect(pexpect.EOF, timeout=60)
@@ -373,7 +379,7 @@ def test_blank_lines_of_the_dependencies_prompt_are_not_kept(tmp_path: Path) -> 
         # The whole line, copier's prefix included, within the 80 columns: nothing cut.
         child.expect(re.escape("""Validation error for question 'port': "http": use a whole number, 1024-65535"""))
         child.send("\x15" + "8080" + KEYS["enter"])
-        for prompt in ("linked builds", "bots keep"):
+        for prompt in ("linked builds", "which platforms", "with cosign", "bots keep"):
             child.expect(prompt)
             child.send(KEYS["enter"])
         child.expect(pexpect.EOF, timeout=60)
@@ -404,7 +410,8 @@ def test_update_does_not_ask_for_the_dependencies_again(tmp_path: Path) -> None:
     try:
         for prompt in ("project called", "short name", "import name", "in one line", "install the dependencies",
                        "virtualenv", "installs the Python packages", "CPython release", "Debian release",
-                       "start FROM", "registry", "namespace", "port", "linked builds", "bots keep"):
+                       "start FROM", "registry", "namespace", "port", "linked builds", "which platforms",
+                       "with cosign", "bots keep"):
             child.expect(prompt)
             assert "PEP 508 requirement per line" not in child.before
             child.send(KEYS["enter"])

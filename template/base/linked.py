@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.if_missing and cli.run("image", "inspect", ref, quiet=True):
                 print(f"base image {ref} is present")
             else:
-                cli.build_base(project, ref, build_args)
+                cli.build("build", project.base, [ref], [*build_args, *sibling("publish").labels(project, ref)], [])
         elif args.command == "publish":
             publish = sibling("publish")
             tags = [publish.image_tag(t) for t in args.tags or []]

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import os
+import platform
 import re
 import shlex
 import subprocess
@@ -24,12 +25,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from linked import FROM_RE, HASH_RE, LinkError, Project, run
+from linked import FROM_RE, HASH_RE, LinkError, Project, base_settings, run
 
 LABEL_TAG, LABEL_LOCK = "org.linked-builds.content-tag", "org.linked-builds.lock"
 PATH_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 KINDS = "oci.image.index.v1 docker.distribution.manifest.list.v2 oci.image.manifest.v1 docker.distribution.manifest.v2"
 # The smoke test's GET, as the image's HEALTHCHECK does it: Python's own urllib, no curl needed.
+# This machine's platform, the one an image built without a push is for.
+NATIVE = "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine().lower(), platform.machine().lower())
 HEALTHZ = "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['PORT'] + '/healthz')"
 
 # ------------------------------------------------------------------ registries
@@ -82,6 +85,23 @@ def credentials(host: str) -> str:
 
 def manifest_digest(ref: str) -> str | None:
     """The registry's digest for ``ref``, None only on a clear 404; any other failure raises."""
+    found = manifest(ref)
+    return found[0] if found else None
+
+
+def platforms_in(ref: str) -> set[str]:
+    """The platforms (os/architecture) of the image index ``ref`` names; none if it is not an index."""
+    found = manifest(ref, "GET")
+    try:
+        listed = json.loads(found[1]).get("manifests") if found else []
+        platforms = [entry.get("platform") or {} for entry in listed or []]
+        return {f"{p['os']}/{p['architecture']}" for p in platforms if p.get("os", "unknown") != "unknown"}
+    except (ValueError, AttributeError, KeyError, TypeError):
+        raise LinkError(f"{ref}: the registry answered an index that is not JSON of the OCI image spec") from None
+
+
+def manifest(ref: str, method: str = "HEAD") -> tuple[str, bytes] | None:
+    """(digest, body) of ``ref``'s manifest (the body only for a GET), None only on a clear 404."""
     host, path, tag = split_reference(ref)
     api = "registry-1.docker.io" if host == "docker.io" else host
     local = api.split(":")[0] in ("localhost", "127.0.0.1", "[::1]")
@@ -92,11 +112,11 @@ def manifest_digest(ref: str) -> str | None:
     headers = {"Accept": ", ".join(f"application/vnd.{kind}+json" for kind in KINDS.split())}
     for attempt in range(2):
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD", headers=headers), timeout=15) as got:
+            with urllib.request.urlopen(urllib.request.Request(url, method=method, headers=headers), timeout=15) as got:
                 digest = got.headers.get("Docker-Content-Digest", "")
                 if not HASH_RE.match(digest):
                     raise LinkError(f"{api}: answered {ref} without a sha256 digest")
-                return str(digest)
+                return str(digest), got.read(1 << 22) if method == "GET" else b""
         except urllib.request.HTTPError as exc:
             if exc.code == 404:
                 return None
@@ -202,25 +222,53 @@ class Engine:
             raise LinkError(f"`{' '.join(self.command)} {args[0]}` failed: see its output above")
 
     def ask(self, *args: str) -> str:
-        return "" if self.dry_run else run([*self.command, *args], quiet=True).stdout.strip()
+        return run([*self.command, *args], quiet=True).stdout.strip()
+
+    def builder(self, platforms: list[str], push: bool) -> str:
+        """How images are built: "build" (the engine's own builder, this machine's platform);
+        for a push to other or more platforms, "buildx" (docker's) or "podman" (manifest lists)."""
+        if platforms == [NATIVE] or not push:
+            return "build"
+        if self.ask("--version").lower().startswith("podman"):
+            return "podman"
+        if self.run("buildx", "version", quiet=True):
+            return "buildx"
+        raise LinkError(
+            f"base/Dockerfile asks for {','.join(platforms)}: pushing them needs docker buildx or Podman, "
+            f"or platforms={NATIVE} on its `# linked-builds:lock` line"
+        )
+
+    def build(self, how: str, context: Path, refs: list[str], args: list[str], platforms: list[str]) -> None:
+        """Build ``context`` as ``refs``: with buildx for ``platforms`` (into its cache, or pushed
+        when ``--push`` is in ``args``), with Podman into the manifest list ``refs[0]``."""
+        if how == "buildx":
+            attest = ["--provenance=mode=max", "--sbom=true", f"--platform={','.join(platforms)}"]
+            self.must("buildx", "build", *args, *attest, *(f"--tag={r}" for r in refs), str(context))
+        elif how == "podman":
+            self.run("manifest", "rm", refs[0], quiet=True)  # --manifest adds to a list of that name
+            self.must("build", *args, f"--platform={','.join(platforms)}", f"--manifest={refs[0]}", str(context))
+        else:
+            self.must("build", *args, *(a for r in refs for a in ("--tag", r)), str(context))
+
+    def push(self, how: str, ref: str, source: str = "") -> None:
+        """Push ``ref`` (with Podman, the manifest list ``source`` and every image it lists)."""
+        if how == "podman":
+            self.must("manifest", "push", "--all", source or ref, f"docker://{ref}")
+        else:
+            self.must("push", ref)
 
     def smoke(self, ref: str, seconds: int = 90) -> None:
         """Start the app image (no network, read-only root), wait for its HEALTHCHECK to say
         healthy, then GET /healthz inside it; a failure stops the publish before any push."""
         if self.dry_run:
             return print(f"smoke test: would start {ref}, wait for healthy and GET /healthz", flush=True)
-        name, start, health = (
-            f"linked-smoke-{os.getpid()}",
-            time.monotonic(),
-            ["--health-interval=2s", "--health-start-period=60s"],
-        )
+        name, start = f"linked-smoke-{os.getpid()}", time.monotonic()
+        health = ["--health-interval=2s", "--health-start-period=60s"]
         self.must("run", "--detach", "--name", name, "--network=none", "--read-only", "--tmpfs=/tmp", *health, ref)
         try:
             while True:
-                state = self.ask(
-                    "inspect", "--format", "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", name
-                )
-                status, _, healthy = state.partition(" ")
+                state = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
+                status, _, healthy = self.ask("inspect", "--format", state, name).partition(" ")
                 if status not in ("created", "running") or healthy == "unhealthy":
                     self.run("logs", name)
                     raise LinkError(f"smoke test: {ref} is {healthy or status or 'gone'} (its log is above)")
@@ -234,26 +282,31 @@ class Engine:
         finally:
             self.run("rm", "--force", name, quiet=True)
 
-    def build_base(self, project: Project, ref: str, args: list[str]) -> None:
-        """Build the base under its content tag, labelled with that tag and the lock's hash."""
-        labels = [
-            f"--label={LABEL_TAG}={ref.rsplit(':', 1)[1]}",
-            f"--label={LABEL_LOCK}={project.lock().meta.get('body', '')}",
-        ]
-        self.must("build", *args, *labels, "--tag", ref, str(project.base))
-
     def check_labels(self, project: Project, ref: str) -> None:
         """Refuse a base whose labels name another content tag or lock than the project's."""
         try:
-            labels = (
-                json.loads(self.ask("image", "inspect", "--format", "{{json .Config.Labels}}", ref) or "null") or {}
-            )
+            labels = json.loads(self.ask("image", "inspect", "--format", "{{json .Config.Labels}}", ref) or "{}")
         except ValueError:
             labels = {}
-        got = [str(labels.get(key, "<none>")) for key in (LABEL_TAG, LABEL_LOCK)]
+        got = [str((labels or {}).get(key, "<none>")) for key in (LABEL_TAG, LABEL_LOCK)]
         if (want := [ref.rsplit(":", 1)[1], project.lock().meta.get("body", "")]) != got and not self.dry_run:
             labelled = f"content-tag={got[0]} lock={got[1]}"
             raise LinkError(f"{ref} is labelled {labelled}, not {want[0]} {want[1]}: refusing to build FROM it")
+
+
+def labels(project: Project, ref: str) -> list[str]:
+    """The base's labels: its content tag and its lock's hash, which check_labels reads back."""
+    return [
+        f"--label={LABEL_TAG}={ref.rsplit(':', 1)[1]}",
+        f"--label={LABEL_LOCK}={project.lock().meta.get('body', '')}",
+    ]
+
+
+def output(**values: str) -> None:
+    """Hand ``values`` to the next steps of a GitHub Actions job."""
+    if os.environ.get("GITHUB_OUTPUT"):
+        with open(os.environ["GITHUB_OUTPUT"], "a", encoding="utf-8") as handle:
+            handle.writelines(f"{key.replace('_', '-')}={value}\n" for key, value in values.items())
 
 
 def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: list[str], build_args: list[str]) -> None:
@@ -263,36 +316,54 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
     if stale:
         raise LinkError("publish refused: run `make lock` or `make sync` and commit; nothing was built or pushed")
     ref, push, only = project.reference(), args.push, args.only
-    repository = ref.rsplit(":", 1)[0]
+    repository, refs = ref.rsplit(":", 1)[0], [f"{args.image}:{tag}" for tag in tags]
     if args.image.rsplit("/", 1)[0] != repository.rsplit("/", 1)[0]:
         how = "copier update -d registry=... -d image_namespace=... moves both"
         print(
             f"note: the app goes to {args.image}, its base to {repository} (the pin's repository); {how}",
             file=sys.stderr,
         )
+    settings = base_settings(project.read("base/Dockerfile"))[0]
+    platforms = sorted(settings.get("platforms", NATIVE).split(","))
+    digest = manifest_digest(ref) if only in (None, "base") else None  # an unclear registry stops here, first
+    how = engine.builder(platforms, push)
+    if how == "build" and platforms != [NATIVE]:
+        print(f"note: building for {NATIVE} only (a build without a push), not {','.join(platforms)}", flush=True)
     base_args, app_args = (build_args + shlex.split(os.environ.get(f"{k}_BUILD_ARGS", "")) for k in ("BASE", "APP"))
-    if args.cache == "inline":  # each image caches from its own repository
+    base_args += labels(project, ref)
+    if args.cache == "inline" and how == "buildx":  # a registry cache, every layer of every platform
+        base_args += [f"--cache-from=type=registry,ref={repository}:buildx-cache"]
+        base_args += [f"--cache-to=type=registry,ref={repository}:buildx-cache,mode=max"] * push
+        app_args += [f"--cache-from=type=registry,ref={args.image}:buildx-cache"]
+        app_args += [f"--cache-to=type=registry,ref={args.image}:buildx-cache,mode=max"] * push
+    elif args.cache == "inline":  # each image caches from its own repository
         base_args += ["--cache-from", f"{repository}:buildcache", "--build-arg", "BUILDKIT_INLINE_CACHE=1"]
         app_args += ["--cache-from", f"{args.image}:{tags[-1]}", "--build-arg", "BUILDKIT_INLINE_CACHE=1"]
     if only in (None, "base"):
-        if digest := manifest_digest(ref):
+        pushed = False
+        if digest:
             print(f"base {ref} is in the registry ({digest}): using it, not rebuilding it", flush=True)
+            missing = set(platforms) - platforms_in(ref) if how != "build" else set()
+            if missing:
+                raise LinkError(
+                    f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it"
+                )
             engine.must("pull", ref)
             engine.check_labels(project, ref)
         else:
             print(f"base {ref} is not in the registry: building it" + (" and pushing it" if push else ""), flush=True)
-            engine.build_base(project, ref, base_args)
+            engine.build(how, project.base, [ref], base_args, platforms)
             if push and manifest_digest(ref):
                 raise LinkError(f"{ref} appeared in the registry during the build: not overwriting it")
-            for step in (
-                (("push", ref), ("tag", ref, f"{repository}:buildcache"), ("push", f"{repository}:buildcache"))
-                if push
-                else ()
-            ):
-                engine.must(*step)
-        if os.environ.get("GITHUB_OUTPUT"):
-            with open(os.environ["GITHUB_OUTPUT"], "a", encoding="utf-8") as handle:
-                handle.write(f"base-image={ref}\n")
+            if push and how == "buildx":  # the same build again, from its cache, pushed
+                engine.build(how, project.base, [ref], [*base_args, "--push"], platforms)
+            elif push:
+                engine.push(how, ref)
+                if how == "build":  # the classic builder's cache travels inline, in an image of its own
+                    engine.must("tag", ref, f"{repository}:buildcache")
+                    engine.push(how, f"{repository}:buildcache")
+            pushed = push
+        output(base_image=ref, base_pushed=str(pushed).lower())
     if only in (None, "app"):
         if only == "app" and not engine.run("image", "inspect", ref, quiet=True):
             if manifest_digest(ref):
@@ -301,18 +372,18 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
                 raise LinkError(f"base {ref} is in no registry: publish the base first (the base job)")
             else:
                 print(f"base {ref} is in no registry: building it here, for this build only", flush=True)
-                engine.build_base(project, ref, base_args)
+                engine.build(how, project.base, [ref], base_args, platforms)
         engine.check_labels(project, ref)
-        refs = [f"{args.image}:{tag}" for tag in tags]
-        engine.must(
-            "build",
-            *app_args,
-            "--build-arg",
-            f"BASE_IMAGE={ref}",
-            *(a for r in refs for a in ("--tag", r)),
-            str(project.root),
-        )
+        app = [*app_args, "--build-arg", f"BASE_IMAGE={ref}"]
+        if how == "buildx":  # this machine's platform into the engine, for the smoke test
+            engine.must(
+                "buildx", "build", *app, "--load", f"--platform={NATIVE}", f"--tag={refs[0]}", str(project.root)
+            )
+        else:
+            engine.build(how, project.root, refs, app, platforms)
         engine.smoke(refs[0])  # before any push: an image that does not serve is never published
-        for r in refs if push else []:
-            engine.must("push", r)
+        if push and how == "buildx":
+            engine.build(how, project.root, refs, [*app, "--push"], platforms)
+        for r in refs if push and how != "buildx" else []:
+            engine.push(how, r, refs[0])
         print(("pushed " if push else "built ") + " ".join(refs) + f" FROM {ref}", flush=True)
