@@ -129,7 +129,7 @@ def test_github_workflow_pins_every_action_by_commit_with_its_version(images: Pa
                 assert re.search(re.escape(step["uses"]) + r" # v\d+\.\d+\.\d+\n", text), step["uses"]
                 pins[step["uses"].split("@")[0]] = step["uses"]
     signed = {"sigstore/cosign-installer"} if "cosign" in text else set()
-    assert set(pins) == {"actions/checkout", "docker/login-action", "docker/setup-qemu-action",
+    assert set(pins) == {"actions/checkout", "actions/setup-python", "docker/login-action", "docker/setup-qemu-action",
                          "docker/setup-buildx-action", *signed}
     # The sibling workflows pin the same action at the same commit: one version per action.
     for sibling in sorted(images.parent.glob("*.yml")):

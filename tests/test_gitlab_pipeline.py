@@ -5,7 +5,7 @@ GitLab runner would, from the rendered file as it is. What belongs to this harne
 generated file, comes in through gitlab-ci-local's options (`scripts/gitlab-standins` installs
 it and builds the stand-ins):
 
-- the job images `docker:28-cli`, `docker:28-dind` and `python:3-slim` are local stand-ins,
+- the job images `docker:28-cli`, `docker:28-dind` and `python:3.13-slim` are local stand-ins,
   since nothing is pulled; the dind service only sleeps, and the jobs reach the host's engine
   through its socket (--volume, DOCKER_HOST, DOCKER_TLS_CERTDIR empty). So, unlike on GitLab,
   the base and app jobs share one engine: the app job finds the base the base job built;
@@ -43,7 +43,7 @@ CACHE = Path(os.environ.get("LINKED_BUILDS_CACHE", "/var/cache/linked-builds"))
 GITLAB_CI_LOCAL = CACHE / "gitlab-ci-local" / "node_modules" / ".bin" / "gitlab-ci-local"
 GITLAB_CI_LOCAL_VERSION = "4.60.0"
 STANDINS = TEMPLATE / "scripts" / "gitlab-standins"
-JOB_IMAGES = ("docker:28-cli", "docker:28-dind", "python:3-slim")  # what the rendered file names
+JOB_IMAGES = ("docker:28-cli", "docker:28-dind", "python:3.13-slim")  # what the rendered file names
 HELPER_IMAGE = "debian:trixie-slim"  # gitlab-ci-local's helper container only needs sh, chown and chmod
 NAMESPACE = "gitlab-pipeline"
 ENABLE = "run `scripts/gitlab-standins` as root (after `scripts/engine-up`), then rerun"
