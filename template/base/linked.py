@@ -230,10 +230,8 @@ def find_fences(lines: list[str], label: str) -> dict[str, tuple[int, int, dict[
 
 def pip_step(requirement: str, hashes: list[str], installer: str) -> str:
     """One RUN installing one locked package with pip or uv, hash-checked, without resolving."""
-    tool, cache, line = (
-        *(("uv pip", "uv") if installer == "uv" else ("pip", "pip")),
-        " \\\n        ".join([requirement, *hashes]),
-    )
+    tool, cache = ("uv pip", "uv") if installer == "uv" else ("pip", "pip")
+    line = " \\\n        ".join([requirement, *hashes])
     return (
         f"RUN --mount=type=cache,target=/root/.cache/{cache} \\\n"
         f"    echo {shlex.quote(line)} \\\n    | {tool} install --no-deps --require-hashes -r /dev/stdin"
@@ -252,16 +250,13 @@ def base_settings(text: str) -> tuple[dict[str, str], int]:
 def lock_target(text: str) -> str:
     """What a lock is compiled for, beyond the Python version: "pip" for the pip
     strategies, else a hash of the apt block's options, the sidekick and the upstream."""
-    fences, upstream = (
-        find_fences(text.splitlines(), "base/Dockerfile"),
-        FROM_RE.match(text.splitlines()[base_settings(text)[1]]),
-    )
+    lines = text.splitlines()
+    fences = find_fences(lines, "base/Dockerfile")
+    if "apt" not in fences:
+        return "pip"
+    upstream = FROM_RE.match(lines[base_settings(text)[1]])
     image = upstream["image"] if upstream else ""
-    return (
-        "apt-" + sha256(f"{sorted(fences['apt'][2].items())} {'pip' in fences} {image}")[:16]
-        if "apt" in fences
-        else "pip"
-    )
+    return "apt-" + sha256(f"{sorted(fences['apt'][2].items())} {'pip' in fences} {image}")[:16]
 
 
 def ignored(rel: str, patterns: list[tuple[bool, str]]) -> bool:
@@ -425,13 +420,8 @@ def uv_compile(work: Path, args: list[str], engine: list[str], build_args: list[
 
     failed, uv = "uv pip compile failed (see above): nothing was changed", shutil.which("uv")
     user = f"--user={os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else "--user=0:0"
-    mount = [
-        user,
-        f"--volume={work}:/lock",
-        "--workdir=/lock",
-        "--env=UV_CACHE_DIR=/lock/.uv-cache",
-        *run_args(build_args),
-    ]
+    mount = [user, f"--volume={work}:/lock", "--workdir=/lock", "--env=UV_CACHE_DIR=/lock/.uv-cache"]
+    mount += run_args(build_args)
     argv = [uv] if uv else [*engine, "run", "--rm", *mount, "--entrypoint=uv", UV_IMAGE]
     run([*argv, "pip", "compile", "--quiet", *args], failed, work if uv else None)
 
@@ -449,35 +439,23 @@ def lock(
     old = project.lock() if (project.base / "requirements.txt").exists() else Lock("")
     fences = find_fences(base_text.splitlines(), "base/Dockerfile")
     flags = ["--python-version", python, "--python-platform", "linux", "--no-python-downloads", "--no-header", *upgrade]
-    apt, wanted, body = [], requirements_in, ""
+    apt, wanted, body, tools = [], requirements_in, "", (engine, build_args)
     with tempfile.TemporaryDirectory() as tmp:
         (work := Path(tmp)).joinpath("requirements.in").write_text(requirements_in, encoding="utf-8")
         if "apt" in fences:  # Debian's packages where it has them (and new enough), the sidekick's lock for the rest
-            uv_compile(
-                work, ["requirements.in", "--no-deps", "--no-annotate", "-o", "applicable", *flags], engine, build_args
-            )
-            image, names = (
-                FROM_RE.match(base_text.splitlines()[from_index]),
-                fences["apt"][2].get("names", "debian-names.txt"),
-            )
-            upstream, first = (
-                (image["image"] + (image["digest"] or "") if image else ""),
-                fences["apt"][2].get("with", "python3"),
-            )
-            args = (
-                requirements_in,
-                (work / "applicable").read_text("utf-8"),
-                project.read(f"base/{names}"),
-                "pip" in fences,
-            )
-            apt, wanted = sibling("debian").resolve(engine, run_args(build_args), upstream, first.split(","), *args)
+            options = fences["apt"][2]
+            uv_compile(work, ["requirements.in", "--no-deps", "--no-annotate", "-o", "applicable", *flags], *tools)
+            image = FROM_RE.match(base_text.splitlines()[from_index])
+            upstream = image["image"] + (image["digest"] or "") if image else ""
+            table = project.read("base/" + options.get("names", "debian-names.txt"))
+            args = (requirements_in, (work / "applicable").read_text("utf-8"), table, "pip" in fences)
+            first = options.get("with", "python3").split(",")
+            apt, wanted = sibling("debian").resolve(engine, run_args(build_args), upstream, first, *args)
             (work / "requirements.in").write_text(wanted, encoding="utf-8")
         if old.meta:
             (work / "requirements.txt").write_text(old.body, encoding="utf-8")  # uv keeps the pins that still fit
         if top_level_names(wanted, "base/requirements.in"):
-            uv_compile(
-                work, ["requirements.in", "--generate-hashes", "-o", "requirements.txt", *flags], engine, build_args
-            )
+            uv_compile(work, ["requirements.in", "--generate-hashes", "-o", "requirements.txt", *flags], *tools)
             body = (work / "requirements.txt").read_text(encoding="utf-8")
     body = "".join(f"# apt: {' '.join(p)}\n" for p in apt if p) + body
     meta = f"{META} python={python} for={lock_target(base_text)} in={sha256(requirements_in)} body={sha256(body)}\n"
@@ -490,13 +468,11 @@ def lock(
 def changed(rel: str, old: str, new: str) -> str:
     """What a write changed, in words: the pin's move, the packages locked, the steps written."""
     if rel == "Dockerfile":
-        return "pin moved {} -> {}".format(
-            *(m["tag"] if (m := PIN_RE.match(t.partition("\n")[0])) else "?" for t in (old, new))
-        )
+        tags = [m["tag"] if (m := PIN_RE.match(text.partition("\n")[0])) else "?" for text in (old, new)]
+        return f"pin moved {tags[0]} -> {tags[1]}"
     if rel == "base/requirements.txt":
-        return f"locked {len((lock := Lock(new)).entries)} packages" + (
-            f", {len(lock.apt)} apt steps" if lock.apt else ""
-        )
+        lock = Lock(new)
+        return f"locked {len(lock.entries)} packages" + (f", {len(lock.apt)} apt steps" if lock.apt else "")
     lines = new.splitlines()
     steps = [
         f"block {k!r} ({sum(x.startswith('RUN ') for x in lines[a:b])} steps)"
