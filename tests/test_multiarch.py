@@ -1,0 +1,112 @@
+"""Publish for linux/amd64 and linux/arm64 for real: Podman builds both platforms (arm64
+under qemu-user-static), pushes manifest lists to a local registry, and the arm64 app
+answers /healthz under emulation.
+
+The smallest honest case, since every arm64 step is emulated: the requirements strategy
+with pip and the default dependencies (Flask, gunicorn: pure-Python wheels). The
+stand-ins come from scripts/arm64-standins; this harness tells Podman that the local
+registry speaks plain HTTP and gives its containers the ulimits runc may set here
+(containers.conf and registries.conf of its own, through CONTAINERS_CONF and
+CONTAINERS_REGISTRIES_CONF): nothing of that reaches the generated project.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import TEMPLATE, linked, render_project
+from engine import Registry, free_port, http_get, require_engine, running_registry
+
+pytestmark = pytest.mark.engine
+
+PODMAN = "podman"
+ARM64 = ("localhost/standins/debian:trixie-slim-arm64", "localhost/standins/python:3.13-slim-trixie-arm64")
+BOTH = {"linux/amd64", "linux/arm64"}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    yield from running_registry(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def podman_env(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Podman with the arm64 stand-ins, told the local registry is plain HTTP."""
+    require_engine(PODMAN, ARM64)
+    folder = tmp_path_factory.mktemp("podman")
+    (folder / "registries.conf").write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+    (folder / "containers.conf").write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n')
+    return {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(folder / "registries.conf"),
+            "CONTAINERS_CONF": str(folder / "containers.conf"), "BUILDAH_ISOLATION": "chroot",
+            "BUILD_ARGS": "--network host"}
+
+
+def platforms(registry: Registry, repository: str, tag: str) -> set[str]:
+    """The platforms the image index ``repository:tag`` lists (attestations left out)."""
+    accept = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json"
+    request = urllib.request.Request(f"http://{registry.host}/v2/{repository}/manifests/{tag}",
+                                     headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=10) as got:
+        index = json.loads(got.read())
+    return {f"{m['platform']['os']}/{m['platform']['architecture']}" for m in index["manifests"]
+            if m["platform"]["os"] != "unknown"}
+
+
+def podman(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([PODMAN, *args], capture_output=True, text=True, env=env)
+    assert not check or result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+def test_publish_pushes_manifest_lists_and_the_arm64_app_serves(registry: Registry, podman_env: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    pushed = subprocess.run([str(TEMPLATE / "scripts" / "arm64-standins"), "push", f"{registry.host}/standins"],
+                            capture_output=True, text=True, env=podman_env)
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    upstream = next(ref for ref in pushed.stdout.split() if "/python:" in ref)
+    project = render_project(tmp_path / "p", registry=registry.host, image_namespace="multiarch",
+                             project_slug="both", strategy="requirements", installer="pip", use_virtualenv=False,
+                             upstream_image=upstream)
+    assert "platforms=linux/amd64,linux/arm64" in (project / "base" / "Dockerfile").read_text()
+    assert f"FROM {upstream}@sha256:" in (project / "base" / "Dockerfile").read_text()  # the index's digest
+    base_ref = linked(project, "ref").stdout.strip()
+    app = f"{registry.host}/multiarch/both"
+    started = time.monotonic()
+    try:
+        result = subprocess.run(["python3", "base/linked.py", "publish", "--image", app, "--tag", "t1", "--engine",
+                                 PODMAN], cwd=project, capture_output=True, text=True, env=podman_env)
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out[-4000:]
+        assert f"base {base_ref} is not in the registry: building it and pushing it" in out
+        assert "smoke test: " in out and "answers /healthz" in out
+        assert platforms(registry, "multiarch/bothbase", base_ref.rsplit(":", 1)[1]) == BOTH
+        assert platforms(registry, "multiarch/both", "t1") == BOTH
+        # A second publish finds the base with both platforms and does not build it again.
+        again = subprocess.run(["python3", "base/linked.py", "publish", "--image", app, "--tag", "t2", "--engine",
+                                PODMAN], cwd=project, capture_output=True, text=True, env=podman_env)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+        assert f"base {base_ref} is in the registry (sha256:" in again.stdout
+        # The arm64 app, pulled from the registry, serves under emulation.
+        port = free_port()
+        name = f"multiarch-{os.getpid()}"
+        podman(podman_env, "run", "--detach", "--name", name, "--platform", "linux/arm64", "--pull", "always",
+               "--network", "host", "--env", f"PORT={port}", "--env", "HOST=127.0.0.1", f"{app}:t1")
+        try:
+            assert podman(podman_env, "exec", name, "uname", "-m").stdout.strip() == "aarch64"
+            status, body = http_get(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 120)
+            assert status == 200, body
+        finally:
+            podman(podman_env, "rm", "--force", name, check=False)
+    finally:
+        print(f"multi-platform publish and arm64 run: {time.monotonic() - started:.0f} s")
+        for ref in (base_ref, f"{app}:t1", f"{app}:t2", upstream):
+            podman(podman_env, "manifest", "rm", ref, check=False)
+            podman(podman_env, "rmi", "--force", ref, check=False)
