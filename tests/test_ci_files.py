@@ -424,15 +424,12 @@ def test_two_platforms_publish_as_manifest_lists_with_buildx_or_podman(
             f"buildx build {app_cache} --build-arg BASE_IMAGE={ref} --push {attest} --tag={app} {project}",
         ]
     else:
-        inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
-        assert commands == [
+        assert commands == [  # no cache flags: Podman's --cache-from is not BuildKit's
             f"manifest rm {ref}",
-            f"build {labels} --cache-from {repository}:buildcache {' '.join(inline)} {both} --manifest={ref} "
-            f"{project / 'base'}",
+            f"build {labels} {both} --manifest={ref} {project / 'base'}",
             f"manifest push --all {ref} docker://{ref}",
             f"manifest rm {app}",
-            f"build --cache-from {app} {' '.join(inline)} --build-arg BASE_IMAGE={ref} {both} --manifest={app} "
-            f"{project}",
+            f"build --build-arg BASE_IMAGE={ref} {both} --manifest={app} {project}",
             f"manifest push --all {app} docker://{app}",
         ]
     assert f"smoke test: would start {app}" in result.stdout  # the smoke test comes before the app's push

@@ -336,7 +336,7 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
         base_args += [f"--cache-to=type=registry,ref={repository}:buildx-cache,mode=max"] * push
         app_args += [f"--cache-from=type=registry,ref={args.image}:buildx-cache"]
         app_args += [f"--cache-to=type=registry,ref={args.image}:buildx-cache,mode=max"] * push
-    elif args.cache == "inline":  # each image caches from its own repository
+    elif args.cache == "inline" and how == "build":  # each image caches from its own repository, inline
         base_args += ["--cache-from", f"{repository}:buildcache", "--build-arg", "BUILDKIT_INLINE_CACHE=1"]
         app_args += ["--cache-from", f"{args.image}:{tags[-1]}", "--build-arg", "BUILDKIT_INLINE_CACHE=1"]
     if only in (None, "base"):
