@@ -206,6 +206,13 @@ def platforms_problem(platforms: list[str], ci: list[str]) -> str:
     return ""
 
 
+def sign_problem(sign: bool, ci: list[str]) -> str:
+    """sign: only where every build that pushes signs: GitHub Actions alone."""
+    if sign and list(ci) != ["github"]:
+        return "gitlab and dockerhub push unsigned bases"
+    return ""
+
+
 @functools.cache
 def linked() -> ModuleType:
     """The generated project's tool, template/base/linked.py, imported from its path."""
@@ -322,6 +329,7 @@ QUESTIONS = {  # each filter's question: copier names it in front of the message
     "port_problem": "port",
     "bots_problem": "bots",
     "platforms_problem": "platforms",
+    "sign_problem": "sign",
     "dependencies_problem": "dependencies",
 }
 

@@ -144,6 +144,9 @@ FILTER_CASES: list[tuple[str, Any, str]] = [
     ("platforms_problem", ([], ["github"]), "pick at least one platform"),
     ("platforms_problem", (["linux/amd64", "linux/arm64"], ["dockerhub"]), "dockerhub builds linux/amd64 only"),
     ("platforms_problem", (["linux/amd64"], ["github", "dockerhub"]), ""),
+    ("sign_problem", (True, ["github"]), ""),
+    ("sign_problem", (True, ["github", "gitlab"]), "gitlab and dockerhub push unsigned bases"),
+    ("sign_problem", (False, ["github", "gitlab"]), ""),
 ]
 
 
@@ -170,6 +173,8 @@ def test_every_message_fits_80_columns(name: str) -> None:
         answers = [(["dependabot"], [])]
     elif name == "platforms_problem":
         answers = [([], []), (["linux/arm64"], ["dockerhub"])]
+    elif name == "sign_problem":
+        answers = [(True, ["gitlab", "dockerhub"])]
     else:
         answers = HOSTILE + [a + "\x1b" + a for a in HOSTILE]
     for answer in answers:
@@ -181,7 +186,7 @@ def test_copier_yml_validators_are_one_filter_call_each() -> None:
     """Every validator of copier.yml calls one filter of extensions.py on its own answer."""
     validators = {q: spec["validator"] for q, spec in COPIER_YML.items()
                   if isinstance(spec, dict) and "validator" in spec}
-    assert len(validators) == 11
+    assert len(validators) == 12
     for question, validator in validators.items():
         call = re.fullmatch(r"\{\{ (\w+) \| (\w+)(\(\w+\))? \}\}", validator)
         assert call and call.group(1) == question and call.group(2) in EXTENSIONS.FILTERS, validator

@@ -245,7 +245,8 @@ class Engine:
             attest = ["--provenance=mode=max", "--sbom=true", f"--platform={','.join(platforms)}"]
             self.must("buildx", "build", *args, *attest, *(f"--tag={r}" for r in refs), str(context))
         elif how == "podman":
-            self.run("manifest", "rm", refs[0], quiet=True)  # --manifest adds to a list of that name
+            if not self.dry_run:  # --manifest adds to a list of that name
+                self.run("manifest", "rm", refs[0], quiet=True)
             self.must("build", *args, f"--platform={','.join(platforms)}", f"--manifest={refs[0]}", str(context))
         else:
             self.must("build", *args, *(a for r in refs for a in ("--tag", r)), str(context))
@@ -341,7 +342,21 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
         app_args += ["--cache-from", f"{args.image}:{tags[-1]}", "--build-arg", "BUILDKIT_INLINE_CACHE=1"]
     if only in (None, "base"):
         pushed = False
-        if digest:
+        if not digest:
+            print(f"base {ref} is not in the registry: building it" + (" and pushing it" if push else ""), flush=True)
+            engine.build(how, project.base, [ref], base_args, platforms)
+            if push and (digest := manifest_digest(ref)):  # another run pushed it meanwhile: never overwrite it
+                print(f"note: {ref} appeared in the registry during the build: not overwriting it", flush=True)
+            elif push and how == "buildx":  # the same build again, from its cache, pushed
+                engine.build(how, project.base, [ref], [*base_args, "--push"], platforms)
+            elif push:
+                engine.push(how, ref)
+                if how == "build":  # the classic builder's cache travels inline, in an image of its own
+                    engine.must("tag", ref, f"{repository}:buildcache")
+                    engine.push(how, f"{repository}:buildcache")
+            pushed = push and not digest and not engine.dry_run
+            digest = manifest_digest(ref) if pushed else digest
+        if digest and not pushed:
             print(f"base {ref} is in the registry ({digest}): using it, not rebuilding it", flush=True)
             missing = set(platforms) - platforms_in(ref) if how != "build" else set()
             if missing:
@@ -350,22 +365,13 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
                 )
             engine.must("pull", ref)
             engine.check_labels(project, ref)
-        else:
-            print(f"base {ref} is not in the registry: building it" + (" and pushing it" if push else ""), flush=True)
-            engine.build(how, project.base, [ref], base_args, platforms)
-            if push and manifest_digest(ref):
-                raise LinkError(f"{ref} appeared in the registry during the build: not overwriting it")
-            if push and how == "buildx":  # the same build again, from its cache, pushed
-                engine.build(how, project.base, [ref], [*base_args, "--push"], platforms)
-            elif push:
-                engine.push(how, ref)
-                if how == "build":  # the classic builder's cache travels inline, in an image of its own
-                    engine.must("tag", ref, f"{repository}:buildcache")
-                    engine.push(how, f"{repository}:buildcache")
-            pushed = push
-        output(base_image=ref, base_pushed=str(pushed).lower())
+        output(base_image=ref, base_digest=digest or "", base_pushed=str(pushed).lower())
     if only in (None, "app"):
-        if only == "app" and not engine.run("image", "inspect", ref, quiet=True):
+        # The digest the base job handed over (and the CI verified): the app builds FROM exactly it.
+        pinned = os.environ.get("BASE_DIGEST", "")
+        if pinned and manifest_digest(ref) != pinned:
+            raise LinkError(f"base {ref} is no longer {pinned} in the registry: refusing to build on it")
+        if not engine.run("image", "inspect", ref, quiet=True):
             if manifest_digest(ref):
                 engine.must("pull", ref)
             elif push:
@@ -374,7 +380,7 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
                 print(f"base {ref} is in no registry: building it here, for this build only", flush=True)
                 engine.build(how, project.base, [ref], base_args, platforms)
         engine.check_labels(project, ref)
-        app = [*app_args, "--build-arg", f"BASE_IMAGE={ref}"]
+        app = [*app_args, "--build-arg", f"BASE_IMAGE={ref}@{pinned}" if pinned else f"BASE_IMAGE={ref}"]
         if how == "buildx":  # this machine's platform into the engine, for the smoke test
             engine.must(
                 "buildx", "build", *app, "--load", f"--platform={NATIVE}", f"--tag={refs[0]}", str(project.root)
