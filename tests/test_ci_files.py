@@ -513,3 +513,25 @@ def test_two_platforms_publish_through_buildx_and_a_signed_base_is_verified(imag
     assert '"${BASE_IMAGE%:*}@$BASE_DIGEST"' in verifies[0]["run"]
     publish = next(i for i, s in enumerate(app) if "linked.py publish" in s.get("run", ""))
     assert app.index(verifies[0]) < publish and app[publish]["env"]["BASE_DIGEST"] == verifies[0]["env"]["BASE_DIGEST"]
+
+
+def test_the_app_job_builds_from_the_digest_the_base_job_handed_over(two_platforms: tuple[Path, FakeRegistry],
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    project, registry = two_platforms
+    registry.answer = (200, {"Docker-Content-Digest": "sha256:" + "c" * 64})
+    engine, log = scripted_engine(tmp_path, "Docker version 28.5.1", buildx=True)
+    ref = linked(project, "ref").stdout.strip()
+    args = ["publish", "--only", "app", "--image", "docker.io/example/demo-app", "--tag", "t1", "--engine",
+            str(engine), "--dry-run"]
+    monkeypatch.setenv("BASE_DIGEST", "sha256:" + "f" * 64)  # the tag moved since the base job
+    moved = linked(project, *args)
+    assert moved.returncode == 2
+    assert moved.stderr.splitlines()[-1] == (f"error: base {ref} is no longer sha256:{'f' * 64} in the registry: "
+                                             "refusing to build on it")
+    assert log.read_text().splitlines() == ["--version", "buildx version"]
+    monkeypatch.setenv("BASE_DIGEST", "sha256:" + "c" * 64)
+    same = linked(project, *args)
+    assert same.returncode == 0, same.stderr
+    builds = [c for c in engine_commands(same.stdout) if c.startswith("buildx build")]
+    assert builds and all(f"--build-arg BASE_IMAGE={ref}@sha256:{'c' * 64}" in c for c in builds)
