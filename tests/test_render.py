@@ -87,7 +87,8 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
     upstream = "debian:trixie-slim" if strategy == "distro" else "python:3.13-slim-trixie"
     # docker.io and ghcr.io are unreachable here: no digest to pin
     assert froms == (["ghcr.io/astral-sh/uv:0.13.9 AS uv"] if uv else []) + [upstream]
-    assert re.search(rf"# linked-builds:lock python=3.13 repository=\S+\nFROM {upstream}\n", text)
+    lock_line = r"# linked-builds:lock python=3.13 repository=\S+ platforms=linux/amd64,linux/arm64"
+    assert re.search(rf"{lock_line}\nFROM {upstream}\n", text)
     pip_steps = [i for i in instructions if i.cmd == "RUN" and "pip install" in i.value[0]]
     tool = "uv pip" if uv else "pip"
     assert all(f"{tool} install --no-deps --require-hashes" in i.value[0] for i in pip_steps)
