@@ -167,8 +167,8 @@ def owned_records(records: dict[str, dict[str, str]], before: set[str], token: s
 def prunes_by_id() -> bool:
     """Whether the engine is Docker's own (a component named "Engine", API 1.39 or newer): its
     build-cache prune validates every filter and honours ``id``. Another server behind the
-    docker CLI (Podman's, say) might ignore the filter, and with ``--all`` the prune would then
-    empty the user's whole build cache; there the bench prunes nothing and says so."""
+    docker CLI (Podman's, say) might ignore the filter and prune the user's build cache; there
+    the bench prunes nothing and says so."""
     out = subprocess.run([DOCKER, "version", "--format", "{{json .Server}}"], capture_output=True, text=True)
     try:
         server = json.loads(out.stdout or "null") or {}
@@ -185,7 +185,10 @@ def prune_records(ids: set[str]) -> set[str]:
 
     The id filter is a regular expression here (moby passes it to BuildKit as ``id~=``), so one
     call takes a batch and BuildKit removes children before their parents. Whatever is left
-    (an engine matching ids exactly, say) is pruned one id at a time.
+    (an engine matching ids exactly, say) is pruned one id at a time. The batches go without
+    ``--all``, which, were a filter ever ignored, would take every unused record of the user's
+    cache; only a record a plain prune keeps (its layers shared with an image still there) is
+    then pruned with ``--all``, alone, by its exact id.
     """
     pending = set(ids)
     if pending and not prunes_by_id():
@@ -197,9 +200,10 @@ def prune_records(ids: set[str]) -> set[str]:
             break
         ordered = sorted(pending)
         filters = ([f"id=^({'|'.join(ordered[i:i + 150])})$" for i in range(0, len(ordered), 150)]
-                   if attempt < 2 else [f"id={i}" for i in ordered])
+                   if attempt < 2 else [f"id=^{i}$" for i in ordered])
         for value in filters:
-            subprocess.run([DOCKER, "builder", "prune", "--all", "--force", "--filter", value],
+            shared = ["--all"] if attempt == 2 else []  # one exact id at a time, never a batch
+            subprocess.run([DOCKER, "builder", "prune", *shared, "--force", "--filter", value],
                            capture_output=True, text=True)
         pending &= set(cache_records())
     return pending

@@ -67,7 +67,7 @@ def test_a_run_takes_only_the_cache_records_it_made() -> None:
 
 def test_no_prune_where_the_engine_may_ignore_the_id_filter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Behind a docker CLI whose server is not Docker's own engine (here a fake that answers
-    like Podman's), `builder prune --all` might ignore the id filter and empty the whole build
+    like Podman's), `builder prune` might ignore the id filter and empty the whole build
     cache: the bench then prunes nothing and reports the records as left."""
     log = tmp_path / "calls"
     fake = tmp_path / "docker"
@@ -78,6 +78,30 @@ def test_no_prune_where_the_engine_may_ignore_the_id_filter(tmp_path: Path, monk
     monkeypatch.setattr(bench, "DOCKER", str(fake))
     assert bench.prune_records({"abc", "def"}) == {"abc", "def"}
     assert log.read_text().splitlines() == ["version --format {{json .Server}}"]  # no builder prune at all
+
+
+def test_the_prune_takes_all_only_for_one_exact_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Docker's own engine the bench prunes its batches by id without `--all` (were the filter
+    ever ignored, `--all` would take every unused record of the user's cache); only a record a
+    plain prune keeps is pruned with `--all`, alone, by its exact id."""
+    log = tmp_path / "calls"
+    fake = tmp_path / "docker"
+    docker = json.dumps({"Components": [{"Name": "Engine", "Details": {"ApiVersion": "1.41"}}]})
+    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n[ \"$1\" = version ] && echo '{docker}'\n"
+                    "[ \"$1\" = system ] && echo '[{\"ID\": \"abc\"}]'\nexit 0\n")
+    fake.chmod(0o755)
+    bench = bench_module()
+    bench.prunes_by_id.cache_clear()
+    monkeypatch.setattr(bench, "DOCKER", str(fake))
+    try:
+        assert bench.prune_records({"abc", "def"}) == {"abc"}  # the engine still lists abc: reported as left
+    finally:
+        bench.prunes_by_id.cache_clear()
+    prunes = [line for line in log.read_text().splitlines() if line.startswith("builder prune")]
+    batches = [line for line in prunes if "--all" not in line.split()]
+    alone = [line for line in prunes if "--all" in line.split()]
+    assert batches and all("--filter id=^(" in line for line in batches), prunes
+    assert alone == ["builder prune --all --force --filter id=^abc$"], prunes  # the one record still there
 
 
 @pytest.mark.engine
