@@ -369,10 +369,11 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
     if only in (None, "app"):
         # The digest the base job handed over (and the CI verified): the app builds FROM exactly it.
         pinned = os.environ.get("BASE_DIGEST", "")
-        if pinned and manifest_digest(ref) != pinned:
+        remote = digest or (manifest_digest(ref) if pinned else None)  # what the base phase saw, if it ran
+        if pinned and remote != pinned:
             raise LinkError(f"base {ref} is no longer {pinned} in the registry: refusing to build on it")
         if not engine.run("image", "inspect", ref, quiet=True):
-            if manifest_digest(ref):
+            if remote or manifest_digest(ref):
                 engine.must("pull", ref)
             elif push:
                 raise LinkError(f"base {ref} is in no registry: publish the base first (the base job)")
