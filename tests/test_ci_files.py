@@ -303,7 +303,7 @@ def test_publish_refuses_a_stale_pin_before_any_engine_command(project: Path, tm
     ],
 )
 def test_ci_tags(project: Path, env: dict[str, str], tags: list[str]) -> None:
-    assert tool_module(project, "publish").ci_tags(env, None) == tags
+    assert tool_module(project, "publish").ci_tags(env) == tags
 
 
 def test_tags_from_any_branch_name_are_valid_and_never_collide(project: Path) -> None:
@@ -314,20 +314,6 @@ def test_tags_from_any_branch_name_are_valid_and_never_collide(project: Path) ->
     assert all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag) for tag in tags), tags
     assert len(set(tags)) == len(names) and "latest" not in tags
     assert tags[:2] == ["main", "v1.2.0"]  # a valid name is kept as it is
-
-
-def test_publish_refuses_uncommitted_changes_unless_told(project: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "project"
-    shutil.copytree(project, copy)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
-        subprocess.run([*git, *args], cwd=copy, check=True)
-    (copy / "src" / "demo_app" / "app.py").write_text("# not committed\n")
-    result = linked(copy, "publish", "--image", "example/app", "--engine", "false-engine", "--dry-run")
-    assert result.returncode == 2 and "+ false-engine" not in result.stdout
-    assert result.stderr.startswith("error: publish refused: 1 uncommitted change(s) in the work tree")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=copy, capture_output=True, text=True).stdout[:12]
-    assert tool_module(copy, "publish").commit_tags(copy, {}, True) == [f"{head}-dirty"]
 
 
 def test_publish_dry_run_links_app_to_the_pinned_base(project: Path, tmp_path: Path) -> None:

@@ -466,20 +466,12 @@ def lock(
 
 
 def changed(rel: str, old: str, new: str) -> str:
-    """What a write changed, in words: the pin's move, the packages locked, the steps written."""
+    """What a write changed, in words."""
     if rel == "Dockerfile":
-        tags = [m["tag"] if (m := PIN_RE.match(text.partition("\n")[0])) else "?" for text in (old, new)]
-        return f"pin moved {tags[0]} -> {tags[1]}"
-    if rel == "base/requirements.txt":
-        lock = Lock(new)
-        return f"locked {len(lock.entries)} packages" + (f", {len(lock.apt)} apt steps" if lock.apt else "")
-    lines = new.splitlines()
-    steps = [
-        f"block {k!r} ({sum(x.startswith('RUN ') for x in lines[a:b])} steps)"
-        for k, (a, b, _) in find_fences(lines, rel).items()
-    ]
-    froms = [m["image"] + (m["digest"] or "") for m in map(FROM_RE.match, lines) if m]
-    return f"rewrote {', '.join(steps) or 'the generated blocks'}" + (f"; FROM {', '.join(froms)}" if froms else "")
+        return "pin moved {} -> {}".format(
+            *(m["tag"] if (m := PIN_RE.match(t.split("\n")[0])) else "?" for t in (old, new))
+        )
+    return f"locked {len(Lock(new).entries)} packages" if rel.endswith(".txt") else "rewritten"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -508,7 +500,6 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("--only", choices=("base", "app"), help="one of the two linked builds (CI jobs)")
     pub.add_argument("--cache", choices=("inline",), help="each image caches from its own repository (CI)")
     pub.add_argument("--dry-run", action="store_true", help="print the engine commands instead of running them")
-    pub.add_argument("--allow-dirty", action="store_true", help="from uncommitted changes: tag <commit>-dirty only")
     return parser
 
 
@@ -554,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "publish":
             publish = sibling("publish")
             tags = [publish.image_tag(t) for t in args.tags or []]
-            tags = tags or publish.commit_tags(args.root, dict(os.environ), args.allow_dirty)
+            tags = tags or publish.ci_tags(dict(os.environ))
             publish.publish(project, publish.Engine(engine, dry_run=args.dry_run), args, tags, build_args)
     except tuple(ERRORS) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -42,9 +42,8 @@ def split_reference(ref: str) -> tuple[str, str, str]:
     """(registry host, repository, tag or digest) of an image reference, as Docker reads it."""
     name, _, digest = ref.partition("@")
     first, _, rest = name.partition("/")
-    host, path = (
-        (first, rest) if rest and ("." in first or ":" in first or first == "localhost") else ("docker.io", name)
-    )
+    local = rest and ("." in first or ":" in first or first == "localhost")
+    host, path = (first, rest) if local else ("docker.io", name)
     path, _, tag = path.partition(":") if ":" in path.rsplit("/", 1)[-1] else (path, "", "latest")
     path = "library/" + path if host == "docker.io" and "/" not in path else path
     if not PATH_RE.match(path):
@@ -56,28 +55,20 @@ def credentials(host: str) -> str:
     """ "user:secret" for ``host`` from Podman's or Docker's auth file or credential helper ("" if none)."""
     keys = [host, "https://index.docker.io/v1/"] if host == "docker.io" else [host, f"https://{host}"]
     docker = os.path.join(os.environ.get("DOCKER_CONFIG", os.path.expanduser("~/.docker")), "config.json")
-    for path in (
-        os.environ.get("REGISTRY_AUTH_FILE", ""),
-        f"{os.environ.get('XDG_RUNTIME_DIR', '/nonexistent')}/containers/auth.json",
-        docker,
-    ):
+    podman = f"{os.environ.get('XDG_RUNTIME_DIR', '/nonexistent')}/containers/auth.json"
+    for path in (os.environ.get("REGISTRY_AUTH_FILE", ""), podman, docker):
         try:
-            with open(path, encoding="utf-8") as handle:
-                config = json.load(handle)
+            config = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         for key in keys:
-            if config.get("auths", {}).get(key, {}).get("auth"):
-                return base64.b64decode(config["auths"][key]["auth"]).decode()
+            if auth := config.get("auths", {}).get(key, {}).get("auth"):
+                return base64.b64decode(auth).decode()
             helper = config.get("credHelpers", {}).get(key) or config.get("credsStore") or ""
-            if not re.match(r"^[\w.-]+$", helper):
-                continue
             try:  # docker-credential-<helper> get answers {"Username": ..., "Secret": ...} for the key on its input
                 argv = [f"docker-credential-{helper}", "get"]
-                data = json.loads(
-                    subprocess.run(argv, input=key, capture_output=True, text=True, timeout=20, check=True).stdout
-                )
-                return f"{data['Username']}:{data['Secret']}"
+                got = subprocess.run(argv, input=key, capture_output=True, text=True, timeout=20, check=True)
+                return "{Username}:{Secret}".format(**json.loads(got.stdout))
             except (OSError, ValueError, KeyError, TypeError, subprocess.SubprocessError):
                 pass
     return ""
@@ -85,17 +76,17 @@ def credentials(host: str) -> str:
 
 def manifest_digest(ref: str) -> str | None:
     """The registry's digest for ``ref``, None only on a clear 404; any other failure raises."""
-    found = manifest(ref)
-    return found[0] if found else None
+    return (manifest(ref) or (None,))[0]
 
 
 def platforms_in(ref: str) -> set[str]:
     """The platforms (os/architecture) of the image index ``ref`` names; none if it is not an index."""
     found = manifest(ref, "GET")
     try:
-        listed = json.loads(found[1]).get("manifests") if found else []
-        platforms = [entry.get("platform") or {} for entry in listed or []]
-        return {f"{p['os']}/{p['architecture']}" for p in platforms if p.get("os", "unknown") != "unknown"}
+        listed = [
+            entry.get("platform") or {} for entry in (json.loads(found[1]).get("manifests") if found else []) or []
+        ]
+        return {f"{p['os']}/{p['architecture']}" for p in listed if p.get("os", "unknown") != "unknown"}
     except (ValueError, AttributeError, KeyError, TypeError):
         raise LinkError(f"{ref}: the registry answered an index that is not JSON of the OCI image spec") from None
 
@@ -105,16 +96,13 @@ def manifest(ref: str, method: str = "HEAD") -> tuple[str, bytes] | None:
     host, path, tag = split_reference(ref)
     api = "registry-1.docker.io" if host == "docker.io" else host
     local = api.split(":")[0] in ("localhost", "127.0.0.1", "[::1]")
-    url, basic = (
-        f"{'http' if local else 'https'}://{api}/v2/{path}/manifests/{tag}",
-        base64.b64encode(credentials(host).encode()).decode(),
-    )
+    url = f"{'http' if local else 'https'}://{api}/v2/{path}/manifests/{tag}"
+    basic = base64.b64encode(credentials(host).encode()).decode()
     headers = {"Accept": ", ".join(f"application/vnd.{kind}+json" for kind in KINDS.split())}
     for attempt in range(2):
         try:
             with urllib.request.urlopen(urllib.request.Request(url, method=method, headers=headers), timeout=15) as got:
-                digest = got.headers.get("Docker-Content-Digest", "")
-                if not HASH_RE.match(digest):
+                if not HASH_RE.match(digest := got.headers.get("Docker-Content-Digest", "")):
                     raise LinkError(f"{api}: answered {ref} without a sha256 digest")
                 return str(digest), got.read(1 << 22) if method == "GET" else b""
         except urllib.request.HTTPError as exc:
@@ -123,9 +111,9 @@ def manifest(ref: str, method: str = "HEAD") -> tuple[str, bytes] | None:
             challenge = exc.headers.get("WWW-Authenticate", "") if exc.code == 401 else ""
             if attempt or not challenge:
                 raise LinkError(f"{api}: {ref}: HTTP {exc.code} {exc.reason}") from None
-            use_basic = challenge.lower().startswith("basic") and basic
+            basic_ok = challenge.lower().startswith("basic") and basic
             headers["Authorization"] = (
-                f"Basic {basic}" if use_basic else f"Bearer {token(api, ref, challenge, basic, local)}"
+                f"Basic {basic}" if basic_ok else f"Bearer {token(api, ref, challenge, basic, local)}"
             )
         except OSError as exc:  # URLError too
             raise LinkError(f"{api}: {ref}: {getattr(exc, 'reason', exc)}") from None
@@ -139,10 +127,8 @@ def token(api: str, ref: str, challenge: str, basic: str, local: bool) -> str:
     if not challenge.lower().startswith("bearer") or not realm.startswith("http" if local else "https://"):
         raise LinkError(f"{api}: {ref}: HTTP 401 with a scheme this tool cannot use")
     query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
+    request = urllib.request.Request(f"{realm}?{query}", headers={"Authorization": f"Basic {basic}"} if basic else {})
     try:
-        request = urllib.request.Request(
-            f"{realm}?{query}", headers={"Authorization": f"Basic {basic}"} if basic else {}
-        )
         with urllib.request.urlopen(request, timeout=15) as got:
             body = json.loads(got.read(1 << 20))
             return str(body.get("token") or body["access_token"])
@@ -181,29 +167,13 @@ def image_tag(text: str) -> str:
     return f"{tag[:110].rstrip('.-')}-{suffix}" if tag.strip("-") else f"ref-{suffix}"
 
 
-def ci_tags(env: dict[str, str], commit: str | None) -> list[str]:
-    """App image tags from what the CI says: the commit, then the branch or version."""
-    sha = env.get("GITHUB_SHA") or env.get("CI_COMMIT_SHA") or env.get("SOURCE_COMMIT") or commit or ""
+def ci_tags(env: dict[str, str]) -> list[str]:
+    """App image tags from what the CI says: the commit, then the branch or version; "dev" outside a CI."""
+    sha = env.get("GITHUB_SHA") or env.get("CI_COMMIT_SHA") or env.get("SOURCE_COMMIT") or ""
     name = env.get("GITHUB_REF_NAME", "")
     name = f"pr-{name.split('/')[0]}" if name and env.get("GITHUB_EVENT_NAME", "").startswith("pull_request") else name
     name = name or env.get("CI_COMMIT_TAG") or env.get("CI_COMMIT_REF_SLUG") or env.get("SOURCE_BRANCH") or ""
     return list(dict.fromkeys(image_tag(t) for t in (sha[:12], name) if t)) or ["dev"]
-
-
-def commit_tags(root: Path, env: dict[str, str], allow_dirty: bool) -> list[str]:
-    """The CI's tags; from a work tree with uncommitted changes, none that names a commit."""
-    try:
-        changes, head = (run(["git", *a], "", root, True) for a in (["status", "--porcelain"], ["rev-parse", "HEAD"]))
-    except LinkError:  # no git: nothing to say about commits
-        return ci_tags(env, None)
-    commit = head.stdout.strip() if head.returncode == 0 else None
-    if changes.returncode or not changes.stdout.strip():
-        return ci_tags(env, commit)
-    if not allow_dirty:
-        count = len(changes.stdout.splitlines())
-        how = "commit them, or pass --allow-dirty to tag the app <commit>-dirty"
-        raise LinkError(f"publish refused: {count} uncommitted change(s) in the work tree: {how}")
-    return [f"{(commit or 'uncommitted')[:12]}-dirty"]
 
 
 class Engine:
@@ -225,8 +195,8 @@ class Engine:
         return run([*self.command, *args], quiet=True).stdout.strip()
 
     def builder(self, platforms: list[str], push: bool) -> str:
-        """How images are built: "build" (the engine's own builder, this machine's platform);
-        for a push to other or more platforms, "buildx" (docker's) or "podman" (manifest lists)."""
+        """ "build" (the engine's own builder, this machine's platform); for a push to other or
+        more platforms "buildx" (docker's) or "podman" (manifest lists)."""
         if platforms == [NATIVE] or not push:
             return "build"
         if self.ask("--version").lower().startswith("podman"):
@@ -253,10 +223,9 @@ class Engine:
 
     def push(self, how: str, ref: str, source: str = "") -> None:
         """Push ``ref`` (with Podman, the manifest list ``source`` and every image it lists)."""
-        if how == "podman":
-            self.must("manifest", "push", "--all", source or ref, f"docker://{ref}")
-        else:
-            self.must("push", ref)
+        self.must(
+            *(["manifest", "push", "--all", source or ref, f"docker://{ref}"] if how == "podman" else ["push", ref])
+        )
 
     def smoke(self, ref: str, seconds: int = 90) -> None:
         """Start the app image (no network, read-only root), wait for its HEALTHCHECK to say
@@ -286,10 +255,10 @@ class Engine:
     def check_labels(self, project: Project, ref: str) -> None:
         """Refuse a base whose labels name another content tag or lock than the project's."""
         try:
-            labels = json.loads(self.ask("image", "inspect", "--format", "{{json .Config.Labels}}", ref) or "{}")
+            found = json.loads(self.ask("image", "inspect", "--format", "{{json .Config.Labels}}", ref) or "{}") or {}
         except ValueError:
-            labels = {}
-        got = [str((labels or {}).get(key, "<none>")) for key in (LABEL_TAG, LABEL_LOCK)]
+            found = {}
+        got = [str(found.get(key, "<none>")) for key in (LABEL_TAG, LABEL_LOCK)]
         if (want := [ref.rsplit(":", 1)[1], project.lock().meta.get("body", "")]) != got and not self.dry_run:
             labelled = f"content-tag={got[0]} lock={got[1]}"
             raise LinkError(f"{ref} is labelled {labelled}, not {want[0]} {want[1]}: refusing to build FROM it")
@@ -319,28 +288,22 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
     ref, push, only = project.reference(), args.push, args.only
     repository, refs = ref.rsplit(":", 1)[0], [f"{args.image}:{tag}" for tag in tags]
     if args.image.rsplit("/", 1)[0] != repository.rsplit("/", 1)[0]:
-        how = "copier update -d registry=... -d image_namespace=... moves both"
-        print(
-            f"note: the app goes to {args.image}, its base to {repository} (the pin's repository); {how}",
-            file=sys.stderr,
-        )
-    settings = base_settings(project.read("base/Dockerfile"))[0]
-    platforms = sorted(settings.get("platforms", NATIVE).split(","))
-    digest = manifest_digest(ref) if only in (None, "base") else None  # an unclear registry stops here, first
+        print(f"note: the app goes to {args.image}, its base to {repository} (the pin's repository)", file=sys.stderr)
+    platforms = sorted(base_settings(project.read("base/Dockerfile"))[0].get("platforms", NATIVE).split(","))
+    digest = manifest_digest(ref) if only != "app" else None  # an unclear registry stops here, first
     how = engine.builder(platforms, push)
     if how == "build" and platforms != [NATIVE]:
         print(f"note: building for {NATIVE} only (a build without a push), not {','.join(platforms)}", flush=True)
     base_args, app_args = (build_args + shlex.split(os.environ.get(f"{k}_BUILD_ARGS", "")) for k in ("BASE", "APP"))
     base_args += labels(project, ref)
     if args.cache == "inline" and how == "buildx":  # a registry cache, every layer of every platform
-        base_args += [f"--cache-from=type=registry,ref={repository}:buildx-cache"]
-        base_args += [f"--cache-to=type=registry,ref={repository}:buildx-cache,mode=max"] * push
-        app_args += [f"--cache-from=type=registry,ref={args.image}:buildx-cache"]
-        app_args += [f"--cache-to=type=registry,ref={args.image}:buildx-cache,mode=max"] * push
+        for extra, image in ((base_args, repository), (app_args, args.image)):
+            extra += [f"--cache-from=type=registry,ref={image}:buildx-cache"]
+            extra += [f"--cache-to=type=registry,ref={image}:buildx-cache,mode=max"] * push
     elif args.cache == "inline" and how == "build":  # each image caches from its own repository, inline
         base_args += ["--cache-from", f"{repository}:buildcache", "--build-arg", "BUILDKIT_INLINE_CACHE=1"]
         app_args += ["--cache-from", f"{args.image}:{tags[-1]}", "--build-arg", "BUILDKIT_INLINE_CACHE=1"]
-    if only in (None, "base"):
+    if only != "app":
         pushed = False
         if not digest:
             print(f"base {ref} is not in the registry: building it" + (" and pushing it" if push else ""), flush=True)
@@ -358,15 +321,14 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
             digest = manifest_digest(ref) if pushed else digest
         if digest and not pushed:
             print(f"base {ref} is in the registry ({digest}): using it, not rebuilding it", flush=True)
-            missing = set(platforms) - platforms_in(ref) if how != "build" else set()
-            if missing:
+            if missing := set(platforms) - platforms_in(ref) if how != "build" else set():
                 raise LinkError(
                     f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it"
                 )
             engine.must("pull", ref)
             engine.check_labels(project, ref)
         output(base_image=ref, base_digest=digest or "", base_pushed=str(pushed).lower())
-    if only in (None, "app"):
+    if only != "base":
         # The digest the base job handed over (and the CI verified): the app builds FROM exactly it.
         pinned = os.environ.get("BASE_DIGEST", "")
         remote = digest or (manifest_digest(ref) if pinned else None)  # what the base phase saw, if it ran
