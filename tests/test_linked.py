@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import resource
 import shutil
@@ -454,6 +455,36 @@ def test_a_registry_that_does_not_answer_is_an_error(project: Path) -> None:
     module = tool_module(project, "publish")
     with pytest.raises(module.LinkError, match="Connection refused"):
         module.manifest_digest(f"{closed_port()}/example/base:deps-0123456789abcdef")
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ({"auths": {"reg.example": {"auth": "dXNlcjpzZWNyZXQ="}}}, "user:secret"),
+    ({"auths": {"https://reg.example": {"auth": "dXNlcjpzZWNyZXQ="}}}, "user:secret"),
+    ({"credsStore": "fake"}, "helper-user:helper-secret for reg.example"),
+    ({"credHelpers": {"reg.example": "fake"}, "credsStore": "other"}, "helper-user:helper-secret for reg.example"),
+    ({"credsStore": "../fake"}, ""),  # a helper name is a name, never a path
+    ({"auths": {"reg.example": {"auth": "not base64!"}}}, ""),
+    ({"auths": []}, ""),
+    ([], ""),
+    ({"auths": {"other.example": {"auth": "dXNlcjpzZWNyZXQ="}}}, ""),
+], ids=["auth", "auth-url", "store", "helper", "helper-path", "bad-auth", "bad-auths", "not-an-object", "other-host"])
+def test_credentials_come_from_the_auth_file_or_a_credential_helper(
+        project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: object, expected: str) -> None:
+    """The probe's credentials: what `docker login` or `podman login` left; a broken file is no credentials."""
+    helper = tmp_path / "bin" / "docker-credential-fake"
+    helper.parent.mkdir()
+    helper.write_text('#!/bin/sh\nread key\necho "{\\"Username\\": \\"helper-user\\", '
+                      '\\"Secret\\": \\"helper-secret for $key\\"}"\n')
+    helper.chmod(0o755)
+    (tmp_path / "docker-credential-..").mkdir()  # what the path-like name would run, from this folder
+    shutil.copy2(helper, tmp_path / "docker-credential-.." / "fake")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("PATH", f"{helper.parent}:/usr/bin:/bin")
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "config.json"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "none"))
+    assert tool_module(project, "publish").credentials("reg.example") == expected
 
 
 @pytest.mark.parametrize(("reference", "parts"), [

@@ -62,14 +62,15 @@ def credentials(host: str) -> str:
         except (OSError, ValueError):
             continue
         for key in keys:
-            if auth := config.get("auths", {}).get(key, {}).get("auth"):
-                return base64.b64decode(auth).decode()
-            helper = config.get("credHelpers", {}).get(key) or config.get("credsStore") or ""
             try:  # docker-credential-<helper> get answers {"Username": ..., "Secret": ...} for the key on its input
-                argv = [f"docker-credential-{helper}", "get"]
-                got = subprocess.run(argv, input=key, capture_output=True, text=True, timeout=20, check=True)
-                return "{Username}:{Secret}".format(**json.loads(got.stdout))
-            except (OSError, ValueError, KeyError, TypeError, subprocess.SubprocessError):
+                helper = config.get("credHelpers", {}).get(key) or config.get("credsStore") or ""
+                if auth := config.get("auths", {}).get(key, {}).get("auth"):
+                    return base64.b64decode(auth).decode()
+                if re.fullmatch(r"[\w.-]+", helper):
+                    argv = [f"docker-credential-{helper}", "get"]
+                    got = subprocess.run(argv, input=key, capture_output=True, text=True, timeout=20, check=True)
+                    return "{Username}:{Secret}".format(**json.loads(got.stdout))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, subprocess.SubprocessError):
                 pass
     return ""
 
