@@ -457,6 +457,30 @@ def test_a_registry_that_does_not_answer_is_an_error(project: Path) -> None:
         module.manifest_digest(f"{closed_port()}/example/base:deps-0123456789abcdef")
 
 
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"manifests": [{"platform": {"os": "linux", "architecture": "amd64"}},'
+     b' {"platform": {"os": "linux", "architecture": "arm64"}},'
+     b' {"platform": {"os": "unknown", "architecture": "unknown"}}]}', {"linux/amd64", "linux/arm64"}),
+    (b'{"schemaVersion": 2, "layers": []}', set()),  # one image, not an index
+    (b'{"manifests": [{}]}', set()),
+    (b'{"manifests": [{"platform": {"os": "linux"}}]}', None),
+    (b'{"manifests": "linux/amd64"}', None),
+    (b'["linux/amd64"]', None),
+    (b"\xff not json", None),
+], ids=["index", "image", "no-platform", "no-architecture", "string", "list", "binary"])
+def test_the_platforms_of_a_registry_index_or_one_line(project: Path, registry: FakeRegistry, body: bytes,
+                                                       expected: set[str] | None) -> None:
+    """A registry's reply is hostile input: whatever it sends, the answer is a set or one error line."""
+    module = tool_module(project, "publish")
+    registry.answer, registry.body = (200, {"Docker-Content-Digest": "sha256:" + "a" * 64}), body
+    ref = f"{registry.host}/example/base:deps-0123456789abcdef"
+    if expected is None:
+        with pytest.raises(module.LinkError, match="not JSON of the OCI image spec"):
+            module.platforms_in(ref)
+    else:
+        assert module.platforms_in(ref) == expected
+
+
 @pytest.mark.parametrize(("config", "expected"), [
     ({"auths": {"reg.example": {"auth": "dXNlcjpzZWNyZXQ="}}}, "user:secret"),
     ({"auths": {"https://reg.example": {"auth": "dXNlcjpzZWNyZXQ="}}}, "user:secret"),

@@ -77,16 +77,16 @@ def credentials(host: str) -> str:
 
 def manifest_digest(ref: str) -> str | None:
     """The registry's digest for ``ref``, None only on a clear 404; any other failure raises."""
-    return (manifest(ref) or (None,))[0]
+    found = manifest(ref)
+    return found[0] if found else None
 
 
 def platforms_in(ref: str) -> set[str]:
     """The platforms (os/architecture) of the image index ``ref`` names; none if it is not an index."""
     found = manifest(ref, "GET")
     try:
-        listed = [
-            entry.get("platform") or {} for entry in (json.loads(found[1]).get("manifests") if found else []) or []
-        ]
+        index = json.loads(found[1]) if found else {}
+        listed = [entry.get("platform") or {} for entry in index.get("manifests") or []]
         return {f"{p['os']}/{p['architecture']}" for p in listed if p.get("os", "unknown") != "unknown"}
     except (ValueError, AttributeError, KeyError, TypeError):
         raise LinkError(f"{ref}: the registry answered an index that is not JSON of the OCI image spec") from None
