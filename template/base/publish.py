@@ -196,8 +196,8 @@ class Engine:
         return run([*self.command, *args], quiet=True).stdout.strip()
 
     def builder(self, platforms: list[str], push: bool) -> str:
-        """ "build" (the engine's own builder, this machine's platform); for a push to other or
-        more platforms "buildx" (docker's) or "podman" (manifest lists)."""
+        """How images are built: "build" (the engine's own builder, this machine's platform);
+        for a push to other or more platforms, "buildx" (docker's) or "podman" (manifest lists)."""
         if platforms == [NATIVE] or not push:
             return "build"
         if self.ask("--version").lower().startswith("podman"):
@@ -224,9 +224,10 @@ class Engine:
 
     def push(self, how: str, ref: str, source: str = "") -> None:
         """Push ``ref`` (with Podman, the manifest list ``source`` and every image it lists)."""
-        self.must(
-            *(["manifest", "push", "--all", source or ref, f"docker://{ref}"] if how == "podman" else ["push", ref])
-        )
+        if how == "podman":
+            self.must("manifest", "push", "--all", source or ref, f"docker://{ref}")
+        else:
+            self.must("push", ref)
 
     def smoke(self, ref: str, seconds: int = 90) -> None:
         """Start the app image (no network, read-only root), wait for its HEALTHCHECK to say
