@@ -127,6 +127,11 @@ def remove(*refs: str) -> None:
         subprocess.run([DOCKER, "rmi", "--force", *refs], capture_output=True)
 
 
+def image_id(ref: str) -> str:
+    return subprocess.run([DOCKER, "image", "inspect", "--format", "{{.Id}}", ref],
+                          capture_output=True, text=True).stdout.strip()
+
+
 def cache_records() -> dict[str, dict[str, str]]:
     """The engine's build-cache records by id (ID, Parent, CacheType, Description, ...)."""
     out = subprocess.run([DOCKER, "system", "df", "--verbose", "--format", "{{json .BuildCache}}"],
@@ -185,10 +190,10 @@ def prune_records(ids: set[str]) -> set[str]:
 
     The id filter is a regular expression here (moby passes it to BuildKit as ``id~=``), so one
     call takes a batch and BuildKit removes children before their parents. Whatever is left
-    (an engine matching ids exactly, say) is pruned one id at a time. The batches go without
-    ``--all``, which, were a filter ever ignored, would take every unused record of the user's
-    cache; only a record a plain prune keeps (its layers shared with an image still there) is
-    then pruned with ``--all``, alone, by its exact id.
+    (an engine matching ids exactly, say) is pruned one id at a time. No call carries ``--all``,
+    which, were a filter ever ignored, would take every unused record of the user's cache: a
+    record a plain prune keeps (its layers shared with an image still there) is left, and
+    reported as left.
     """
     pending = set(ids)
     if pending and not prunes_by_id():
@@ -202,9 +207,7 @@ def prune_records(ids: set[str]) -> set[str]:
         filters = ([f"id=^({'|'.join(ordered[i:i + 150])})$" for i in range(0, len(ordered), 150)]
                    if attempt < 2 else [f"id=^{i}$" for i in ordered])
         for value in filters:
-            shared = ["--all"] if attempt == 2 else []  # one exact id at a time, never a batch
-            subprocess.run([DOCKER, "builder", "prune", *shared, "--force", "--filter", value],
-                           capture_output=True, text=True)
+            subprocess.run([DOCKER, "builder", "prune", "--force", "--filter", value], capture_output=True, text=True)
         pending &= set(cache_records())
     return pending
 
@@ -224,6 +227,9 @@ class Isolation:
         self.namespace = f"linked-builds-bench-{self.token}"
         self.upstream = f"localhost/linked-builds-bench-upstream:{self.token}"
         self.images: list[str] = []
+        # Every image a build made, by id: a rebuild under the same tag leaves the one before it
+        # untagged, and its layers would keep the run's build-cache records from a plain prune.
+        self.built: list[str] = []
         self.before: set[str] = set()
         self.report: dict[str, int] = {}
 
@@ -240,7 +246,7 @@ class Isolation:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        remove(*reversed(dict.fromkeys(self.images)))
+        self.remove_images()
         records = cache_records()
         mine = owned_records(records, self.before, self.token)
         left = prune_records(mine)
@@ -259,6 +265,15 @@ class Isolation:
                                 input=dockerfile, capture_output=True, text=True, env=ENV)
         if result.returncode != 0:
             raise SystemExit(f"bench: build of {tag} failed:\n{result.stderr[-3000:]}")
+        self.built.append(image_id(tag))
+
+    def remove_images(self) -> None:
+        """Untag the run's images, then delete by id the ones its builds made that no name holds
+        any more (a plain `rmi`: an id that a name still holds, or an image with children, stays)."""
+        remove(*reversed(dict.fromkeys(self.images)))
+        built = [i for i in reversed(dict.fromkeys(self.built)) if i]
+        if built:
+            subprocess.run([DOCKER, "rmi", *built], capture_output=True)
 
     def claim(self, image: str) -> None:
         """Build the run's anchor step on ``image`` too: the record BuildKit made when it took
@@ -270,7 +285,7 @@ class Isolation:
     def forget(self) -> None:
         """Empty the engine of what the run made so far (images, build cache, cache mounts), as
         a fresh CI runner has it; the images stay listed for the final cleanup."""
-        remove(*reversed(dict.fromkeys(self.images)))
+        self.remove_images()
         prune_records(owned_records(cache_records(), self.before, self.token))
 
     def build(self, context: Path, tag: str, dockerfile: Path | None = None,
@@ -286,6 +301,7 @@ class Isolation:
         seconds = time.perf_counter() - start
         if result.returncode != 0:
             raise SystemExit(f"bench: build of {tag} failed:\n{result.stderr[-3000:]}")
+        self.built.append(image_id(tag))  # not timed
         ran = [s.name for s in buildkit_steps(result.stderr + result.stdout)
                if s.ran and not s.name.startswith("FROM ")]
         return seconds, ran

@@ -80,10 +80,10 @@ def test_no_prune_where_the_engine_may_ignore_the_id_filter(tmp_path: Path, monk
     assert log.read_text().splitlines() == ["version --format {{json .Server}}"]  # no builder prune at all
 
 
-def test_the_prune_takes_all_only_for_one_exact_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On Docker's own engine the bench prunes its batches by id without `--all` (were the filter
-    ever ignored, `--all` would take every unused record of the user's cache); only a record a
-    plain prune keeps is pruned with `--all`, alone, by its exact id."""
+def test_the_prune_never_takes_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Docker's own engine the bench prunes by id and never with `--all` (were the filter ever
+    ignored, `--all` would take every unused record of the user's cache): a record a plain prune
+    keeps is tried alone, by its exact id, and then reported as left."""
     log = tmp_path / "calls"
     fake = tmp_path / "docker"
     docker = json.dumps({"Components": [{"Name": "Engine", "Details": {"ApiVersion": "1.41"}}]})
@@ -98,10 +98,9 @@ def test_the_prune_takes_all_only_for_one_exact_id(tmp_path: Path, monkeypatch: 
     finally:
         bench.prunes_by_id.cache_clear()
     prunes = [line for line in log.read_text().splitlines() if line.startswith("builder prune")]
-    batches = [line for line in prunes if "--all" not in line.split()]
-    alone = [line for line in prunes if "--all" in line.split()]
-    assert batches and all("--filter id=^(" in line for line in batches), prunes
-    assert alone == ["builder prune --all --force --filter id=^abc$"], prunes  # the one record still there
+    assert not [line for line in prunes if "--all" in line.split()], prunes
+    assert prunes[0].startswith("builder prune --force --filter id=^("), prunes  # a batch first
+    assert prunes[-1] == "builder prune --force --filter id=^abc$", prunes  # then the one record still there
 
 
 @pytest.mark.engine
