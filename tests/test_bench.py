@@ -13,7 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -127,6 +127,7 @@ class Sentinel:
 
     token: str
     folder: Path
+    built: list[str] = field(default_factory=list)  # every image a build made: a rebuild untags the one before
 
     @property
     def tag(self) -> str:
@@ -144,6 +145,9 @@ class Sentinel:
                                  str(self.folder)], capture_output=True, text=True,
                                 env={**os.environ, "DOCKER_BUILDKIT": "1"})
         assert result.returncode == 0, result.stderr[-3000:]
+        image = subprocess.run([DOCKER, "image", "inspect", "--format", "{{.Id}}", self.tag], capture_output=True,
+                               text=True, check=True)
+        self.built.append(image.stdout.strip())
         return result.stderr + result.stdout
 
     def records(self) -> set[str]:
@@ -152,6 +156,7 @@ class Sentinel:
     def remove(self) -> None:
         """Untag it and prune its own records, by id, the way the bench does (never a global prune)."""
         subprocess.run([DOCKER, "rmi", "--force", self.tag], capture_output=True)
+        subprocess.run([DOCKER, "rmi", *self.built], capture_output=True)  # no --force: only what nothing holds
         bench_module().prune_records(self.records())  # its DOCKER is this one: both read LINKED_BUILDS_DOCKER
 
 
