@@ -722,15 +722,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs = 1 if args.quick else args.runs
     installers = list(dict.fromkeys(args.installer or ["pip"]))
+    # The baselines first, distro (the slowest) last: an interrupted run still has what the others compare with.
     plan: list[tuple[str, str, Callable[[Path], dict[str, Any]], dict[str, Any]]] = [
+        (n, "baseline", functools.partial(baseline_run, n), {}) for n in BASELINES
+    ]
+    plan.append(("floor", "baseline", floor_run, {}))
+    plan += [
         (scenario_name(s, v, i), "template", functools.partial(template_run, s, v, i),
          {"strategy": s, "venv": v, "installer": i})
-        for s in ("distro", "requirements", "one-by-one", "combo") for v in (False, True) for i in installers
+        for s in ("requirements", "combo", "one-by-one", "distro") for v in (False, True) for i in installers
         # distro without a virtualenv installs nothing with pip or uv: once is enough
         if s != "distro" or v or i == installers[0]
     ]
-    plan += [(n, "baseline", functools.partial(baseline_run, n), {}) for n in BASELINES]
-    plan.append(("floor", "baseline", floor_run, {}))
     wanted = args.only or ([scenario_name("one-by-one", False, installers[0])] if args.quick
                            else [p[0] for p in plan])
     unknown = set(wanted) - {p[0] for p in plan}
