@@ -328,9 +328,9 @@ def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
         child.expect("in one line")
         child.send(KEYS["enter"])
         child.expect("install the dependencies")
-        # Default is combo (4th); two ups reach requirements, one down one-by-one.
+        # Default is requirements (2nd); one up reaches distro, two downs one-by-one.
         child.send(KEYS["up"])
-        child.send(KEYS["up"])
+        child.send(KEYS["down"])
         child.send(KEYS["down"])
         child.send(KEYS["enter"])
         for prompt in ("virtualenv", "installs the Python packages", "CPython release", "Debian release",
