@@ -429,9 +429,9 @@ def test_update_does_not_ask_for_the_dependencies_again(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("ups", "venv_help", "image_help"), [
-    (3, "sits beside Debian's packages", "a Debian image"),
+    (1, "sits beside Debian's packages", "a Debian image"),
     (0, "The image's own Python stays untouched", "a Python image"),
-], ids=["distro", "combo"])
+], ids=["distro", "requirements"])
 def test_help_texts_follow_the_strategy_chosen(tmp_path: Path, ups: int, venv_help: str, image_help: str) -> None:
     """In a real terminal the virtualenv and upstream image questions speak of the strategy
     just picked (distro: Debian's packages and a Debian image; the others: Python's)."""
