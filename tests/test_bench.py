@@ -145,9 +145,9 @@ class Sentinel:
                                  str(self.folder)], capture_output=True, text=True,
                                 env={**os.environ, "DOCKER_BUILDKIT": "1"})
         assert result.returncode == 0, result.stderr[-3000:]
-        image = subprocess.run([DOCKER, "image", "inspect", "--format", "{{.Id}}", self.tag], capture_output=True,
-                               text=True, check=True)
-        self.built.append(image.stdout.strip())
+        image = bench_module().image_id(self.tag)
+        assert image, f"{self.tag} was built but the engine has no id for it"
+        self.built.append(image)
         return result.stderr + result.stdout
 
     def records(self) -> set[str]:
