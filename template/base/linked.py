@@ -247,6 +247,16 @@ def base_settings(text: str) -> tuple[dict[str, str], int]:
     raise LinkError(f"base/Dockerfile: needs a `{META} python=X.Y` line right above its FROM line")
 
 
+def image_froms(text: str) -> list[tuple[int, re.Match[str]]]:
+    """(line index, match) of each FROM that names an image, not an earlier stage."""
+    stages, found = set(), []
+    for index, line in enumerate(text.splitlines()):
+        if m := FROM_RE.match(line):
+            found += [] if m["image"].lower() in stages else [(index, m)]
+            stages.update(re.findall(r"(?i)^\s+AS\s+(\S+)", (m["rest"] or "").lower()))
+    return found
+
+
 def lock_target(text: str) -> str:
     """What a lock is compiled for, beyond the Python version: "pip" for the pip
     strategies, else a hash of the apt block's options, the sidekick and the upstream."""
@@ -383,7 +393,7 @@ class Project:
             first, _, rest = texts["Dockerfile"].partition("\n")
             writes["Dockerfile"] = f"ARG BASE_IMAGE={m['repo']}:{tag}" + first[len(first.rstrip("\r")) :] + "\n" + rest
             stale.append(f"Dockerfile: pins {m['repo']}:{m['tag']}, but base/ is now {tag}")
-        loose = ", ".join(m["image"] for m in map(FROM_RE.match, new_base.splitlines()) if m and not m["digest"])
+        loose = ", ".join(m["image"] for _, m in image_froms(new_base) if not m["digest"])
         hint = "so the image may move under its tag: run `make lock` where its registry is reachable"
         return writes, stale, [f"base/Dockerfile: FROM has no digest ({loose}), {hint}"] if loose else []
 

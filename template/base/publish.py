@@ -25,7 +25,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from linked import FROM_RE, HASH_RE, LinkError, Project, base_settings, run
+from linked import HASH_RE, LinkError, Project, base_settings, image_froms, run
 
 LABEL_TAG, LABEL_LOCK = "org.linked-builds.content-tag", "org.linked-builds.lock"
 PATH_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
@@ -141,9 +141,8 @@ def pin_digests(text: str) -> tuple[str, list[str]]:
     """A Dockerfile's text with each FROM pinned by its tag's current digest, and warnings for
     the ones the registry could not answer (they keep the digest they had, if any)."""
     lines, warnings = text.splitlines(keepends=True), []
-    for index, line in enumerate(lines):
-        m = FROM_RE.match(line.rstrip("\r\n"))
-        if not m or "$" in m["image"] or (m["digest"] and ":" not in m["image"].rsplit("/", 1)[-1]):
+    for index, m in image_froms(text):
+        if "$" in m["image"] or (m["digest"] and ":" not in m["image"].rsplit("/", 1)[-1]):
             continue  # an argument, or pinned by digest alone: no tag to follow
         try:
             digest = "@" + (manifest_digest(m["image"]) or "")
@@ -152,7 +151,8 @@ def pin_digests(text: str) -> tuple[str, list[str]]:
         except LinkError as exc:
             digest = m["digest"] or ""
             warnings.append(f"digest not resolved ({exc}); kept {'its digest' if digest else 'no digest'}")
-        lines[index] = f"FROM {m['image']}{digest}{m['rest'] or ''}" + line[len(line.rstrip("\r\n")) :]
+        end = lines[index][len(lines[index].rstrip("\r\n")) :]
+        lines[index] = f"FROM {m['image']}{digest}{m['rest'] or ''}{end}"
     return "".join(lines), warnings
 
 
