@@ -520,7 +520,8 @@ def render(strategy: str, venv: bool, dst: Path, upstream: str, installer: str =
 
 def scenario_name(strategy: str, venv: bool, installer: str) -> str:
     uv = installer == "uv" and (strategy != "distro" or venv)  # distro alone installs with apt only
-    return f"{strategy}{' + venv' if venv else ''}{' + uv' if uv else ''}"
+    named = venv and strategy != "groups"  # groups installs into a virtualenv whatever the answer
+    return f"{strategy}{' + venv' if named else ''}{' + uv' if uv else ''}"
 
 
 def template_run(strategy: str, venv: bool, installer: str, work: Path) -> dict[str, Any]:
@@ -730,9 +731,9 @@ def main(argv: list[str] | None = None) -> int:
     plan += [
         (scenario_name(s, v, i), "template", functools.partial(template_run, s, v, i),
          {"strategy": s, "venv": v, "installer": i})
-        for s in ("requirements", "combo", "one-by-one", "distro") for v in (False, True) for i in installers
-        # distro without a virtualenv installs nothing with pip or uv: once is enough
-        if s != "distro" or v or i == installers[0]
+        for s in ("groups", "requirements", "combo", "one-by-one", "distro") for v in (False, True) for i in installers
+        # distro without a virtualenv installs nothing with pip or uv: once is enough; groups always has one
+        if (s != "distro" or v or i == installers[0]) and (s != "groups" or v)
     ]
     wanted = args.only or ([scenario_name("one-by-one", False, installers[0])] if args.quick
                            else [p[0] for p in plan])
