@@ -31,7 +31,8 @@ def choices(question: str) -> list[Any]:
 
 
 STRATEGIES = choices("strategy")
-COMBINATIONS = [(s, v) for s in STRATEGIES for v in (False, True)]
+# groups installs into a virtualenv whatever use_virtualenv says: it is built once, with it.
+COMBINATIONS = [(s, v) for s in STRATEGIES for v in (False, True) if s != "groups" or v]
 COMBINATION_IDS = [f"{s}-{'venv' if v else 'novenv'}" for s, v in COMBINATIONS]
 # The installer is asked wherever pip runs: every pip strategy, and distro's sidekick virtualenv.
 INSTALLERS = choices("installer")

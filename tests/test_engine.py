@@ -270,6 +270,28 @@ def test_new_requirement_runs_only_its_own_base_step(built: Callable[..., Built]
         subprocess.run([DOCKER, "rmi", "--force", new_ref], capture_output=True)
 
 
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_new_requirement_reinstalls_only_its_group(built: Callable[..., Built], tmp_path: Path,
+                                                   installer: str) -> None:
+    b = built("groups", True, installer=installer)
+    project = b.copy(tmp_path / "project")
+    add_and_lock(project, NEW_REQUIREMENT)
+    group = tool_module(project, "groups").group_of("cowsay", 8)
+    new_ref = linked(project, "ref").stdout.strip()
+    try:
+        result = make(project, "base", build_args="--progress plain")
+        steps = buildkit_steps(result.stdout + result.stderr)
+        installs = [s.name for s in steps if s.ran and "install" in s.name]
+        assert len(installs) == 1, installs
+        assert installs[0].endswith(f"-r /opt/base/groups/{group}.txt"), installs
+        # The final stage recopies from the changed group on; the ones before it stay cached.
+        copies = {int(m[1]) for s in steps if s.ran and (m := re.search(r"COPY --from=group-(\d+) ", s.name))}
+        assert copies == set(range(group, 8)), (group, copies)
+        assert run_in(new_ref, "python3", "-c", "import cowsay").returncode == 0
+    finally:
+        subprocess.run([DOCKER, "rmi", "--force", new_ref], capture_output=True)
+
+
 def test_a_rebuild_without_cache_installs_the_same_set(built: Callable[..., Built]) -> None:
     b = built("requirements", False)
     again = b.base_ref.replace(":deps-", ":again-")

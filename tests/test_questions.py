@@ -300,7 +300,7 @@ def test_distro_refusal_leaves_an_unlocked_project_that_says_why(tmp_path: Path)
 
 
 def test_choices_come_from_copier_yml() -> None:
-    assert choices("strategy") == ["distro", "requirements", "one-by-one", "combo"]
+    assert choices("strategy") == ["distro", "groups", "requirements", "one-by-one", "combo"]
     assert "3.13" in choices("python_version") and choices("debian_release") == ["bookworm", "trixie"]
 
 
@@ -328,8 +328,9 @@ def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
         child.expect("in one line")
         child.send(KEYS["enter"])
         child.expect("install the dependencies")
-        # Default is requirements (2nd); one up reaches distro, two downs one-by-one.
+        # Default is groups (2nd); one up reaches distro, three downs one-by-one.
         child.send(KEYS["up"])
+        child.send(KEYS["down"])
         child.send(KEYS["down"])
         child.send(KEYS["down"])
         child.send(KEYS["enter"])
@@ -428,23 +429,31 @@ def test_update_does_not_ask_for_the_dependencies_again(tmp_path: Path) -> None:
     assert requirements.read_text().endswith("gunicorn>=20.1\nclick>=8\n")
 
 
-@pytest.mark.parametrize(("ups", "venv_help", "image_help"), [
-    (1, "sits beside Debian's packages", "a Debian image"),
-    (0, "The image's own Python stays untouched", "a Python image"),
-], ids=["distro", "requirements"])
-def test_help_texts_follow_the_strategy_chosen(tmp_path: Path, ups: int, venv_help: str, image_help: str) -> None:
+@pytest.mark.parametrize(("key", "venv_help", "image_help"), [
+    ("up", "sits beside Debian's packages", "a Debian image"),
+    ("down", "The image's own Python stays untouched", "a Python image"),
+    ("enter", None, "a Python image"),
+], ids=["distro", "requirements", "groups"])
+def test_help_texts_follow_the_strategy_chosen(tmp_path: Path, key: str, venv_help: str | None,
+                                               image_help: str) -> None:
     """In a real terminal the virtualenv and upstream image questions speak of the strategy
-    just picked (distro: Debian's packages and a Debian image; the others: Python's)."""
+    just picked (distro: Debian's packages and a Debian image; the others: Python's). Under
+    groups (the default) the virtualenv is not asked: it always has one."""
     child = spawn_copier("copy", "--trust", "--vcs-ref=HEAD", str(TEMPLATE), str(tmp_path / "out"))
     try:
         for prompt in ("project called", "short name", "import name", "in one line"):
             child.expect(prompt)
             child.send(KEYS["enter"])
         child.expect("install the dependencies")
-        child.send(KEYS["up"] * ups + KEYS["enter"])
-        child.expect("virtualenv")
-        child.expect(venv_help)
-        child.send(KEYS["enter"])
+        child.send(KEYS[key] + KEYS["enter"] if key != "enter" else KEYS["enter"])
+        if venv_help is None:
+            child.expect("installs the Python packages")
+            assert "Install into a virtualenv" not in child.before
+            child.send(KEYS["enter"])
+        else:
+            child.expect("virtualenv")
+            child.expect(venv_help)
+            child.send(KEYS["enter"])
         while child.expect(["start FROM", "installs the Python packages", "CPython release", "Debian release"]):
             child.send(KEYS["enter"])
         child.expect(image_help)

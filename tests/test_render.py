@@ -86,9 +86,11 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
     froms = [" ".join(i.value) for i in instructions if i.cmd == "FROM"]
     upstream = "debian:trixie-slim" if strategy == "distro" else "python:3.13-slim-trixie"
     # docker.io and ghcr.io are unreachable here: no digest to pin
-    assert froms == (["ghcr.io/astral-sh/uv:0.13.9 AS uv"] if uv else []) + [upstream]
+    stages = [f"{upstream} AS prepared", "prepared AS groups", *(f"prepared AS group-{n}" for n in range(8)),
+              "prepared"] if strategy == "groups" else [upstream]
+    assert froms == (["ghcr.io/astral-sh/uv:0.13.9 AS uv"] if uv else []) + stages
     lock_line = r"# linked-builds:lock python=3.13 repository=\S+ platforms=linux/amd64,linux/arm64"
-    assert re.search(rf"{lock_line}\nFROM {upstream}\n", text)
+    assert re.search(rf"{lock_line}\nFROM {stages[0]}\n", text)
     pip_steps = [i for i in instructions if i.cmd == "RUN" and "pip install" in i.value[0]]
     tool = "uv pip" if uv else "pip"
     assert all(f"{tool} install --no-deps --require-hashes" in i.value[0] for i in pip_steps)
@@ -100,7 +102,19 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
         assert any(i.cmd == "COPY" and i.value == ("/uv", "/usr/local/bin/uv") and "--from=uv" in i.flags
                    for i in instructions)
     lock = locked(project)
-    if strategy == "requirements":
+    if strategy == "groups":
+        assert [i.value[0] for i in pip_steps] == [
+            f"{tool} install --no-deps --require-hashes --prefix /opt/group -r /opt/base/groups/{n}.txt"
+            for n in range(8)]
+        split = next(i for i in instructions if i.cmd == "RUN" and "groups.py" in i.value[0])
+        assert split.value[0] == "python3 -I /opt/base/groups.py 8 /opt/base/requirements.txt /opt/base/groups"
+        last = max(n for n, i in enumerate(instructions) if i.cmd == "FROM")
+        assert [(i.cmd, i.flags, i.value) for i in instructions[last + 1:]] == [
+            ("COPY", (f"--from=group-{n}",), ("/opt/group/", "/opt/venv/")) for n in range(8)]
+        assert (project / "base" / "groups.py").is_file()
+        assert "!groups.py" in (project / "base" / ".dockerignore").read_text().splitlines()
+        assert {"flask==", "gunicorn=="} <= {pin.split("==")[0] + "==" for pin, _ in lock}
+    elif strategy == "requirements":
         assert [i.value[0] for i in pip_steps] == [
             f"{tool} install --no-deps --require-hashes -r /opt/base/requirements.txt"]
         assert {"flask==", "gunicorn=="} <= {pin.split("==")[0] + "==" for pin, _ in lock}
