@@ -697,7 +697,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("seconds (log scale; median, whiskers min-max)")
     ax.set_title(f"Rebuild times, {data['meta']['requirements']} pinned requirements")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)  # below, over no bar
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
