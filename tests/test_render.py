@@ -265,3 +265,20 @@ def test_a_requirement_debian_has_too_old_goes_to_the_sidekick_or_is_refused(ren
     assert result.returncode == 2
     assert f"Debian has no package for click (Debian has only python3-click={debian[1]}): answer " \
            "use_virtualenv=true" in result.stderr
+
+
+@pytest.mark.parametrize(("strategy", "venv", "installer"), WITH_INSTALLER, ids=WITH_INSTALLER_IDS)
+def test_readme_names_the_installs_the_base_runs(rendered: Rendered, strategy: str, venv: bool,
+                                                 installer: str) -> None:
+    """The generated README speaks of the install steps its base/Dockerfile has: apt's pins
+    alone under distro without a virtualenv, the project's installer everywhere else."""
+    project = rendered(strategy, venv, installer)
+    readme = " ".join((project / "README.md").read_text().split())
+    dockerfile = (project / "base" / "Dockerfile").read_text()
+    tool = "uv pip" if installer == "uv" and (strategy != "distro" or venv) else "pip"
+    if strategy == "distro" and not venv:
+        assert "pip install" not in dockerfile
+        assert "pip install" not in readme and "apt-get install python3-…=<version>" in readme
+    else:
+        assert f"{tool} install --no-deps --require-hashes" in dockerfile
+        assert f"({tool} install --no-deps --require-hashes)" in readme
