@@ -281,4 +281,4 @@ def test_readme_names_the_installs_the_base_runs(rendered: Rendered, strategy: s
         assert "pip install" not in readme and "apt-get install python3-…=<version>" in readme
     else:
         assert f"{tool} install --no-deps --require-hashes" in dockerfile
-        assert f"({tool} install --no-deps --require-hashes)" in readme
+        assert f"(`{tool} install --no-deps --require-hashes`)" in readme
