@@ -94,7 +94,9 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
     pip_steps = [i for i in instructions if i.cmd == "RUN" and "pip install" in i.value[0]]
     tool = "uv pip" if uv else "pip"
     assert all(f"{tool} install --no-deps --require-hashes" in i.value[0] for i in pip_steps)
-    assert all(f"--mount=type=cache,target=/root/.cache/{tool.split()[0]}" in i.flags for i in pip_steps)
+    cache = "--mount=type=cache,{}target=/root/.cache/" + tool.split()[0]
+    assert all(cache.format(f"id={tool.split()[0]}-group-{n}," if strategy == "groups" else "") in i.flags
+               for n, i in enumerate(pip_steps))
     env = {i.value[n]: i.value[n + 1] for i in instructions if i.cmd == "ENV" for n in range(0, len(i.value), 2)}
     if uv:
         assert {"UV_LINK_MODE": "copy", "UV_COMPILE_BYTECODE": "1", "UV_PYTHON_DOWNLOADS": "never"}.items() <= \
