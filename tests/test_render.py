@@ -17,6 +17,7 @@ import yaml
 
 from conftest import COMBINATION_IDS, COMBINATIONS, COPIER_YML, WITH_INSTALLER, WITH_INSTALLER_IDS, linked
 
+GROUPS = 3  # the groups strategy's count of groups, set in base/Dockerfile.jinja
 PIN = re.compile(r"^BASE_IMAGE=(?P<repo>.+):(?P<tag>deps-[0-9a-f]{16})$")
 Rendered = Callable[..., Path]
 
@@ -86,8 +87,8 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
     froms = [" ".join(i.value) for i in instructions if i.cmd == "FROM"]
     upstream = "debian:trixie-slim" if strategy == "distro" else "python:3.13-slim-trixie"
     # docker.io and ghcr.io are unreachable here: no digest to pin
-    stages = [f"{upstream} AS prepared", "prepared AS groups", *(f"prepared AS group-{n}" for n in range(8)),
-              "prepared"] if strategy == "groups" else [upstream]
+    stages = [f"{upstream} AS python", "python AS groups", "python AS prepared",
+              *(f"prepared AS group-{n}" for n in range(GROUPS)), "prepared"] if strategy == "groups" else [upstream]
     assert froms == (["ghcr.io/astral-sh/uv:0.13.9 AS uv"] if uv else []) + stages
     lock_line = r"# linked-builds:lock python=3.13 repository=\S+ platforms=linux/amd64,linux/arm64"
     assert re.search(rf"{lock_line}\nFROM {stages[0]}\n", text)
@@ -108,12 +109,12 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
         assert [" ".join(i.value[0].split()) for i in pip_steps] == [
             f"mkdir -p /opt/group && {tool} install --no-deps --require-hashes --prefix /opt/group"
             f" -r /opt/base/groups/{n}.txt"
-            for n in range(8)]
+            for n in range(GROUPS)]
         split = next(i for i in instructions if i.cmd == "RUN" and "groups.py" in i.value[0])
-        assert split.value[0] == "python3 -I /opt/base/groups.py 8 /opt/base/requirements.txt /opt/base/groups"
+        assert split.value[0] == f"python3 -I /opt/base/groups.py {GROUPS} /opt/base/requirements.txt /opt/base/groups"
         last = max(n for n, i in enumerate(instructions) if i.cmd == "FROM")
         assert [(i.cmd, i.flags, i.value) for i in instructions[last + 1:]] == [
-            ("COPY", (f"--from=group-{n}",), ("/opt/group/", "/opt/venv/")) for n in range(8)]
+            ("COPY", (f"--from=group-{n}",), ("/opt/group/", "/opt/venv/")) for n in range(GROUPS)]
         assert (project / "base" / "groups.py").is_file()
         assert "!groups.py" in (project / "base" / ".dockerignore").read_text().splitlines()
         assert {"flask==", "gunicorn=="} <= {pin.split("==")[0] + "==" for pin, _ in lock}
