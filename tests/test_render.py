@@ -273,16 +273,20 @@ def test_a_requirement_debian_has_too_old_goes_to_the_sidekick_or_is_refused(ren
 @pytest.mark.parametrize(("strategy", "venv", "installer"), WITH_INSTALLER, ids=WITH_INSTALLER_IDS)
 def test_readme_names_the_installs_the_base_runs(rendered: Rendered, strategy: str, venv: bool,
                                                  installer: str) -> None:
-    """The generated README speaks of the install steps its base/Dockerfile has: apt's pins
-    alone under distro without a virtualenv, the project's installer everywhere else."""
+    """The generated README speaks of the install steps and the lock its base/Dockerfile has:
+    apt's pins alone under distro without a virtualenv (no sha256 in its lock), the project's
+    installer everywhere else."""
     project = rendered(strategy, venv, installer)
     readme = " ".join((project / "README.md").read_text().split())
     dockerfile = (project / "base" / "Dockerfile").read_text()
     tool = "uv pip" if installer == "uv" and (strategy != "distro" or venv) else "pip"
+    lock = readme.partition("is a **lock**: ")[2].partition(" - ")[0]
+    assert ("sha256" in lock) == (strategy != "distro" or venv), lock
+    assert ("`# apt:` lines" in lock) == (strategy == "distro"), lock
+    assert ("apt-get install python3-…=<version>" in readme) == (strategy == "distro")
     if strategy == "distro" and not venv:
         assert "pip install" not in dockerfile
         assert "install --no-deps --require-hashes`" not in readme
-        assert "apt-get install python3-…=<version>" in readme
     else:
         # distro's sidekick has no step when Debian packages every requirement, as for the demo's two
         assert f"{tool} install --no-deps --require-hashes" in dockerfile or strategy == "distro"
