@@ -198,6 +198,21 @@ def test_github_workflow_runs_the_tool_with_quoted_variables(images: Path) -> No
             assert "$" not in re.sub(r'"[^"]*"', "", run), run  # every variable inside double quotes
 
 
+def test_ci_images_are_releases_not_latest(tmp_path: Path) -> None:
+    """Every image the CI files run is named by a release tag (a digest may follow), never
+    latest or a bare name: QEMU's binfmt too, which the GitHub action would take as latest."""
+    project = render_project(tmp_path / "project", lock=False, ci=["github", "gitlab"])  # two platforms
+    pipeline = yaml.safe_load((project / ".gitlab-ci.yml").read_text())
+    qemu = [step["with"] for job in workflow(project / IMAGES)["jobs"].values() for step in job["steps"]
+            if step.get("uses", "").startswith("docker/setup-qemu-action@")]
+    named = [pipeline["variables"]["BINFMT_IMAGE"], pipeline["default"]["image"], *pipeline["default"]["services"],
+             pipeline["test"]["image"], *(step["image"] for step in qemu)]
+    assert qemu, "no QEMU step in a two-platform workflow"
+    for ref in named:
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+(@sha256:[0-9a-f]{64})?", ref), ref
+        assert ":latest" not in ref, ref
+
+
 def test_gitlab_pipeline_links_two_jobs(project: Path) -> None:
     pipeline = yaml.safe_load((project / ".gitlab-ci.yml").read_text())
     assert pipeline["stages"] == ["test", "base", "app"]  # the app's tests first: a later stage needs them passed
