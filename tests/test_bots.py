@@ -158,18 +158,19 @@ def test_renovate_leaves_the_pin_alone_and_groups_the_base(project: Path) -> Non
 def test_renovate_bumps_the_qemu_image_in_both_ci_files(project: Path) -> None:
     """The binfmt image sits in a GitLab variable and a GitHub action's input, where no built-in
     manager looks: the custom manager finds it in each file, and its versioning reads the tag."""
-    (manager,) = load(project / "renovate.json")["customManagers"]
+    config = load(project / "renovate.json")
+    (manager,) = config["customManagers"]
     python_re = [re.compile(m.replace("(?<", "(?P<")) for m in manager["matchStrings"]]
+    versioning = re.compile(manager["versioningTemplate"].removeprefix("regex:").replace("(?<", "(?P<"))
     files = [path for path in (".github/workflows/images.yml", ".gitlab-ci.yml")
              if any(re.search(pattern.strip("/"), path) for pattern in manager["managerFilePatterns"])]
     assert files == [".github/workflows/images.yml", ".gitlab-ci.yml"]
     for path in files:
         found = [m.groupdict() for r in python_re for m in r.finditer((project / path).read_text())]
         assert found and all(f["depName"] == "docker.io/tonistiigi/binfmt" for f in found), (path, found)
-        versioning = re.compile(manager["versioningTemplate"].removeprefix("regex:").replace("(?<", "(?P<"))
         assert all(versioning.match(f["currentValue"]) for f in found), found
     assert any("custom.regex" in r.get("matchManagers", []) and r.get("groupName") == "CI"
-               for r in load(project / "renovate.json")["packageRules"])
+               for r in config["packageRules"])
 
 
 def test_gitlab_refresh_runs_only_in_scheduled_pipelines(project: Path) -> None:
