@@ -355,9 +355,9 @@ def test_install_order_follows_requirements_in_with_dependencies_first(project: 
 
 
 def update_hook(project: Path) -> subprocess.CompletedProcess[str]:
-    """The template's own task, as copier runs it after an update."""
-    return subprocess.run([sys.executable, str(TEMPLATE / "hooks" / "post_copy.py"), "--operation=update",
-                           "--project", str(project)], capture_output=True, text=True)
+    """The template's own step after an update, as copier runs it (in the project's root)."""
+    return subprocess.run([sys.executable, str(TEMPLATE / "hooks" / "update.py"), "after"], cwd=project,
+                          capture_output=True, text=True)
 
 
 def test_the_update_task_settles_conflicts_in_the_pin_and_the_blocks(project: Path) -> None:
@@ -374,7 +374,7 @@ def test_the_update_task_settles_conflicts_in_the_pin_and_the_blocks(project: Pa
     assert check.returncode == 3 and "a merge conflict: resolve it, then run `make sync`" in check.stderr
     result = update_hook(project)
     assert result.returncode == 0, result.stderr
-    assert "Dockerfile:1: took the template's side of a conflict in generated lines" in result.stderr
+    assert "Dockerfile:1: settled a conflict in lines `make sync` writes" in result.stderr
     assert "<<<<<<<" not in app.read_text() + base.read_text()
     assert app.read_text().splitlines()[0] == pin and fenced(project) == block
     assert linked(project, "check").returncode == 0
@@ -392,8 +392,8 @@ def test_a_conflict_of_the_users_is_left_but_the_pin_is_settled(project: Path) -
         ">>>>>>> after updating\n"))
     result = update_hook(project)
     assert result.returncode == 0
-    assert re.search(r"merge conflicts \(base/Dockerfile:\d+\): resolve them, then run `make sync`\.\n$",
-                     result.stderr), result.stderr
+    assert re.search(r"merge conflicts in base/Dockerfile:\d+: keep your lines, the template's or both, delete the "
+                     r"markers, then run `make sync`\n$", result.stderr), result.stderr
     assert "<<<<<<<" not in app.read_text()  # settled; sync rewrites the pin once the user's is resolved
     assert base.read_text().count("<<<<<<< before updating\nENV PYTHONUNBUFFERED=1") == 1
     base.write_text(re.sub(r"<<<<<<< before updating\n(.*?)=======\n.*?>>>>>>> after updating\n", r"\1",

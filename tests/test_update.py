@@ -3,9 +3,10 @@
 Two throwaway git repositories of the template. In the first, an older state of
 this tree is tagged 1.0.0 and HEAD is this working tree: projects are copied at
 1.0.0, committed, edited as a user would, committed again, then updated to HEAD.
-In the second, 1.0.0 is the last release before the lock (base/requirements.txt
-was the list of requirements) and 2.0.0 is this working tree: the update runs the
-2.0.0 migration.
+In the second, the template's real history: the last commit before the lock
+(base/requirements.txt was the list of requirements), the first with the lock, a
+recent one and this working tree, with release tags and without (tags do not travel
+with the template's main branch, so copier often sees none).
 
 Copies and locks are the slow part (a distro lock runs apt in a container), so
 the projects every switch test starts from, and the fresh projects they are
@@ -32,6 +33,10 @@ GIT = ["git", "-c", "user.name=Tester", "-c", "user.email=tester@example.com", "
 COPIER = [sys.executable, "-m", "copier"]
 # The last commit of the 1.x series: base/requirements.txt.jinja was the list of requirements.
 PRE_LOCK_RELEASE = "aa86b68"
+# Layouts the template has had, oldest first: the 1.x list, 2.0's first lock, groups with 3 groups.
+LAYOUTS = [PRE_LOCK_RELEASE, "31b47e6", "3e25560"]
+# A line of the user's own in base/Dockerfile's place for it, which every strategy keeps.
+USER_STEP = 'RUN echo "a build step of the user\'s own" > /opt/user-step'
 
 # What the older release said, replaced in a copy of this tree to make 1.0.0.
 OLDER = [
@@ -109,26 +114,43 @@ def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-@pytest.fixture(scope="module")
-def release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The template at 1.0.0 (the last release before the lock) and at 2.0.0 (this working tree)."""
-    repo = tmp_path_factory.mktemp("releases") / "linked-builds"
+@pytest.fixture(scope="module", params=[False, True], ids=["untagged", "tagged"])
+def history_repo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
+    """The template at each of LAYOUTS, then this working tree; tagged 1.0.0, 2.0.0, 2.1.0
+    and 2.2.0, or not tagged at all. Returns (repository, tagged)."""
+    repo = tmp_path_factory.mktemp("history") / "linked-builds"
     repo.mkdir()
-    found = subprocess.run(["git", "cat-file", "-e", f"{PRE_LOCK_RELEASE}^{{commit}}"], cwd=TEMPLATE)
-    assert found.returncode == 0, f"commit {PRE_LOCK_RELEASE} is missing: the test needs the full history"
-    archive = subprocess.run(["git", "archive", PRE_LOCK_RELEASE], cwd=TEMPLATE, check=True, capture_output=True)
-    subprocess.run(["tar", "-x", "-C", str(repo)], input=archive.stdout, check=True)
-    assert (repo / "template" / "base" / "requirements.txt.jinja").is_file()
     git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "release 1.0.0")
-    git(repo, "tag", "1.0.0")
-    git(repo, "rm", "-rq", ".")
+    for n, commit in enumerate(LAYOUTS):
+        found = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=TEMPLATE)
+        assert found.returncode == 0, f"commit {commit} is missing: the test needs the full history"
+        archive = subprocess.run(["git", "archive", commit], cwd=TEMPLATE, check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(repo)], input=archive.stdout, check=True)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", f"the template at {commit}")
+        if request.param:
+            git(repo, "tag", ["1.0.0", "2.0.0", "2.1.0"][n])
+        git(repo, "rm", "-rq", ".")
     copy_worktree(repo)
     git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "release 2.0.0")
-    git(repo, "tag", "2.0.0")
-    return repo
+    git(repo, "commit", "-qm", "this working tree")
+    if request.param:
+        git(repo, "tag", "2.2.0")
+    return repo, request.param
+
+
+def add_user_step(project: Path) -> None:
+    """What the user does: a build step of their own in base/Dockerfile's place for it."""
+    dockerfile = project / "base" / "Dockerfile"
+    text = dockerfile.read_text()
+    assert text.count("\n# <<< your build steps\n") == 1, "base/Dockerfile has no place for the user's steps"
+    dockerfile.write_text(text.replace("\n# <<< your build steps\n", f"\n{USER_STEP}\n# <<< your build steps\n"))
+
+
+def user_step_kept(project: Path) -> bool:
+    """Whether USER_STEP is in base/Dockerfile's place for it, once."""
+    text = (project / "base" / "Dockerfile").read_text()
+    return text.count(USER_STEP) == 1 and f"\n{USER_STEP}\n# <<< your build steps\n" in text
 
 
 def copy_old(template_repo: Path, dst: Path, *data: str, lock: bool = True) -> Path:
@@ -150,11 +172,12 @@ def add_requirement(project: Path, line: str = EXTRA_REQUIREMENT) -> None:
 
 
 def make_old(template_repo: Path, dst: Path, strategy: str, venv: bool, installer: str) -> Path:
-    """A project copied at 1.0.0, the user's requirement added and locked, committed.
+    """A project copied at 1.0.0, the user's build step and requirement added and locked, committed.
 
     It is copied unlocked (the lock on copy has its own test) and locked once, with the user's line.
     """
     copy_old(template_repo, dst, *answers(strategy, venv, installer), lock=False)
+    add_user_step(dst)
     add_requirement(dst)
     git(dst, "add", "-A")
     git(dst, "commit", "-qm", "an extra requirement, locked")
@@ -162,10 +185,13 @@ def make_old(template_repo: Path, dst: Path, strategy: str, venv: bool, installe
 
 
 def make_fresh(template_repo: Path, dst: Path, strategy: str, venv: bool, installer: str) -> Path:
-    """A project copied at HEAD with these answers and the user's requirements, locked on copy."""
+    """A project copied at HEAD with these answers, the user's requirements and build step, locked."""
     result = copier("copy", "--trust", "--defaults", "--vcs-ref=HEAD", *answers(strategy, venv, installer),
                     f"--data=dependencies={USER_DEPENDENCIES}", str(template_repo), str(dst))
     assert result.returncode == 0, result.stderr
+    add_user_step(dst)
+    synced = linked(dst, "sync")
+    assert synced.returncode == 0, synced.stderr
     return dst
 
 
@@ -261,6 +287,7 @@ def test_strategy_switch_matches_a_fresh_project(old_project: Project, fresh_pro
     assert conflict_markers(project) == [] and not list(project.rglob("*.rej"))
     assert git(project, "ls-files", "--unmerged") == ""
     assert EXTRA_REQUIREMENT in (project / "base" / "requirements.in").read_text()
+    assert user_step_kept(project)
     assert_like_fresh(project, fresh_project(new, new == "groups"))
 
 
@@ -303,15 +330,25 @@ def test_user_conflict_in_a_dockerfile_is_left_with_markers_and_a_note(old_proje
     dockerfile = project / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text().replace("# Python's urllib: no curl needed.",
                                                          "# Our own wording of the healthcheck."))
-    git(project, "commit", "-qam", "user rewords a comment the template also rewords")
+    app = next(project.glob("src/*/app.py"))
+    app.write_text(app.read_text().replace('"""Build the application."""', '"""Our own docstring."""'))
+    git(project, "commit", "-qam", "user rewords lines the template also rewords")
     result = update(project)
     assert result.returncode == 0, result.stderr
+    # The update's last line names every file left with markers, the Python file too; nothing
+    # else it says speaks of conflicts or of a stale lock (this project's lock is current).
     last = result.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(r"The update left merge conflicts \(Dockerfile:\d+\): resolve them, then run `make sync`\.",
-                        last), result.stderr
+    assert re.fullmatch(r"linked-builds: the update left merge conflicts in Dockerfile:\d+, src/\w+/app\.py:\d+: keep "
+                        r"your lines, the template's or both, delete the markers, then run `make sync`", last), last
+    assert "stale" not in result.stderr and result.stderr.count("merge conflicts") == 1, result.stderr
+    assert '<<<<<<< before updating\n    """Our own docstring."""\n' in app.read_text()
     text = dockerfile.read_text()
-    assert "<<<<<<< before updating\n# Our own wording of the healthcheck.\n=======\n" \
+    assert "<<<<<<< before updating\n# Our own wording of the healthcheck.\n||||||| last update\n" \
+        "# Python's urllib: no curl needed.\n=======\n" \
         "# Python's own urllib, so the image needs no curl.\n>>>>>>> after updating\n" in text
+    # The conflict style was the update's only: the user's git configuration is as it was.
+    style = subprocess.run(["git", "config", "--get", "merge.conflictStyle"], cwd=project, capture_output=True)
+    assert style.returncode == 1 and not list(project.glob(".git/linked-builds*"))
     # The pin was settled anyway (the update's render of 1.0.0 is unlocked: its pin is not the
     # project's); only the user's own conflict is left, once.
     assert text.count("<<<<<<< ") == 1 and text.startswith("ARG BASE_IMAGE=")
@@ -325,8 +362,8 @@ def test_user_conflict_in_a_dockerfile_is_left_with_markers_and_a_note(old_proje
     assert made.stderr.splitlines()[:2] == ["Dockerfile: merge conflict markers left: resolve them",
                                             "README.md: merge conflict markers left: resolve them"], made.stderr
     readme.write_text(readme.read_text().split("<<<<<<< mine")[0])
-    dockerfile.write_text(re.sub(r"<<<<<<< before updating\n.*?=======\n(.*?)>>>>>>> after updating\n", r"\1",
-                                 text, flags=re.S))
+    resolve(dockerfile)
+    resolve(app)
     assert conflict_markers(project) == []
     synced = linked(project, "sync")
     assert synced.returncode == 0, synced.stderr
@@ -334,38 +371,86 @@ def test_user_conflict_in_a_dockerfile_is_left_with_markers_and_a_note(old_proje
     assert check.returncode == 0 and only_warnings(check.stderr), check.stderr
 
 
-def test_update_from_before_the_lock_moves_the_list_to_requirements_in(release_repo: Path, fresh_project: Project,
-                                                                        tmp_path: Path) -> None:
+def resolve(path: Path) -> None:
+    """Resolve each conflict as a user would: the template's side, then the user's own lines
+    (those of their side that neither the last update nor the template has)."""
+
+    def keep(m: re.Match[str]) -> str:
+        ours, base, theirs = (m[k].splitlines(True) for k in ("ours", "base", "theirs"))
+        return "".join(theirs + [line for line in ours if line not in base and line not in theirs])
+
+    text = re.sub(r"<<<<<<< before updating\n(?P<ours>.*?)\|\|\|\|\|\|\| last update\n(?P<base>.*?)=======\n"
+                  r"(?P<theirs>.*?)>>>>>>> after updating\n", keep, path.read_text(), flags=re.S)
+    assert "<<<<<<<" not in text
+    path.write_text(text)
+
+
+def add_users_lines(project: Path) -> list[tuple[Path, str]]:
+    """What a user writes in a project of any layout, committed: a requirement (locked), a
+    route, a README paragraph and a base/Dockerfile line. Returns (file, line) of each."""
+    listed = project / "base" / "requirements.in"
+    if not listed.exists():  # the 1.x layout: requirements.txt was the list, synced
+        listed = project / "base" / "requirements.txt"
+    listed.write_text(listed.read_text() + EXTRA_REQUIREMENT + "\n")
+    app = next(project.glob("src/*/app.py"))
+    app.write_text(app.read_text().replace("\n    return app\n", NEW_ROUTE + "\n    return app\n"))
+    readme = project / "README.md"
+    title, rest = readme.read_text().split("\n", 1)
+    readme.write_text(title + "\n" + USER_PARAGRAPH + rest)
+    dockerfile = project / "base" / "Dockerfile"
+    if "\n# <<< your build steps\n" in dockerfile.read_text():
+        add_user_step(dockerfile.parent.parent)
+    else:  # no place for it yet: a user appended it
+        dockerfile.write_text(dockerfile.read_text() + USER_STEP + "\n")
+    tool = "lock" if listed.name == "requirements.in" else "sync"
+    done = linked(project, tool)
+    assert done.returncode == 0, done.stderr
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "the user's own lines")
+    return [(listed, EXTRA_REQUIREMENT), (app, '@app.get("/about")'), (readme, USER_PARAGRAPH.strip()),
+            (dockerfile, USER_STEP)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_update_over_the_history_keeps_every_line_of_the_users(history_repo: tuple[Path, bool], layout: str,
+                                                               tmp_path: Path) -> None:
+    """From each layout the template has had, with release tags and without, to this tree."""
+    repo, tagged = history_repo
     project = tmp_path / "project"
-    result = copier("copy", "--trust", "--defaults", "--vcs-ref=1.0.0", str(release_repo), str(project))
+    commit = git(repo, "log", "--format=%h", f"--grep=the template at {layout}").strip()
+    result = copier("copy", "--trust", "--defaults", f"--vcs-ref={commit}", str(repo), str(project), lock=False)
     assert result.returncode == 0, result.stderr
-    listed = project / "base" / "requirements.txt"
-    assert not (project / "base" / "requirements.in").exists() and "\nFlask>=2.2\n" in listed.read_text()
-    listed.write_text(listed.read_text() + EXTRA_REQUIREMENT + "\n")  # what a 1.x user did: the list, then sync
-    synced = linked(project, "sync")
-    assert synced.returncode == 0, synced.stderr
     git(project, "init", "-q")
     git(project, "add", "-A")
-    git(project, "commit", "-qm", "copied at 1.0.0, one requirement added")
-    users_list = listed.read_text()
+    git(project, "commit", "-qm", f"copied at {layout}")
+    lines = add_users_lines(project)
 
-    result = copier("update", "--trust", "--defaults", cwd=project)  # to the newest release
+    # With tags, to the newest release; without, to the newest commit.
+    result = copier("update", "--trust", "--defaults", *([] if tagged else ["--vcs-ref=HEAD"]), cwd=project)
     assert result.returncode == 0, result.stderr
-    assert "linked-builds 2.0.0: moved base/requirements.txt to base/requirements.in" in result.stderr
-    assert "_commit: 2.0.0\n" in (project / ".copier-answers.yml").read_text()
-    # Every line of the user's moved; only the 1.x header comment now says `make lock`.
-    header = "".join((TEMPLATE / "template" / "base" / "requirements.in.jinja").read_text().splitlines(True)[:3])
-    assert (project / "base" / "requirements.in").read_text() == header + "".join(users_list.splitlines(True)[3:])
-    assert listed.read_text() == UNLOCKED
-    assert conflict_markers(project) == [] and git(project, "ls-files", "--unmerged") == ""
-    assert "pyproject.toml" not in (project / "Dockerfile").read_text()  # the rest of 2.0.0 merged in
-    check = linked(project, "check")
-    assert check.returncode == 1 and RUN_LOCK in check.stderr, check.stderr
+    moved = "linked-builds: moved your list, base/requirements.txt, to base/requirements.in"
+    assert (moved in result.stderr) == (layout == PRE_LOCK_RELEASE), result.stderr
+    lines[0] = (project / "base" / "requirements.in", EXTRA_REQUIREMENT)
+    for path, line in lines:
+        assert line in path.read_text(), f"{path.relative_to(project)} lost the user's {line!r}"
+    if layout == PRE_LOCK_RELEASE:
+        assert (project / "base" / "requirements.txt").read_text() == UNLOCKED
+        assert git(project, "ls-files", "base/requirements.in") == "base/requirements.in\n"
+    # The line appended to base/Dockerfile (no layout before this one has a place for it) may
+    # meet the template's changes: then it is left in a conflict that the update names.
+    left = {marker.split(":")[0] for marker in conflict_markers(project)}
+    assert left <= {"base/Dockerfile"}, result.stderr
+    if left:
+        assert re.search(r"the update left merge conflicts in base/Dockerfile:\d+: ", result.stderr), result.stderr
+        resolve(project / "base" / "Dockerfile")
+        synced = linked(project, "sync")
+        assert synced.returncode == 0, synced.stderr
 
-    locked = linked(project, "lock")
-    assert locked.returncode == 0, locked.stderr
+    if linked(project, "check").returncode != 0:
+        locked = linked(project, "lock")
+        assert locked.returncode == 0, locked.stderr
     check = linked(project, "check")
     assert check.returncode == 0 and only_warnings(check.stderr), check.stderr
-    # Exactly a fresh 2.0.0 project with the user's requirements, and the list is tracked.
-    assert build_files(project) == build_files(fresh_project("combo", False))
-    assert git(project, "ls-files", "base/requirements.in") == "base/requirements.in\n"
+    for path, line in lines:
+        assert line in path.read_text(), f"{path.relative_to(project)} lost the user's {line!r} to `make lock`"
+    assert re.search(r"^pyyaml==", (project / "base" / "requirements.txt").read_text(), re.M | re.I)

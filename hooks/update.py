@@ -1,0 +1,270 @@
+"""Copier migrations: what `copier update` runs before and after it merges the template in.
+
+Copier runs ``before`` in the project's root before it merges the new template into
+the project, and ``after`` once the user's changes are merged back in. Neither is
+keyed on a release tag: the template's history carries none (copier then sees
+0.0.0.postN), so each step looks at what the project holds and is idempotent.
+
+before:
+  - A project from before the lock has base/requirements.txt as its list of
+    requirements and no base/requirements.in: the list moves to requirements.in
+    unchanged (and the lock is left for `make lock`).
+  - Copier merges a file it cannot patch with `git merge-file`; with git's
+    ``merge.conflictStyle=diff3`` each conflict also shows the last update's lines,
+    so ``after`` can tell the lines the user changed from the template's. It is set
+    in the project's repository for the update only, where the user set no style.
+after:
+  - A conflict whose user side changed only lines the project's tool writes (the
+    pin, the lock line, an upstream FROM, a fenced block) is settled on the
+    template's side: `base/linked.py sync` rewrites those lines. Any other conflict
+    is left inline, never dropped.
+  - `base/linked.py sync`, then the update's last lines: every file left with
+    conflict markers, and whether the lock needs `make lock`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+CONFLICT = 3  # base/linked.py's exit status for a conflict only the user can resolve
+START, BASE, MID, END = "<<<<<<< ", "||||||| ", "=======", ">>>>>>> "
+FENCE = ("# >>> linked-builds:", "# <<< linked-builds:")
+PIN = re.compile(r"ARG BASE_IMAGE=\S+|# linked-builds:lock( .*)?")
+FROM = re.compile(r"FROM\s+(?:--platform=\S+\s+)?(?P<image>[^\s$]+)(?:\s+AS\s+(?P<stage>\S+))?", re.IGNORECASE)
+STYLE_MARK = "linked-builds-conflictstyle"  # in the git dir: ``before`` set merge.conflictStyle
+
+UNLOCKED = "# The lock of the base image, not compiled yet: run `make lock`.\n"
+# The header 1.x wrote atop the list, and what requirements.in has had since.
+OLD_HEADER = (
+    "# The dependencies of the base image, one PEP 508 requirement per line.\n"
+    "# This file is the single list: after editing it, run `make sync` and commit\n"
+    "# the result (base/Dockerfile's generated blocks and the pin in ./Dockerfile).\n"
+)
+NEW_HEADER = (
+    "# The dependencies of the base image, one PEP 508 requirement per line.\n"
+    "# This file is yours: after editing it, run `make lock` and commit the result\n"
+    "# (base/requirements.txt, base/Dockerfile and the pin in ./Dockerfile).\n"
+)
+
+
+def git(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=project, capture_output=True, text=True, check=False)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- before
+
+
+def move_list(project: Path) -> str:
+    """Move a pre-lock base/requirements.txt (the list) to base/requirements.in; say what
+    was done, or "" when the project has no such list."""
+    old, new = project / "base" / "requirements.txt", project / "base" / "requirements.in"
+    if new.exists() or not old.is_file():
+        return ""
+    text = old.read_text(encoding="utf-8")
+    if "# linked-builds:lock " in text or text == UNLOCKED:
+        return ""
+    if text.startswith(OLD_HEADER):  # only the wording 1.x wrote; a user's own comments stay
+        text = NEW_HEADER + text[len(OLD_HEADER) :]
+    write_atomic(new, text)
+    write_atomic(old, UNLOCKED)
+    # Tracked like the list it replaces, so `git commit -a` does not leave it out.
+    git(project, "add", "--", "base/requirements.in")
+    return "moved your list, base/requirements.txt, to base/requirements.in: run `make lock` to compile the lock"
+
+
+def show_bases(project: Path) -> None:
+    """Let copier's merges show the last update's lines, for this update only."""
+    if git(project, "config", "--get", "merge.conflictStyle").returncode != 1:
+        return  # the user chose a style (or this is no git work tree): theirs
+    mark = git(project, "rev-parse", "--git-path", STYLE_MARK).stdout.strip()
+    if mark and git(project, "config", "--local", "merge.conflictStyle", "diff3").returncode == 0:
+        (project / mark).write_text("set by the linked-builds template for one update\n", encoding="utf-8")
+
+
+def restore_style(project: Path) -> None:
+    mark = git(project, "rev-parse", "--git-path", STYLE_MARK).stdout.strip()
+    if mark and (project / mark).exists():
+        git(project, "config", "--local", "--unset", "merge.conflictStyle")
+        (project / mark).unlink()
+
+
+# ---------------------------------------------------------------------- after
+
+
+def stages(text: str) -> set[str]:
+    """The stage names a Dockerfile defines (FROM ... AS name), on any side of a conflict."""
+    return {m["stage"].lower() for line in text.splitlines() if (m := FROM.fullmatch(line.strip())) and m["stage"]}
+
+
+def generated(line: str, inside: bool, names: set[str]) -> bool:
+    """Whether the project's tool writes ``line``: the pin, the lock line, a FROM of an
+    upstream image (make lock pins its digest), a fence or a line inside one."""
+    s = line.strip()
+    m = FROM.fullmatch(s)
+    upstream = bool(m) and m["image"].lower().split("@")[0] not in names  # type: ignore[index]
+    return inside or not s or s.startswith(FENCE) or bool(PIN.fullmatch(s)) or upstream
+
+
+def fence_state(line: str, inside: bool) -> bool:
+    s = line.strip()
+    return True if s.startswith(FENCE[0]) else False if s.startswith(FENCE[1]) else inside
+
+
+def only_generated(lines: list[str], changed: range, inside: bool, names: set[str]) -> bool:
+    state = inside
+    for n, line in enumerate(lines):
+        if n in changed and not generated(line, state, names):
+            return False
+        state = fence_state(line, state)
+    return True
+
+
+def tool_only(ours: list[str], base: list[str] | None, inside: bool, names: set[str]) -> bool:
+    """Whether the user's side of a conflict differs from the last update only in lines
+    the tool writes. Without the last update's lines (a conflict style of the user's),
+    every line of the user's side must be one the tool writes."""
+    if base is None:
+        return only_generated(ours, range(len(ours)), inside, names)
+    for tag, b1, b2, o1, o2 in difflib.SequenceMatcher(None, base, ours, autojunk=False).get_opcodes():
+        if tag != "equal" and not (
+            only_generated(base, range(b1, b2), inside, names) and only_generated(ours, range(o1, o2), inside, names)
+        ):
+            return False
+    return True
+
+
+def settle(text: str, label: str) -> tuple[str, list[str]]:
+    """Settle each conflict block whose user side changed only generated lines by taking
+    the template's side (sync rewrites them); leave every other block as it is."""
+    lines, names = text.splitlines(keepends=True), stages(text)
+    out: list[str] = []
+    notes: list[str] = []
+    inside, i = False, 0
+    while i < len(lines):
+        if not lines[i].startswith(START):
+            inside = fence_state(lines[i], inside)
+            out.append(lines[i])
+            i += 1
+            continue
+        start, block = i, [lines[i]]
+        sides: dict[str, list[str]] = {"ours": []}
+        side = sides["ours"]
+        i += 1
+        while i < len(lines) and not lines[i].startswith(END):
+            block.append(lines[i])
+            if lines[i].startswith(BASE):
+                side = sides.setdefault("base", [])
+            elif lines[i].rstrip("\r\n") == MID:
+                side = sides.setdefault("theirs", [])
+            else:
+                side.append(lines[i])
+            i += 1
+        if i == len(lines) or "theirs" not in sides:  # not a whole block: leave it
+            out.extend(block)
+            break
+        block.append(lines[i])
+        i += 1
+        if tool_only(sides["ours"], sides.get("base"), inside, names):
+            notes.append(f"{label}:{start + 1}: settled a conflict in lines `make sync` writes")
+            out.extend(sides["theirs"])
+            chosen = sides["theirs"]
+        else:
+            out.extend(block)
+            chosen = sides["ours"]
+        for line in chosen:
+            inside = fence_state(line, inside)
+    return "".join(out), notes
+
+
+def settle_dockerfiles(project: Path) -> None:
+    """Settle both Dockerfiles in place; tell git a file sync settled is resolved."""
+    for rel in ("Dockerfile", "base/Dockerfile"):
+        path = project / rel
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        settled, notes = settle(text, rel)
+        if settled == text:
+            continue
+        write_atomic(path, settled)
+        for note in notes:
+            print(note, file=sys.stderr)
+        unmerged = git(project, "ls-files", "--unmerged", "--", rel).stdout.strip()
+        if unmerged and not any(line.startswith((START, END)) for line in settled.splitlines()):
+            git(project, "add", "--", rel)
+
+
+def conflicts(project: Path) -> list[str]:
+    """``path:line`` of the first conflict marker in each file of the project."""
+    listed = git(project, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    names = set(filter(None, listed.stdout.split("\0")))
+    if listed.returncode != 0:  # not a git work tree: every file but a .git folder's
+        names = {str(p.relative_to(project)) for p in project.rglob("*") if ".git" not in p.parts and p.is_file()}
+    found = []
+    for rel in sorted(names):
+        try:
+            data = (project / rel).read_bytes()
+        except OSError:
+            continue
+        for n, line in enumerate(data.splitlines(), 1):
+            if line.startswith(START.encode()) and b"\0" not in data:
+                found.append(f"{rel}:{n}")
+                break
+    return found
+
+
+def after(project: Path) -> int:
+    restore_style(project)
+    settle_dockerfiles(project)
+    tool = project / "base" / "linked.py"
+    if not tool.is_file():
+        print("linked-builds: base/linked.py is missing: restore it with `git checkout -- base/linked.py`",
+              file=sys.stderr)
+        return 2
+    result = subprocess.run([sys.executable, str(tool), "sync"], cwd=project, capture_output=True, text=True)
+    stale = [line.removeprefix("still stale: ") for line in result.stdout.splitlines() if "still stale" in line]
+    if result.returncode not in (0, CONFLICT):
+        sys.stderr.write(result.stderr)
+        return result.returncode
+    left = conflicts(project)
+    if left:
+        print(f"linked-builds: the update left merge conflicts in {', '.join(left)}: keep your lines, the"
+              " template's or both, delete the markers, then run `make sync`", file=sys.stderr)
+    if stale:
+        print(f"linked-builds: {'; '.join(stale)}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``before`` or ``after`` step in the current folder (the project)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args not in (["before"], ["after"]):
+        print("usage: update.py before|after", file=sys.stderr)
+        return 2
+    project = Path.cwd()
+    try:
+        if args == ["after"]:
+            return after(project)
+        show_bases(project)
+        if said := move_list(project):
+            print(f"linked-builds: {said}", file=sys.stderr)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"linked-builds: cannot update the project ({exc})", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
