@@ -299,6 +299,23 @@ def test_distro_refusal_leaves_an_unlocked_project_that_says_why(tmp_path: Path)
     assert check.returncode == 1 and "not locked yet: run `make lock`" in check.stderr
 
 
+# Copier prints a question's help after "🎤 " (three columns) and a choice after " » ": a longer line
+# than fits an 80-column terminal is redrawn cut ("Lowercase le"), so each must fit.
+WIDTH = 74
+
+
+@pytest.mark.parametrize("strategy", ["distro", "groups"])
+def test_every_question_and_choice_fits_80_columns(strategy: str) -> None:
+    import jinja2
+
+    for name, spec in COPIER_YML.items():
+        if name.startswith("_") or spec.get("when") is False:
+            continue
+        help_text = jinja2.Environment().from_string(spec["help"]).render(strategy=strategy)
+        lines = help_text.splitlines() + list(spec.get("choices") or {})
+        assert all(len(line) <= WIDTH for line in lines), [line for line in lines if len(line) > WIDTH]
+
+
 def test_choices_come_from_copier_yml() -> None:
     assert choices("strategy") == ["distro", "groups", "requirements", "one-by-one", "combo"]
     assert "3.13" in choices("python_version") and choices("debian_release") == ["bookworm", "trixie"]
@@ -369,7 +386,16 @@ def test_blank_lines_of_the_dependencies_prompt_are_not_kept(tmp_path: Path) -> 
     dst = tmp_path / "out"
     child = spawn_copier("copy", "--trust", "--vcs-ref=HEAD", str(TEMPLATE), str(dst), columns=80)
     try:
-        for prompt in ("project called", "short name", "import name", "in one line", "install the dependencies",
+        child.expect("project called")
+        child.send(KEYS["enter"])
+        # A question's detail is drawn whole, on lines of its own, not cut at the 80th column.
+        child.expect(re.escape("short name do the images and the Python distribution take?"))
+        child.expect(re.escape("<registry>/<namespace>/<slug>base and <registry>/<namespace>/<slug>."))
+        child.send(KEYS["enter"])
+        child.expect(re.escape("Which Python import name does the app package take?"))
+        child.expect(re.escape("Becomes src/<package_name>/."))
+        child.send(KEYS["enter"])
+        for prompt in ("in one line", "install the dependencies",
                        "virtualenv", "installs the Python packages", "CPython release", "Debian release",
                        "start FROM"):
             child.expect(prompt)
