@@ -169,6 +169,19 @@ def test_a_python_change_in_the_base_needs_a_new_lock(project: Path) -> None:
     assert "python=3.12" in (project / "base" / "requirements.txt").read_text()
 
 
+def test_upgrading_a_package_the_lock_lacks_is_refused_and_nothing_moved_is_said(project: Path) -> None:
+    lock_file = project / "base" / "requirements.txt"
+    before = lock_file.read_text()
+    result = linked(project, "lock", "--upgrade-package", "nonexistent-pkg")
+    assert result.returncode == 2 and result.stderr == (
+        "error: UPGRADE_PACKAGE=nonexistent-pkg: base/requirements.txt locks no such package: name one it lists\n")
+    assert lock_file.read_text() == before
+    result = linked(project, "lock", "--upgrade-package", "Flask")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "base/requirements.txt: nothing moved: every pin is the newest allowed"
+    assert lock_file.read_text() == before
+
+
 def test_a_pin_from_another_repository_is_refused(project: Path) -> None:
     app = project / "Dockerfile"
     app.write_text(app.read_text().replace("docker.io/example/demo-appbase", "attacker.example/evil/base", 1))
@@ -177,7 +190,8 @@ def test_a_pin_from_another_repository_is_refused(project: Path) -> None:
         result = linked(project, command, *args)
         assert result.returncode == 2
         assert result.stderr == ("error: Dockerfile:1: pins attacker.example/evil/base, but base/Dockerfile names "
-                                 "docker.io/example/demo-appbase: pin that repository\n")
+                                 "docker.io/example/demo-appbase: to move the images, answer anew with `copier "
+                                 "update --trust --defaults -d registry=... -d image_namespace=...` (it moves both)\n")
 
 
 def test_a_lock_made_for_another_kind_of_base_fails_check(rendered: Rendered, project: Path) -> None:

@@ -171,11 +171,16 @@ def test_generated_project_checks_tests_and_stays_clean(
     check = linked(project, "check")
     assert check.returncode == 0, check.stderr
     assert all(line.startswith("warning: base/Dockerfile: FROM has no digest") for line in check.stderr.splitlines())
-    tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q"], cwd=project, capture_output=True, text=True
-    )
+    tests = subprocess.run(["make", "test", f"PYTHON={sys.executable}", "PYTEST_ADDOPTS=-q"], cwd=project,
+                           capture_output=True, text=True)
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "4 passed" in tests.stdout
+    # A Python without the app's packages (-S: no site-packages) gets the way to them, in one line.
+    bare = subprocess.run(["make", "-s", "test", f"PYTHON={sys.executable} -S"], cwd=project, capture_output=True,
+                          text=True)
+    assert bare.returncode != 0 and bare.stderr.splitlines()[0] == (
+        f"make test: {sys.executable} -S lacks pytest or the app's packages: make the venv of README.md's "
+        "Development section"), bare.stderr
     bin_dir = Path(sys.executable).parent
     for lint in (["ruff", "check", "--no-cache", "."], ["ruff", "format", "--no-cache", "--check", "."]):
         result = subprocess.run([str(bin_dir / lint[0]), *lint[1:]], cwd=project, capture_output=True, text=True)

@@ -314,6 +314,22 @@ def test_installer_switch_matches_a_fresh_project(old_project: Project, fresh_pr
     assert_like_fresh(project, fresh_project(strategy, venv, new))
 
 
+def test_new_image_names_on_update_move_both_pins(fresh_project: Project, tmp_path: Path) -> None:
+    """registry, image_namespace and project_slug answered anew: base/Dockerfile's lock line and
+    the app's pin name the new base repository, and the project checks clean."""
+    project = clone(fresh_project("requirements", False), tmp_path / "project")
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "copied")
+    result = update(project, "--data=registry=ghcr.io", "--data=image_namespace=acme", "--data=project_slug=shop")
+    assert result.returncode == 0, result.stderr
+    assert conflict_markers(project) == [] and "merge conflicts" not in result.stderr, result.stderr
+    assert (project / "Dockerfile").read_text().startswith("ARG BASE_IMAGE=ghcr.io/acme/shopbase:deps-")
+    assert " repository=ghcr.io/acme/shopbase " in (project / "base" / "Dockerfile").read_text()
+    check = linked(project, "check")
+    assert check.returncode == 0 and only_warnings(check.stderr), check.stderr
+
+
 def test_update_refused_on_a_dirty_tree_changes_nothing(old_project: Project, tmp_path: Path) -> None:
     project = clone(old_project("combo", False), tmp_path / "project")
     (project / "README.md").write_text((project / "README.md").read_text() + "uncommitted\n")

@@ -388,7 +388,10 @@ class Project:
         tag, m = self.content_tag(overrides), self.pin(texts["Dockerfile"])
         if (settings.get("repository") or m["repo"]) != m["repo"]:
             named = settings["repository"]
-            raise LinkError(f"Dockerfile:1: pins {m['repo']}, but base/Dockerfile names {named}: pin that repository")
+            raise LinkError(
+                f"Dockerfile:1: pins {m['repo']}, but base/Dockerfile names {named}: to move the images, answer anew"
+                " with `copier update --trust --defaults -d registry=... -d image_namespace=...` (it moves both)"
+            )
         if m["tag"] != tag:
             first, _, rest = texts["Dockerfile"].partition("\n")
             writes["Dockerfile"] = f"ARG BASE_IMAGE={m['repo']}:{tag}" + first[len(first.rstrip("\r")) :] + "\n" + rest
@@ -537,6 +540,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"--upgrade-package={p}" for p in getattr(args, "upgrade_package", [])
             ]
             writes, notes = lock(project, engine, build_args, upgrades) if args.command == "lock" else ({}, [])
+            locked = {normalize(n) for n, _, _ in Lock(writes.get("base/requirements.txt", "")).entries}
+            for name in (p for p in getattr(args, "upgrade_package", []) if normalize(p) not in locked):
+                raise LinkError(
+                    f"UPGRADE_PACKAGE={name}: base/requirements.txt locks no such package: name one it lists"
+                )
+            same = (
+                args.command == "lock"
+                and (project.base / "requirements.txt").exists()
+                and writes["base/requirements.txt"] == project.read("base/requirements.txt")
+            )
             plan, stale, more = project.plan(writes.get("base/Dockerfile"), writes.get("base/requirements.txt"))
             for rel, text in {**writes, **plan}.items():
                 if text != (old := project.read(rel)):
@@ -546,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: {line}", file=sys.stderr)
             for item in (s for s in stale if "make lock" in s):
                 print(f"still stale: {item}")
+            if same:
+                print(
+                    "base/requirements.txt: nothing moved" + (": every pin is the newest allowed" if upgrades else "")
+                )
         elif args.command == "base":
             ref, cli = project.reference(), sibling("publish").Engine(engine)
             if args.if_missing and cli.run("image", "inspect", ref, quiet=True):
