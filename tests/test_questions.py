@@ -424,21 +424,24 @@ def test_blank_lines_of_the_dependencies_prompt_are_not_kept(tmp_path: Path) -> 
     assert (dst / "base" / "requirements.in").read_text().endswith("\ngunicorn>=20.1\n\nclick\n")
 
 
-def test_update_does_not_ask_for_the_dependencies_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tagged", [True, False], ids=["tagged", "untagged"])
+def test_update_does_not_ask_for_the_dependencies_again(tmp_path: Path, tagged: bool) -> None:
     """After the first copy base/requirements.in is the user's: `copier update` asks every
-    other question in a real terminal, not that one, and leaves the user's list alone."""
+    other question in a real terminal, not that one, and leaves the user's list alone; with a
+    release tag or none (copier then sees 0.0.0.postN)."""
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
     template, dst = tmp_path / "template", tmp_path / "out"
     copy_worktree(template)  # a release of this working tree that `copier update` can find again
-    for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "release"], ["tag", "2.0.0"]):
+    for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "release"], *([["tag", "2.0.0"]] * tagged)):
         subprocess.run([*git, *step], cwd=template, check=True)
     with local.env(LINKED_BUILDS_LOCK_ON_COPY="0"):
-        run_copy(str(template), str(dst), defaults=True, unsafe=True, quiet=True)
+        run_copy(str(template), str(dst), defaults=True, unsafe=True, quiet=True,
+                 vcs_ref=None if tagged else "HEAD")
     requirements = dst / "base" / "requirements.in"
     requirements.write_text(requirements.read_text() + "click>=8\n")
     for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "mine"]):
         subprocess.run([*git, *step], cwd=dst, check=True)
-    child = spawn_copier("update", "--trust", str(dst))
+    child = spawn_copier("update", "--trust", *([] if tagged else ["--vcs-ref=HEAD"]), str(dst))
     try:
         for prompt in ("project called", "short name", "import name", "in one line", "install the dependencies",
                        "virtualenv", "installs the Python packages", "CPython release", "Debian release",
