@@ -90,18 +90,21 @@ def read_text(path: Path, label: str) -> str:
 
 
 def write_atomic(path: Path, text: str, label: str) -> None:
-    """Write ``text`` through a temporary file and a rename: never half a file."""
-    tmp = path.with_name(f".{path.name}.linked-tmp")
+    """Write ``text`` through a temporary file of its own (so runs at once never share one)
+    in the same folder, then a rename: never half a file. The file keeps its mode."""
+    tmp: Path | None = None
     try:
-        with tmp.open("w", encoding="utf-8", newline="") as handle:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".linked-tmp", dir=path.parent)
+        tmp = Path(name)
+        with open(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp:
+            tmp.unlink(missing_ok=True)
         raise LinkError(f"{label}: cannot write it ({exc.strerror}); left unchanged") from None
 
 

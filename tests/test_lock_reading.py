@@ -1,0 +1,48 @@
+"""The tool reads its files as pip, uv and BuildKit do: a lock for every published platform,
+each line in linear time, base/ hashed as BuildKit sends it, comments that never continue,
+and runs at once that never trip over each other."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import linked
+
+Rendered = Callable[..., Path]
+
+
+@pytest.fixture
+def project(rendered: Rendered, tmp_path: Path) -> Path:
+    """A writable one-by-one project, locked on copy."""
+    dst = tmp_path / "project"
+    shutil.copytree(rendered("one-by-one", False), dst)
+    return dst
+
+
+# ------------------------------------------------------------------ writes, pins, comments
+
+
+def test_eight_syncs_at_once_all_succeed(project: Path) -> None:
+    """Eight runs of `sync` started at the same instant, three times over: each writes the
+    pin through a temporary file of its own, so each succeeds and none is left behind."""
+    dockerfile = project / "Dockerfile"
+    first, rest = dockerfile.read_text().split("\n", 1)
+    start = "import runpy, sys, time; time.sleep(max(0, float(sys.argv[1]) - time.time())); sys.argv[1:] = ['sync'];"
+    for _ in range(3):
+        dockerfile.write_text(first[:-4] + "0000\n" + rest)  # a stale pin: every run writes
+        at = str(time.time() + 1.5)
+        runs = [subprocess.Popen([sys.executable, "-c", start + "runpy.run_path('base/linked.py', run_name='__main__')",
+                                  at], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(8)]
+        for run in runs:
+            err = run.communicate(timeout=120)[1]
+            assert run.returncode == 0, err
+        assert linked(project, "check").returncode == 0
+    assert not list(project.rglob("*linked-tmp"))
