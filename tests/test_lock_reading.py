@@ -13,9 +13,11 @@ from typing import Callable
 
 import pytest
 
-from conftest import linked
+from conftest import linked, tool_module
 
 Rendered = Callable[..., Path]
+HASH = "--hash=sha256:" + "a" * 64
+LOCK_HEAD = "# linked-builds:lock python=3.13 for=universal in=x body=y\n"
 
 
 @pytest.fixture
@@ -46,3 +48,9 @@ def test_eight_syncs_at_once_all_succeed(project: Path) -> None:
             assert run.returncode == 0, err
         assert linked(project, "check").returncode == 0
     assert not list(project.rglob("*linked-tmp"))
+
+
+def test_a_comment_never_continues_as_pip_reads_it(project: Path) -> None:
+    lock = tool_module(project).Lock(LOCK_HEAD + f"# a note \\\nsix==1.17.0 \\\n    {HASH}\n    # via x\n"
+                                     f"    # a note \\\nclick==8.1.0 \\\n    {HASH}\n")
+    assert [name for name, _, _ in lock.entries] == ["six", "click"]

@@ -138,11 +138,13 @@ class Lock:
             return
         self.meta, self.body = options(lines[start].split()), "\n".join(lines[start + 1 :])
         logical: list[tuple[int, str]] = []  # (number, line) with continuation lines joined
-        for number, line in enumerate(lines[start + 1 :], start + 2):
-            if logical and logical[-1][1].endswith("\\"):
-                logical[-1] = (logical[-1][0], logical[-1][1][:-1] + " " + line.strip())
+        joined = False
+        for number, line in enumerate((line.strip() for line in lines[start + 1 :]), start + 2):
+            if joined:
+                logical[-1] = (logical[-1][0], logical[-1][1][:-1] + " " + line)
             else:
-                logical.append((number, line.strip()))
+                logical.append((number, line))
+            joined = line.endswith("\\") and not re.search(r"(^|\s)#", line)  # as pip: a comment never continues
         current = ""
         for number, line in logical:
             via = re.sub(r"^#\s*(via(\s+|$))?", "", line)
