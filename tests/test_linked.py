@@ -231,7 +231,7 @@ def test_tag_ignores_line_endings_and_files_outside_the_context(project: Path) -
 
 @pytest.mark.parametrize(("name", "text", "message"), [
     ("Dockerfile.dockerignore", "*\n", "base/Dockerfile.dockerignore: engines disagree on it"),
-    (".dockerignore", "*\n!!requirements.txt\n", "base/.dockerignore: '!!requirements.txt': a double negation"),
+    (".dockerignore", "*\n!!requirements.txt\n", "base/.dockerignore:2: '!!requirements.txt': a double negation"),
 ])
 def test_a_context_the_tool_cannot_hash_faithfully_is_refused(project: Path, name: str, text: str,
                                                                message: str) -> None:

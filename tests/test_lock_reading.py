@@ -4,6 +4,7 @@ and runs at once that never trip over each other."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,29 @@ def project(rendered: Rendered, tmp_path: Path) -> Path:
     dst = tmp_path / "project"
     shutil.copytree(rendered("one-by-one", False), dst)
     return dst
+
+
+# ------------------------------------------------------------------ the content tag
+
+
+@pytest.mark.parametrize("pattern", ["[z-a]", "src/[", "*.[!"])
+def test_a_pattern_buildkit_refuses_is_one_line(project: Path, pattern: str) -> None:
+    (project / "base" / ".dockerignore").write_text(f"*\n!requirements.txt\n{pattern}\n")
+    result = linked(project, "check")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: base/.dockerignore:3: {pattern!r} is not a pattern BuildKit reads (")
+    assert result.stderr.rstrip().endswith(": fix it")
+
+
+def test_a_file_name_that_is_not_utf8_is_one_line(project: Path) -> None:
+    base = os.fsencode(project / "base")
+    with open(base + b"/caf\xe9.txt", "wb") as handle:
+        handle.write(b"x\n")
+    assert linked(project, "check").returncode == 0  # left out by base/.dockerignore: not read
+    (project / "base" / ".dockerignore").write_text("*\n!requirements.txt\n!caf*\n")
+    result = linked(project, "tag")
+    assert result.returncode == 2 and result.stderr == "error: base/caf\\xe9.txt: its name is not UTF-8: " \
+                                                       "rename it, or leave it out\n"
 
 
 # ------------------------------------------------------------------ writes, pins, comments

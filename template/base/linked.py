@@ -274,16 +274,38 @@ def lock_target(text: str) -> str:
     return "apt-" + sha256(f"{sorted(fences['apt'][2].items())} {'pip' in fences} {image}")[:16]
 
 
-def ignored(rel: str, patterns: list[tuple[bool, str]]) -> bool:
+def ignore_patterns(text: str, label: str) -> list[tuple[bool, re.Pattern[str]]]:
+    """A .dockerignore's patterns as (excludes, regex) in order: Go's filepath.Match plus ``**``,
+    as BuildKit reads them; a pattern BuildKit would refuse is one line naming it."""
+    patterns = []
+    for number, line in enumerate((line.strip() for line in text.splitlines()), 1):
+        if line.startswith("!!"):
+            raise LinkError(f"{label}:{number}: {line!r}: a double negation, which engines read differently")
+        if not line or line.startswith("#"):
+            continue
+        out, segments = [], os.path.normpath(line.lstrip("!").strip()).lstrip("/").split("/")
+        segments = [s for i, s in enumerate(segments) if s != "**" or segments[i - 1 : i] != ["**"]]
+        try:
+            for index, segment in enumerate(segments):
+                pieces = re.split(r"(\*+|\?|\[[^\]]*\])", segment)
+                if any("[" in p for p in pieces[::2]):
+                    raise re.error("a [ that opens no character class")
+                glob = "".join(
+                    p if p[:1] == "[" else {"*": "[^/]*", "?": "[^/]"}.get(p[:1], re.escape(p)) for p in pieces
+                )
+                last = index == len(segments) - 1
+                out.append((".*" if last else "(?:.*/)?") if segment == "**" else glob + "/" * (not last))
+            patterns.append((not line.startswith("!"), re.compile("".join(out))))
+        except re.error as exc:
+            raise LinkError(f"{label}:{number}: {line!r} is not a pattern BuildKit reads ({exc.msg}): fix it") from None
+    return patterns
+
+
+def ignored(rel: str, patterns: list[tuple[bool, re.Pattern[str]]]) -> bool:
     """Whether .dockerignore ``patterns`` exclude ``rel`` (last match wins, parents match)."""
     result, parts = False, rel.split("/")
     for exclude, pattern in patterns:
-        out, last = [], pattern.count("/")  # Go's filepath.Match plus ``**``, as a regex
-        for index, segment in enumerate(pattern.split("/")):
-            pieces = re.split(r"(\*|\?|\[[^\]]*\])", segment)
-            glob = "".join({"*": "[^/]*", "?": "[^/]"}.get(p, p if p[:1] == "[" else re.escape(p)) for p in pieces)
-            out.append((".*" if index == last else "(?:.*/)?") if segment == "**" else glob + "/" * (index < last))
-        if any(re.fullmatch("".join(out), "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+        if any(pattern.fullmatch("/".join(parts[:n])) for n in range(1, len(parts) + 1)):
             result = exclude
     return result
 
@@ -321,21 +343,15 @@ class Project:
         base/.dockerignore: kind is "file", "exec" (an execute bit) or "link" (never followed)."""
         if (self.base / "Dockerfile.dockerignore").exists():
             raise LinkError("base/Dockerfile.dockerignore: engines disagree on it; use base/.dockerignore")
-        patterns, ignore, entries = [], self.base / ".dockerignore", []
-        for line in read_text(ignore, "base/.dockerignore").splitlines() if ignore.exists() else []:
-            if line.strip().startswith("!!"):
-                raise LinkError(
-                    f"base/.dockerignore: {line.strip()!r}: a double negation, which engines read differently"
-                )
-            if line.strip() and not line.strip().startswith("#"):
-                patterns.append(
-                    (not line.strip().startswith("!"), os.path.normpath(line.strip().lstrip("!").strip()).lstrip("/"))
-                )
+        ignore, entries = self.base / ".dockerignore", []
+        patterns = ignore_patterns(self.read("base/.dockerignore") if ignore.exists() else "", "base/.dockerignore")
         for folder, dirs, names in os.walk(self.base):  # symlinked folders are listed, not entered
             for name in names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
                 path = Path(folder, name)
                 rel = path.relative_to(self.base).as_posix()
                 if rel in ("Dockerfile", ".dockerignore") or not ignored(rel, patterns):
+                    if (named := os.fsencode(rel).decode("utf-8", "backslashreplace")) != rel:
+                        raise LinkError(f"base/{named}: its name is not UTF-8: rename it, or leave it out")
                     kind = "link" if path.is_symlink() else "exec" if path.stat().st_mode & 0o111 else "file"
                     entries += [(rel, kind, path)] if kind == "link" or path.is_file() else []
         return sorted(entries)
