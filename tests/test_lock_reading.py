@@ -5,6 +5,7 @@ and runs at once that never trip over each other."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,59 @@ def project(rendered: Rendered, tmp_path: Path) -> Path:
     dst = tmp_path / "project"
     shutil.copytree(rendered("one-by-one", False), dst)
     return dst
+
+
+# ------------------------------------------------------------------ linear time
+
+HOSTILE_RUNS = ["/", " ", ":", "\\", "@", "@sha256:", "sha256:", "a/", "a:", "a:1/", "a ", "a@", "=", "==", "a=",
+                "-", "_", "a_", ".", "#", ";", "'", '"', "a\\", "--hash=", "0", "a", "a.", "[", "a=\"", "**/", "*a"]
+HOSTILE_HEADS = ["", "ARG BASE_IMAGE=", "ARG BASE_IMAGE=a", "ARG BASE_IMAGE=localhost:5000/", "FROM ", "FROM a",
+                 "a==1", "a==1 ;", "    --hash=", "Bearer "]
+HOSTILE_TAILS = ["", "!", " x", ":tag", "@sha256:" + "0" * 63, " \\"]
+
+
+def hostile_lines(length: int = 4000) -> list[str]:
+    return [head + run * (length // len(run)) + tail
+            for head in HOSTILE_HEADS for run in HOSTILE_RUNS for tail in HOSTILE_TAILS]
+
+
+def test_every_pattern_reads_a_hostile_line_in_linear_time(project: Path, rendered: Rendered) -> None:
+    """Each pattern of the tool, publish.py and groups.py, and each function that reads a line,
+    refuses or reads ~1000 long adversarial lines, none taking more than a second (a guard
+    against backtracking, not a benchmark: a linear read takes microseconds)."""
+    modules = [tool_module(project), tool_module(project, "publish"), tool_module(rendered("groups", True), "groups")]
+    patterns = [v for m in modules for v in vars(m).values() if isinstance(v, re.Pattern)]
+    assert len(patterns) >= 8
+    linked_module, publish = modules[0], modules[1]
+    readers: list[Callable[[str], object]] = [
+        *(p.match for p in patterns),
+        lambda line: linked_module.Lock(LOCK_HEAD + line + "\n"),
+        lambda line: linked_module.top_level_names(line, "x"),
+        lambda line: linked_module.ignored("a/" * 20 + "b", linked_module.ignore_patterns(line, "x")),
+        lambda line: publish.split_reference(line),
+        lambda line: publish.token("api", "ref", line, "", True),
+        lambda line: modules[2].split(line, 3),
+    ]
+    for line in hostile_lines():
+        for read in readers:
+            start = time.perf_counter()
+            try:
+                read(line)
+            except (Exception, SystemExit) as exc:  # refused: in one line, never a traceback
+                assert type(exc).__name__ in ("LinkError", "SystemExit"), exc
+            assert time.perf_counter() - start < 1.0, (read, line[:60])
+
+
+def test_a_deep_pin_is_refused_at_once(project: Path) -> None:
+    """28 slashes took 48 s to refuse; now the whole check answers at once."""
+    dockerfile = project / "Dockerfile"
+    first, rest = dockerfile.read_text().split("\n", 1)
+    for line in ["ARG BASE_IMAGE=" + "a/" * 28 + "a", "ARG BASE_IMAGE=" + "a/" * 5000 + "a:", first + "@" * 5000]:
+        dockerfile.write_text(line + "\n" + rest)
+        start = time.perf_counter()
+        result = linked(project, "check")
+        assert time.perf_counter() - start < 2.0
+        assert result.returncode == 2 and result.stderr.startswith("error: Dockerfile:1: must start with")
 
 
 # ------------------------------------------------------------------ the content tag

@@ -31,8 +31,9 @@ from types import ModuleType
 # uv pip compile needs some Python interpreter to run (any: it targets the version it is told).
 UV_IMAGE = os.environ.get("UV_IMAGE", "ghcr.io/astral-sh/uv:0.13.9-python3.13-trixie-slim")
 META, FENCE_START, FENCE_END = "# linked-builds:lock", "# >>> linked-builds:", "# <<< linked-builds:"
+# Every pattern reads a line in linear time: no two parts of one can match the same text.
 PIN_RE = re.compile(
-    r"^ARG BASE_IMAGE=(?P<repo>[^\s:@]+(?::\d+)?(?:/[^\s:@]+)*):(?P<tag>\w[\w.-]{0,127})"
+    r"^ARG BASE_IMAGE=(?P<repo>[^\s:@/]+(?::\d+)?(?:/[^\s:@/]+)*):(?P<tag>\w[\w.-]{0,127})"
     r"(?P<digest>@sha256:[0-9a-f]{64})?\s*$"
 )
 FROM_RE = re.compile(r"^FROM\s+(?P<image>[^\s@]+?)(?P<digest>@sha256:[0-9a-f]{64})?(?P<rest>\s.*)?$", re.IGNORECASE)
