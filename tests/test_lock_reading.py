@@ -16,6 +16,7 @@ from typing import Callable
 import pytest
 
 from conftest import linked, tool_module
+from engine import DOCKER, require_engine
 
 Rendered = Callable[..., Path]
 HASH = "--hash=sha256:" + "a" * 64
@@ -84,6 +85,48 @@ def test_a_deep_pin_is_refused_at_once(project: Path) -> None:
 
 
 # ------------------------------------------------------------------ the content tag
+
+
+def test_the_tag_follows_modes_and_bytes_as_the_build_sends_them(project: Path) -> None:
+    lock = project / "base" / "requirements.txt"
+    tags = {linked(project, "tag").stdout}
+    lock.chmod(0o600)  # COPY keeps the mode
+    tags.add(linked(project, "tag").stdout)
+    assert linked(project, "check").returncode == 1
+    lock.chmod(0o644)
+    assert linked(project, "tag").stdout in tags
+    lock.write_bytes(lock.read_bytes().replace(b"\n", b"\r\n"))  # the build sends \r\n as it is
+    tags.add(linked(project, "tag").stdout)
+    assert len(tags) == 3
+    assert linked(project, "sync").returncode == 0 and linked(project, "check").returncode == 0
+
+
+@pytest.mark.engine
+def test_the_tag_hashes_exactly_what_a_buildkit_copy_exports(project: Path, tmp_path: Path) -> None:
+    """base/ as the tool hashes it (path, mode, bytes) equals a real `COPY . /ctx` export."""
+    require_engine()
+    base = project / "base"
+    (base / ".dockerignore").write_text("*\n!requirements.txt\n!secret.txt\n!run.sh\n!crlf.txt\n!data.bin\n")
+    for name, data, mode in [("secret.txt", b"s\n", 0o600), ("run.sh", b"#!/bin/sh\n", 0o750),
+                             ("crlf.txt", b"a\r\nb\r\n", 0o664), ("data.bin", b"PK\x00\r\n", 0o644)]:
+        (base / name).write_bytes(data)
+        (base / name).chmod(mode)
+    out = tmp_path / "export"
+    subprocess.run([DOCKER, "build", "--network", "host", "--output", f"type=local,dest={out}", "--file", "-",
+                    str(base)], input="FROM scratch\nCOPY . /ctx\n", text=True, check=True, capture_output=True,
+                   env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    sent = {p.relative_to(out / "ctx").as_posix(): (p.stat().st_mode & 0o7777, p.read_bytes())
+            for p in (out / "ctx").rglob("*") if p.is_file()}
+    module = tool_module(project)
+    seen = {rel: (p.stat().st_mode & 0o7777, p.read_bytes())
+            for rel, _, p in module.Project(project).context_files() if rel not in ("Dockerfile", ".dockerignore")}
+    assert seen == sent and sent["secret.txt"][0] == 0o600 and sent["crlf.txt"][1] == b"a\r\nb\r\n"
+    tags = {linked(project, "tag").stdout}
+    (base / "secret.txt").chmod(0o644)
+    tags.add(linked(project, "tag").stdout)
+    (base / "crlf.txt").write_bytes(b"a\nb\n")
+    tags.add(linked(project, "tag").stdout)
+    assert len(tags) == 3
 
 
 @pytest.mark.parametrize("pattern", ["[z-a]", "src/[", "*.[!"])

@@ -358,17 +358,15 @@ class Project:
         return sorted(entries)
 
     def content_tag(self, overrides: dict[Path, str] | None = None) -> str:
-        """Hash the base context: each entry's path, kind and bytes (a link's target). Line
-        endings of text files do not count (a CRLF checkout gets the same tag); a file with
-        a NUL byte is hashed exactly as it is."""
+        """Hash the base context as BuildKit sends it: each entry's path, kind, mode (COPY
+        keeps it) and exact bytes (a link's target); no line ending is normalised."""
         digest, overrides = hashlib.sha256(), overrides or {}
         for rel, kind, path in self.context_files():
             if kind == "link":
-                data = os.readlink(path).encode()
+                data = os.fsencode(os.readlink(path))
             else:
                 data = overrides[path].encode() if path in overrides else read_bytes(path, f"base/{rel}")
-                data = data if b"\0" in data else data.replace(b"\r\n", b"\n")
-            name = f"{kind}:{rel}".encode()
+            name = f"{kind}:{path.lstat().st_mode & 0o7777:o}:{rel}".encode()
             digest.update(len(name).to_bytes(4, "big") + name + len(data).to_bytes(8, "big") + data)
         return "deps-" + digest.hexdigest()[:16]
 
