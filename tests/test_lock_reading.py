@@ -171,6 +171,20 @@ def test_eight_syncs_at_once_all_succeed(project: Path) -> None:
     assert not list(project.rglob("*linked-tmp"))
 
 
+def test_a_digest_sync_did_not_write_is_refused(project: Path) -> None:
+    dockerfile = project / "Dockerfile"
+    first, rest = dockerfile.read_text().split("\n", 1)
+    dockerfile.write_text(f"{first}@sha256:{'e' * 64}\n{rest}")
+    result = linked(project, "check")
+    assert result.returncode == 1
+    assert f"stale: Dockerfile: pins {first.split('=', 1)[1]}@sha256:{'e' * 64}, a digest that `make sync` never " \
+           "writes" in result.stderr
+    published = linked(project, "publish", "--image", "example/app", "--dry-run")
+    assert published.returncode == 2 and "publish refused" in published.stderr and "+ " not in published.stdout
+    assert linked(project, "sync").returncode == 0
+    assert dockerfile.read_text() == f"{first}\n{rest}"
+
+
 def test_a_comment_never_continues_as_pip_reads_it(project: Path) -> None:
     lock = tool_module(project).Lock(LOCK_HEAD + f"# a note \\\nsix==1.17.0 \\\n    {HASH}\n    # via x\n"
                                      f"    # a note \\\nclick==8.1.0 \\\n    {HASH}\n")

@@ -409,10 +409,11 @@ class Project:
         if (settings.get("repository") or m["repo"]) != m["repo"]:
             named = settings["repository"]
             raise LinkError(f"Dockerfile:1: pins {m['repo']}, but base/Dockerfile names {named}: pin that repository")
-        if m["tag"] != tag:
+        if m["tag"] != tag or m["digest"]:  # sync writes no digest: the CI hands over the one it verified
             first, _, rest = texts["Dockerfile"].partition("\n")
             writes["Dockerfile"] = f"ARG BASE_IMAGE={m['repo']}:{tag}" + first[len(first.rstrip("\r")) :] + "\n" + rest
-            stale.append(f"Dockerfile: pins {m['repo']}:{m['tag']}, but base/ is now {tag}")
+            why = f"but base/ is now {tag}" if m["tag"] != tag else "a digest that `make sync` never writes"
+            stale.append(f"Dockerfile: pins {m['repo']}:{m['tag']}{m['digest'] or ''}, {why}")
         loose = ", ".join(m["image"] for _, m in image_froms(new_base) if not m["digest"])
         hint = "so the image may move under its tag: run `make lock` where its registry is reachable"
         return writes, stale, [f"base/Dockerfile: FROM has no digest ({loose}), {hint}"] if loose else []
