@@ -189,3 +189,17 @@ def test_a_comment_never_continues_as_pip_reads_it(project: Path) -> None:
     lock = tool_module(project).Lock(LOCK_HEAD + f"# a note \\\nsix==1.17.0 \\\n    {HASH}\n    # via x\n"
                                      f"    # a note \\\nclick==8.1.0 \\\n    {HASH}\n")
     assert [name for name, _, _ in lock.entries] == ["six", "click"]
+
+
+def test_the_app_context_keeps_out_keys_and_credentials(project: Path) -> None:
+    module = tool_module(project)
+    patterns = module.ignore_patterns((project / ".dockerignore").read_text(), ".dockerignore")
+    secrets = ["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ed25519_sk", "server.pem", "tls.key", "cert.p12",
+               "cert.pfx", "store.jks", "app.keystore", "putty.ppk", ".env", "prod.env", "credentials.json",
+               "client_secret_1234.json", "service-account-prod.json", ".ssh/config", ".netrc"]
+    for name in secrets:
+        for folder in ("src/", "src/app/", "src/app/deep/"):
+            assert module.ignored(folder + name, patterns), folder + name
+    for name in ("src/app/__init__.py", "src/app/keys.py", "src/app/credentials.py", "src/app/templates/id.html",
+                 "src/app/static/env.js"):
+        assert not module.ignored(name, patterns), name
