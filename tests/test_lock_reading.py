@@ -10,16 +10,18 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from conftest import linked, tool_module
+from conftest import find_tool, linked, render_project, tool_module
 from engine import DOCKER, require_engine
 
 Rendered = Callable[..., Path]
 HASH = "--hash=sha256:" + "a" * 64
+MARKED = ['six ; platform_machine == "aarch64"', 'colorama ; platform_machine == "x86_64"']  # one a platform
 LOCK_HEAD = "# linked-builds:lock python=3.13 for=universal in=x body=y\n"
 
 
@@ -29,6 +31,78 @@ def project(rendered: Rendered, tmp_path: Path) -> Path:
     dst = tmp_path / "project"
     shutil.copytree(rendered("one-by-one", False), dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def marked(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-by-one project (uv) with a requirement for each platform, locked on copy."""
+    dst = tmp_path_factory.mktemp("marked") / "project"
+    return render_project(dst, strategy="one-by-one", dependencies="\n".join(["Flask>=2.2", *MARKED]))
+
+
+def step_requirements(project: Path) -> list[str]:
+    """The requirement lines the generated pip steps echo, as the shell receives them."""
+    text = (project / "base" / "Dockerfile").read_text().replace("\\\n", "")  # the Dockerfile's continuations
+    return [" ".join(line.split()) for line in re.findall(r"echo '([^']*)'", text)]
+
+
+# ------------------------------------------------------------------ every platform
+
+
+def test_the_lock_holds_every_platform_each_entry_with_its_marker(marked: Path) -> None:
+    lock = (marked / "base" / "requirements.txt").read_text()
+    assert re.search(r"^six==[\d.]+ ; platform_machine == 'aarch64' \\$", lock, re.M), lock
+    assert re.search(r"^colorama==[\d.]+ ; platform_machine == 'x86_64' \\$", lock, re.M), lock
+    assert "for=universal" in lock
+    result = linked(marked, "check")
+    assert result.returncode == 0, result.stderr
+    steps = step_requirements(marked)
+    assert any(re.match(r'six==[\d.]+ ; platform_machine == "aarch64" --hash=sha256:', s) for s in steps), steps
+    assert any(re.match(r'colorama==[\d.]+ ; platform_machine == "x86_64" --hash=sha256:', s) for s in steps)
+
+
+@pytest.mark.parametrize(("platform", "wanted", "skipped"), [
+    ("aarch64-unknown-linux-gnu", "six", "colorama"),
+    ("x86_64-unknown-linux-gnu", "colorama", "six"),
+])
+def test_each_platform_installs_its_own_set_from_the_generated_steps(marked: Path, tmp_path: Path, platform: str,
+                                                                     wanted: str, skipped: str) -> None:
+    """uv, told the platform, reads the generated steps' requirements as the image would."""
+    uv = find_tool("uv", "it is in requirements-dev.txt", "make .venv/.installed")
+    (tmp_path / "steps.txt").write_text("".join(line + "\n" for line in step_requirements(marked)))
+    result = subprocess.run([uv, "pip", "install", "--dry-run", "--no-deps", "--require-hashes", "--python-version",
+                             "3.13", "--python-platform", platform, "--target", str(tmp_path / "target"),
+                             "-r", str(tmp_path / "steps.txt")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    would = set(re.findall(r"^ \+ ([a-z0-9_.-]+)==", result.stderr, re.M))
+    assert wanted in would and skipped not in would and {"flask", "werkzeug"} <= would, result.stderr
+
+
+@pytest.mark.engine
+def test_the_base_image_installs_this_platforms_set(marked: Path) -> None:
+    """A real build of the base on this machine (linux/amd64): the x86_64 package in, the arm64 one out."""
+    require_engine(images=("python:3.13-slim-trixie", "ghcr.io/astral-sh/uv:0.13.9"))
+    ref = f"linked-builds-test/marked-base:{uuid.uuid4().hex[:12]}"
+    built = subprocess.run([DOCKER, "build", "--network", "host", "--tag", ref, str(marked / "base")],
+                           capture_output=True, text=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    try:
+        assert built.returncode == 0, built.stderr[-3000:]
+        code = "import importlib.util as u; print(*(bool(u.find_spec(n)) for n in ('colorama', 'six', 'flask')))"
+        found = subprocess.run([DOCKER, "run", "--rm", "--network", "none", ref, "python3", "-c", code],
+                               capture_output=True, text=True)
+        assert found.stdout.split() == ["True", "False", "True"], found.stderr
+    finally:
+        subprocess.run([DOCKER, "image", "rm", ref], capture_output=True)
+
+
+def test_a_package_locked_twice_for_two_markers_gets_both_steps(project: Path) -> None:
+    module = tool_module(project)
+    lock = module.Lock(LOCK_HEAD + f"numpy==2.0 ; python_full_version < '3.14' \\\n    {HASH}\n    # via -r x\n"
+                       f"numpy==2.3 ; python_full_version >= '3.14' \\\n    {HASH}\n    # via -r x\n")
+    assert [r for _, r, _ in lock.ordered(["numpy"])] == ["numpy==2.0 ; python_full_version < '3.14'",
+                                                          "numpy==2.3 ; python_full_version >= '3.14'"]
+    step = module.pip_step(lock.entries[0][1], lock.entries[0][2], "uv")
+    assert "echo 'numpy==2.0 ; python_full_version < \"3.14\" \\\n" in step
 
 
 # ------------------------------------------------------------------ linear time
