@@ -66,7 +66,11 @@ def test_every_spelling_of_a_name_picks_the_same_group(project: Path) -> None:
     (["8"], "six==1.17.0\n--index-url https://example.org/simple\n", "line 2 of the lock is not a `name==version` pin"),
     (["8"], f"{HASH}\nsix==1.17.0\n", "line 1 of the lock is not a `name==version` pin"),
     (["8"], "six>=1.17 \\\n" + HASH + "\n", "line 1 of the lock is not a `name==version` pin"),
-], ids=["zero", "not-a-number", "an-option", "hash-first", "not-pinned"])
+    (["8"], "six==1.17.0 \\\n" + HASH + "\n    evil==1.0\n", "line 3 of the lock is not a `name==version` pin"),
+    (["8"], "six==1.17.0 \\\n    # via x \\\n" + HASH + "\n", "line 3 of the lock is not a `name==version` pin"),
+    (["8"], "six==1.17.0 \\\nevil==1.0\n", "line 2 of the lock is not a `name==version` pin"),
+], ids=["zero", "not-a-number", "an-option", "hash-first", "not-pinned", "indented-pin", "hash-after-comment",
+        "pin-continued"])
 def test_a_bad_count_or_lock_line_is_one_line_and_writes_nothing(project: Path, tmp_path: Path, args: list[str],
                                                                   lock: str, message: str) -> None:
     (tmp_path / "requirements.txt").write_text(lock)
@@ -77,3 +81,12 @@ def test_a_bad_count_or_lock_line_is_one_line_and_writes_nothing(project: Path, 
     assert result.stderr.startswith(f"{message}" if message.startswith("usage") else f"groups.py: {message}")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_marker_stays_with_its_pin_and_a_comment_never_continues(project: Path) -> None:
+    """As pip reads a requirements file: `# ... \\` is a whole comment, the pin after it is a pin."""
+    groups = tool_module(project, "groups")
+    marked = "colorama==0.4.6 ; platform_machine == 'x86_64' \\"
+    split = groups.split(f"# a note \\\n{marked}\n{HASH}\n    # via -r requirements.in\n", 8)
+    assert split[groups.group_of("colorama", 8)] == [marked, HASH, "    # via -r requirements.in"]
+    assert sum(len(lines) for lines in split) == 3

@@ -123,7 +123,7 @@ def manifest(ref: str, method: str = "HEAD") -> tuple[str, bytes] | None:
 
 def token(api: str, ref: str, challenge: str, basic: str, local: bool) -> str:
     """A bearer token from the realm a 401's challenge names (https only, but for a local registry)."""
-    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    params = dict(re.findall(r'(?<!\w)(\w+)="([^"]*)"', challenge))  # (?<!\w): linear
     realm = params.get("realm", "")
     if not challenge.lower().startswith("bearer") or not realm.startswith("http" if local else "https://"):
         raise LinkError(f"{api}: {ref}: HTTP 401 with a scheme this tool cannot use")
