@@ -364,15 +364,16 @@ class Project:
         return sorted(entries)
 
     def content_tag(self, overrides: dict[Path, str] | None = None) -> str:
-        """Hash the base context as BuildKit sends it: each entry's path, kind, mode (COPY
-        keeps it) and exact bytes (a link's target); no line ending is normalised."""
+        """Hash the base context as BuildKit sends it: each entry's path, kind, who may read
+        and run it (COPY keeps the mode; write bits follow the checkout's umask, which git
+        does not record, so they are left out) and exact bytes (a link's target)."""
         digest, overrides = hashlib.sha256(), overrides or {}
         for rel, kind, path in self.context_files():
             if kind == "link":
                 data = os.fsencode(os.readlink(path))
             else:
                 data = overrides[path].encode() if path in overrides else read_bytes(path, f"base/{rel}")
-            name = f"{kind}:{path.lstat().st_mode & 0o7777:o}:{rel}".encode()
+            name = f"{kind}:{path.lstat().st_mode & 0o7555:o}:{rel}".encode()
             digest.update(len(name).to_bytes(4, "big") + name + len(data).to_bytes(8, "big") + data)
         return "deps-" + digest.hexdigest()[:16]
 
