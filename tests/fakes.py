@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import os
@@ -36,6 +37,8 @@ class FakeRegistry:
                     self.wfile.write(body)
                     return
                 status, headers = registry.answer
+                if self.path == "/v2/":  # the API's base: a registry answers it (clients ping it first)
+                    status, headers = 200, {}
                 if status == 401 and self.headers.get("Authorization") == "Bearer token-1" \
                         and "bearer" in headers.get("WWW-Authenticate", "").lower():
                     status, headers = 200, {"Docker-Content-Digest": "sha256:" + "b" * 64}
@@ -43,7 +46,11 @@ class FakeRegistry:
                 for key, value in headers.items():
                     self.send_header(key, value.replace("{host}", registry.host))
                 body = registry.body if self.command == "GET" and status == 200 else b""
-                self.send_header("Content-Length", str(len(body)))
+                if self.command == "GET" and status == 404:  # what a registry says of a tag it lacks
+                    body = b'{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}'
+                    self.send_header("Content-Type", "application/json")
+                # A HEAD is told the length a GET would get, as registries do: clients size the fetch by it.
+                self.send_header("Content-Length", str(len(registry.body) if status == 200 else len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -57,16 +64,32 @@ class FakeRegistry:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def serve(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> str:
+        """Answer every manifest request with ``status`` (a 200 with ``body`` and its real
+        digest, as a registry does); return that digest."""
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        headers = headers or {}
+        if status == 200:
+            headers = {"Docker-Content-Digest": digest, "Content-Type": "application/vnd.oci.image.index.v1+json",
+                       **headers}
+        self.answer, self.body = (status, headers), body
+        return digest
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
 
+# Registry questions (`buildx imagetools`) go to the real client: they build and push nothing.
+REGISTRY_QUESTIONS = f'[ "$1 $2" = "buildx imagetools" ] && exec {os.environ.get("DOCKER", "/usr/bin/docker")} "$@"\n'
+
+
 def logging_engine(folder: Path) -> tuple[Path, Path]:
-    """An engine client that only logs its arguments and succeeds: (its path, its log)."""
+    """An engine client that only logs its arguments and succeeds, but asks registries for
+    real: (its path, its log)."""
     log = folder / "engine.log"
     script = folder / "engine"
-    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\n')
+    script.write_text(f'#!/bin/sh\n{REGISTRY_QUESTIONS}printf "%s\\n" "$*" >> {log}\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     log.write_text("")
     return script, log
@@ -78,7 +101,7 @@ def scripted_engine(folder: Path, version: str, buildx: bool) -> tuple[Path, Pat
     log = folder / "engine.log"
     script = folder / "engine"
     script.write_text(
-        f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\n'
+        f'#!/bin/sh\n{REGISTRY_QUESTIONS}printf "%s\\n" "$*" >> {log}\n'
         f'[ "$1" = --version ] && echo "{version}"\n'
         f'[ "$1 $2" = "buildx version" ] && exit {0 if buildx else 1}\n'
         "exit 0\n"
@@ -86,6 +109,43 @@ def scripted_engine(folder: Path, version: str, buildx: bool) -> tuple[Path, Pat
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     log.write_text("")
     return script, log
+
+
+class TricklingServer:
+    """A TCP server on 127.0.0.1 that answers every connection one byte at a time, slowly."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        import socket
+        import time
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    return
+
+                def trickle(conn: socket.socket = conn) -> None:
+                    try:
+                        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 10000:
+                            conn.send(bytes([byte]))
+                            time.sleep(every)
+                    except OSError:
+                        pass
+                    finally:
+                        conn.close()
+
+                threading.Thread(target=trickle, daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def closed_port() -> str:
@@ -97,4 +157,4 @@ def closed_port() -> str:
         return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
-__all__ = ["FakeRegistry", "closed_port", "logging_engine", "os", "scripted_engine"]
+__all__ = ["FakeRegistry", "TricklingServer", "closed_port", "logging_engine", "os", "scripted_engine"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import re
 import resource
 import shutil
@@ -18,7 +18,7 @@ from typing import Callable
 import pytest
 
 from conftest import TEMPLATE, linked, render_project, tool_module
-from fakes import FakeRegistry, closed_port, logging_engine
+from fakes import FakeRegistry, TricklingServer, closed_port, logging_engine
 
 Rendered = Callable[[str, bool], Path]
 NO_DIGEST = "warning: base/Dockerfile: FROM has no digest"
@@ -435,41 +435,66 @@ def test_verify_names_the_package_wanted_and_found(tmp_path: Path) -> None:
 # ------------------------------------------------------------------- the registry probe
 
 
-@pytest.mark.parametrize(
-    ("answer", "expected"),
-    [
-        ((200, {"Docker-Content-Digest": "sha256:" + "a" * 64}), "sha256:" + "a" * 64),
-        ((404, {}), None),
-        ((401, {"WWW-Authenticate": 'Bearer realm="http://{host}/token",service="fake",scope="x"'}),
-         "sha256:" + "b" * 64),
-        ((401, {}), "HTTP 401"),
-        ((429, {}), "HTTP 429"),
-        ((500, {}), "HTTP 500"),
-        ((200, {"Docker-Content-Digest": "sha256:not-a-digest"}), "without a sha256 digest"),
-    ],
-    ids=["found", "absent", "token", "401", "429", "500", "bad-digest"],
-)
-def test_only_a_clear_404_counts_as_absent(project: Path, registry: FakeRegistry,
-                                          answer: tuple[int, dict[str, str]], expected: str | None) -> None:
-    module = tool_module(project, "publish")
-    registry.answer = answer
+INDEX = (b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": ['
+         b'{"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 1, "digest": "sha256:' + b"a" * 64
+         + b'", "platform": {"os": "linux", "architecture": "amd64"}}]}')
+
+
+def registry_cli() -> list[str]:
+    """The engine client whose buildx answers registry questions (scripts/engine-up installs it)."""
+    docker = os.environ["DOCKER"]
+    if subprocess.run([docker, "buildx", "version"], capture_output=True).returncode:
+        message = f"{docker} has no buildx: scripts/engine-up installs Debian 13's docker-buildx"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return [docker]
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize(("status", "headers", "expected"), [
+    (200, {}, "sha256:" + hashlib.sha256(INDEX).hexdigest()),
+    (404, {}, None),
+    (401, {"WWW-Authenticate": 'Bearer realm="http://{host}/token",service="fake",scope="x"'}, "sha256:"),
+    (401, {}, "401 Unauthorized: run `docker login 127.0.0.1:"),
+    (401, {"WWW-Authenticate": 'Basic realm="x"'}, "no basic auth credentials: run `docker login"),
+    (429, {}, "429 Too Many Requests"),
+    (500, {}, "500 Internal Server Error"),
+], ids=["found", "absent", "token", "401", "401-basic", "429", "500"])
+def test_only_not_found_counts_as_absent(project: Path, registry: FakeRegistry, status: int,
+                                        headers: dict[str, str], expected: str | None) -> None:
+    """Registry questions go through the engine's CLI (its credentials, tokens and TLS); only its
+    "not found" is absent, any other answer is one error line with the CLI's words and the fix."""
+    module, engine = tool_module(project, "publish"), registry_cli()
+    registry.serve(status, INDEX, headers)
     ref = f"{registry.host}/example/demo-appbase:deps-0123456789abcdef"
     if expected is None or expected.startswith("sha256:"):
-        assert module.manifest_digest(ref) == expected
+        assert (module.manifest_digest(ref, engine) or "").startswith(expected or "") and \
+            (module.manifest_digest(ref, engine) is None) == (expected is None)
     else:
         with pytest.raises(module.LinkError, match=re.escape(expected)):
-            module.manifest_digest(ref)
-    method, path, headers = registry.requests[0]
-    assert (method, path) == ("HEAD", "/v2/example/demo-appbase/manifests/deps-0123456789abcdef")
-    assert "application/vnd.oci.image.index.v1+json" in headers["Accept"]
+            module.manifest_digest(ref, engine)
+    assert registry.requests[0][:2] == ("HEAD", "/v2/example/demo-appbase/manifests/deps-0123456789abcdef")
 
 
-def test_a_registry_that_does_not_answer_is_an_error(project: Path) -> None:
-    module = tool_module(project, "publish")
-    with pytest.raises(module.LinkError, match="Connection refused"):
-        module.manifest_digest(f"{closed_port()}/example/base:deps-0123456789abcdef")
+@pytest.mark.engine
+def test_a_registry_that_does_not_answer_or_trickles_is_an_error(project: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    module, engine = tool_module(project, "publish"), registry_cli()
+    with pytest.raises(module.LinkError, match="connection refused"):
+        module.manifest_digest(f"{closed_port()}/example/base:deps-0123456789abcdef", engine)
+    slow = TricklingServer()
+    monkeypatch.setattr(module, "DEADLINE", 3)  # the whole question, not each read: one byte a second never ends it
+    try:
+        start = time.monotonic()
+        with pytest.raises(module.LinkError, match="did not answer within 3 s"):
+            module.manifest_digest(f"{slow.host}/example/base:deps-0123456789abcdef", engine)
+        assert time.monotonic() - start < 10
+    finally:
+        slow.close()
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize(("body", "expected"), [
     (b'{"manifests": [{"platform": {"os": "linux", "architecture": "amd64"}},'
      b' {"platform": {"os": "linux", "architecture": "arm64"}},'
@@ -484,59 +509,28 @@ def test_a_registry_that_does_not_answer_is_an_error(project: Path) -> None:
 def test_the_platforms_of_a_registry_index_or_one_line(project: Path, registry: FakeRegistry, body: bytes,
                                                        expected: set[str] | None) -> None:
     """A registry's reply is hostile input: whatever it sends, the answer is a set or one error line."""
-    module = tool_module(project, "publish")
-    registry.answer, registry.body = (200, {"Docker-Content-Digest": "sha256:" + "a" * 64}), body
+    module, engine = tool_module(project, "publish"), registry_cli()
+    registry.serve(200, body)
     ref = f"{registry.host}/example/base:deps-0123456789abcdef"
     if expected is None:
-        with pytest.raises(module.LinkError, match="not JSON of the OCI image spec"):
-            module.platforms_in(ref)
+        unreadable = r"not JSON of the OCI image spec|docker says: ERROR: (invalid character|json: cannot)"
+        with pytest.raises(module.LinkError, match=unreadable):
+            module.platforms_in(ref, engine)
     else:
-        assert module.platforms_in(ref) == expected
+        assert module.platforms_in(ref, engine) == expected
 
 
-@pytest.mark.parametrize(("config", "expected"), [
-    ({"auths": {"reg.example": {"auth": "dXNlcjpzZWNyZXQ="}}}, "user:secret"),
-    ({"auths": {"https://reg.example": {"auth": "dXNlcjpzZWNyZXQ="}}}, "user:secret"),
-    ({"credsStore": "fake"}, "helper-user:helper-secret for reg.example"),
-    ({"credHelpers": {"reg.example": "fake"}, "credsStore": "other"}, "helper-user:helper-secret for reg.example"),
-    ({"credsStore": "../fake"}, ""),  # a helper name is a name, never a path
-    ({"auths": {"reg.example": {"auth": "not base64!"}}}, ""),
-    ({"auths": []}, ""),
-    ([], ""),
-    ({"auths": {"other.example": {"auth": "dXNlcjpzZWNyZXQ="}}}, ""),
-], ids=["auth", "auth-url", "store", "helper", "helper-path", "bad-auth", "bad-auths", "not-an-object", "other-host"])
-def test_credentials_come_from_the_auth_file_or_a_credential_helper(
-        project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: object, expected: str) -> None:
-    """The probe's credentials: what `docker login` or `podman login` left; a broken file is no credentials."""
-    helper = tmp_path / "bin" / "docker-credential-fake"
-    helper.parent.mkdir()
-    helper.write_text('#!/bin/sh\nread key\necho "{\\"Username\\": \\"helper-user\\", '
-                      '\\"Secret\\": \\"helper-secret for $key\\"}"\n')
-    helper.chmod(0o755)
-    (tmp_path / "docker-credential-..").mkdir()  # what the path-like name would run, from this folder
-    shutil.copy2(helper, tmp_path / "docker-credential-.." / "fake")
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    monkeypatch.setenv("PATH", f"{helper.parent}:/usr/bin:/bin")
-    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "config.json"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "none"))
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "none"))
-    assert tool_module(project, "publish").credentials("reg.example") == expected
+def test_the_generated_tool_opens_no_connection_and_reads_no_credentials(project: Path) -> None:
+    """Registries are the engine CLI's business: no generated Python imports a network module or
+    names a credentials file or helper."""
+    for path in sorted((project / "base").glob("*.py")):
+        text = path.read_text()
+        imported = set(re.findall(r"^\s*(?:import|from)\s+([\w.]+)", text, re.M))
+        assert not imported & {"urllib", "urllib.request", "http", "http.client", "socket", "ssl", "base64"}, path
+        assert not re.search(r"config\.json|docker-credential|auth\.json|credHelpers", text), path
 
 
-@pytest.mark.parametrize(("reference", "parts"), [
-    ("python:3.13-slim", ("docker.io", "library/python", "3.13-slim")),
-    ("docker.io/library/python:3.13@sha256:" + "c" * 64, ("docker.io", "library/python", "sha256:" + "c" * 64)),
-    ("example/app", ("docker.io", "example/app", "latest")),
-    ("127.0.0.1:5000/a/b:t", ("127.0.0.1:5000", "a/b", "t")),
-    ("ghcr.io/astral-sh/uv:0.13.9", ("ghcr.io", "astral-sh/uv", "0.13.9")),
-    ("localhost/x", ("localhost", "x", "latest")),
-])
-def test_image_references_split_as_docker_reads_them(project: Path, reference: str,
-                                                    parts: tuple[str, str, str]) -> None:
-    assert tool_module(project, "publish").split_reference(reference) == parts
-
-
+@pytest.mark.engine
 @pytest.mark.parametrize("answer", [(401, {}), (500, {}), None], ids=["401", "500", "no-answer"])
 def test_publish_stops_before_any_build_when_the_registry_is_unclear(
         project: Path, registry: FakeRegistry, tmp_path: Path, answer: tuple[int, dict[str, str]] | None) -> None:
@@ -547,8 +541,10 @@ def test_publish_stops_before_any_build_when_the_registry_is_unclear(
     engine, log = logging_engine(tmp_path)
     result = linked(project, "publish", "--image", f"{host}/example/demo-app", "--tag", "t", "--engine", str(engine))
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: {host}: {host}/example/demo-appbase:deps-")
-    assert log.read_text() == ""  # nothing pulled, built or pushed
+    assert re.fullmatch(rf"error: {host}/example/demo-appbase:deps-\w+: \S+ says: .+\n", result.stderr), result.stderr
+    assert ("`docker login " in result.stderr) == (answer == (401, {}))
+    # The engine was asked what it is; nothing was pulled, built or pushed.
+    assert log.read_text().split() in ([], ["--version"])
 
 
 def test_publish_refuses_a_stale_lock_before_anything(project: Path, tmp_path: Path) -> None:

@@ -1,17 +1,18 @@
 """Registries and engines for base/linked.py: digests, build, smoke test, push.
 
-`make lock` pins base/Dockerfile's FROM lines by the digests this module asks the
-registries for; `make publish` (and the CI) pushes the base under its content tag
-unless the registry clearly has it (a 404: any other answer stops before anything
-is built; a content tag is never pushed twice), then builds the app FROM exactly
-that base, smoke-tests it and pushes it. Credentials come from Podman's or
-Docker's auth file or credential helper. Standard library only.
+`make lock` pins base/Dockerfile's FROM lines by the digests the registries give;
+`make publish` (and the CI) pushes the base under its content tag unless the
+registry clearly has it ("not found": any other answer stops before anything is
+built; a content tag is never pushed twice), then builds the app FROM exactly that
+base, smoke-tests it and pushes it. Every registry question goes through the
+engine's own CLI (`docker buildx imagetools`, or skopeo beside Podman), which
+handles credentials, helpers, tokens, redirects and TLS: this module opens no
+connection and reads no credentials.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import os
@@ -21,69 +22,56 @@ import shlex
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
-from linked import HASH_RE, LinkError, Project, base_settings, image_froms, run
+from linked import LinkError, Project, base_settings, image_froms, run
 
 LABEL_TAG, LABEL_LOCK = "org.linked-builds.content-tag", "org.linked-builds.lock"
-PATH_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-KINDS = "oci.image.index.v1 docker.distribution.manifest.list.v2 oci.image.manifest.v1 docker.distribution.manifest.v2"
-# The smoke test's GET, as the image's HEALTHCHECK does it: Python's own urllib, no curl needed.
 # This machine's platform, the one an image built without a push is for.
 NATIVE = "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine().lower(), platform.machine().lower())
+# The smoke test's GET, as the image's HEALTHCHECK does it: Python's own urllib, no curl needed.
 HEALTHZ = "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['PORT'] + '/healthz')"
+DEADLINE = 120  # seconds for one registry question, whatever the registry does
 
 # ------------------------------------------------------------------ registries
 
 
-def split_reference(ref: str) -> tuple[str, str, str]:
-    """(registry host, repository, tag or digest) of an image reference, as Docker reads it."""
-    name, _, digest = ref.partition("@")
-    first, _, rest = name.partition("/")
-    local = rest and ("." in first or ":" in first or first == "localhost")
-    host, path = (first, rest) if local else ("docker.io", name)
-    path, _, tag = path.partition(":") if ":" in path.rsplit("/", 1)[-1] else (path, "", "latest")
-    path = "library/" + path if host == "docker.io" and "/" not in path else path
-    if not PATH_RE.match(path):
-        raise LinkError(f"{ref!r} is not an image reference")
-    return host, path, digest or tag
+def manifest(ref: str, engine: list[str]) -> tuple[str, bytes] | None:
+    """(digest, manifest) the registry holds for ``ref``, as the engine's CLI reads it:
+    `docker buildx imagetools inspect --raw`, or `skopeo inspect --raw` beside Podman.
+    None only when the CLI says the manifest is not found; any other failure raises."""
+    argv = [*engine, "buildx", "imagetools", "inspect", "--raw", ref]
+    if run([*engine, "--version"], quiet=True).stdout.lower().startswith("podman"):  # skopeo reads Podman's settings
+        conf = os.environ.get("CONTAINERS_REGISTRIES_CONF", "")
+        argv = ["skopeo", *(["--registries-conf", conf] if conf else []), "inspect", "--raw", f"docker://{ref}"]
+    try:
+        got = subprocess.run(argv, capture_output=True, timeout=DEADLINE, check=False)
+    except subprocess.TimeoutExpired:
+        raise LinkError(f"{ref}: its registry did not answer within {DEADLINE} s") from None
+    except OSError as exc:
+        raise LinkError(f"cannot run {argv[0]} ({exc.strerror}): registry questions need it") from None
+    if got.returncode == 0:
+        return "sha256:" + hashlib.sha256(got.stdout).hexdigest(), got.stdout
+    said = re.sub(r"[^ -~]", "?", " ".join(got.stderr.decode(errors="replace").split()))[-300:] or "no answer"
+    if re.search(r"manifest unknown|: not found$", said):  # skopeo's words, then imagetools'
+        return None
+    host = ref.split("/")[0] if re.search(r"^(localhost|[^/]*[.:][^/]*)/", ref) else "docker.io"
+    login = re.search(r"unauthori[sz]ed|authoriz|authenticat|denied|\b401\b", said, re.IGNORECASE)
+    hint = f": run `docker login {host}` (or `podman login`) first" if login else ""
+    if "is not a docker command" in said:
+        hint = ": registry questions need docker buildx (Debian's docker-buildx package)"
+    raise LinkError(f"{ref}: {Path(argv[0]).name} says: {said}{hint}")
 
 
-def credentials(host: str) -> str:
-    """ "user:secret" for ``host`` from Podman's or Docker's auth file or credential helper ("" if none)."""
-    keys = [host, "https://index.docker.io/v1/"] if host == "docker.io" else [host, f"https://{host}"]
-    docker = os.path.join(os.environ.get("DOCKER_CONFIG", os.path.expanduser("~/.docker")), "config.json")
-    podman = f"{os.environ.get('XDG_RUNTIME_DIR', '/nonexistent')}/containers/auth.json"
-    for path in (os.environ.get("REGISTRY_AUTH_FILE", ""), podman, docker):
-        try:
-            config = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        for key in keys:
-            try:  # docker-credential-<helper> get answers {"Username": ..., "Secret": ...} for the key on its input
-                helper = config.get("credHelpers", {}).get(key) or config.get("credsStore") or ""
-                if auth := config.get("auths", {}).get(key, {}).get("auth"):
-                    return base64.b64decode(auth).decode()
-                if re.fullmatch(r"[\w.-]+", helper):
-                    argv = [f"docker-credential-{helper}", "get"]
-                    got = subprocess.run(argv, input=key, capture_output=True, text=True, timeout=20, check=True)
-                    return "{Username}:{Secret}".format(**json.loads(got.stdout))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError, subprocess.SubprocessError):
-                pass
-    return ""
-
-
-def manifest_digest(ref: str) -> str | None:
-    """The registry's digest for ``ref``, None only on a clear 404; any other failure raises."""
-    found = manifest(ref)
+def manifest_digest(ref: str, engine: list[str]) -> str | None:
+    """The registry's digest for ``ref``, None only when it clearly has no such image."""
+    found = manifest(ref, engine)
     return found[0] if found else None
 
 
-def platforms_in(ref: str) -> set[str]:
+def platforms_in(ref: str, engine: list[str]) -> set[str]:
     """The platforms (os/architecture) of the image index ``ref`` names; none if it is not an index."""
-    found = manifest(ref, "GET")
+    found = manifest(ref, engine)
     try:
         index = json.loads(found[1]) if found else {}
         listed = [entry.get("platform") or {} for entry in index.get("manifests") or []]
@@ -92,52 +80,7 @@ def platforms_in(ref: str) -> set[str]:
         raise LinkError(f"{ref}: the registry answered an index that is not JSON of the OCI image spec") from None
 
 
-def manifest(ref: str, method: str = "HEAD") -> tuple[str, bytes] | None:
-    """(digest, body) of ``ref``'s manifest (the body only for a GET), None only on a clear 404."""
-    host, path, tag = split_reference(ref)
-    api = "registry-1.docker.io" if host == "docker.io" else host
-    local = api.split(":")[0] in ("localhost", "127.0.0.1", "[::1]")
-    url = f"{'http' if local else 'https'}://{api}/v2/{path}/manifests/{tag}"
-    basic = base64.b64encode(credentials(host).encode()).decode()
-    headers = {"Accept": ", ".join(f"application/vnd.{kind}+json" for kind in KINDS.split())}
-    for attempt in range(2):
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, method=method, headers=headers), timeout=15) as got:
-                if not HASH_RE.match(digest := got.headers.get("Docker-Content-Digest", "")):
-                    raise LinkError(f"{api}: answered {ref} without a sha256 digest")
-                return str(digest), got.read(1 << 22) if method == "GET" else b""
-        except urllib.request.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            challenge = exc.headers.get("WWW-Authenticate", "") if exc.code == 401 else ""
-            if attempt or not challenge:
-                raise LinkError(f"{api}: {ref}: HTTP {exc.code} {exc.reason}") from None
-            basic_ok = challenge.lower().startswith("basic") and basic
-            headers["Authorization"] = (
-                f"Basic {basic}" if basic_ok else f"Bearer {token(api, ref, challenge, basic, local)}"
-            )
-        except OSError as exc:  # URLError too
-            raise LinkError(f"{api}: {ref}: {getattr(exc, 'reason', exc)}") from None
-    raise LinkError(f"{api}: {ref}: refused the credentials")
-
-
-def token(api: str, ref: str, challenge: str, basic: str, local: bool) -> str:
-    """A bearer token from the realm a 401's challenge names (https only, but for a local registry)."""
-    params = dict(re.findall(r'(?<!\w)(\w+)="([^"]*)"', challenge))  # (?<!\w): linear
-    realm = params.get("realm", "")
-    if not challenge.lower().startswith("bearer") or not realm.startswith("http" if local else "https://"):
-        raise LinkError(f"{api}: {ref}: HTTP 401 with a scheme this tool cannot use")
-    query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
-    request = urllib.request.Request(f"{realm}?{query}", headers={"Authorization": f"Basic {basic}"} if basic else {})
-    try:
-        with urllib.request.urlopen(request, timeout=15) as got:
-            body = json.loads(got.read(1 << 20))
-            return str(body.get("token") or body["access_token"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise LinkError(f"{api}: {ref}: no token ({exc})") from None
-
-
-def pin_digests(text: str) -> tuple[str, list[str]]:
+def pin_digests(text: str, engine: list[str]) -> tuple[str, list[str]]:
     """A Dockerfile's text with each FROM pinned by its tag's current digest, and warnings for
     the ones the registry could not answer (they keep the digest they had, if any)."""
     lines, warnings = text.splitlines(keepends=True), []
@@ -145,7 +88,7 @@ def pin_digests(text: str) -> tuple[str, list[str]]:
         if "$" in m["image"] or (m["digest"] and ":" not in m["image"].rsplit("/", 1)[-1]):
             continue  # an argument, or pinned by digest alone: no tag to follow
         try:
-            digest = "@" + (manifest_digest(m["image"]) or "")
+            digest = "@" + (manifest_digest(m["image"], engine) or "")
             if digest == "@":
                 raise LinkError(f"{m['image']}: not found in its registry")
         except LinkError as exc:
@@ -292,7 +235,7 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
     if args.image.rsplit("/", 1)[0] != repository.rsplit("/", 1)[0]:
         print(f"note: the app goes to {args.image}, its base to {repository} (the pin's repository)", file=sys.stderr)
     platforms = sorted(base_settings(project.read("base/Dockerfile"))[0].get("platforms", NATIVE).split(","))
-    digest = manifest_digest(ref) if only != "app" else None  # an unclear registry stops here, first
+    digest = manifest_digest(ref, engine.command) if only != "app" else None  # an unclear registry stops here, first
     how = engine.builder(platforms, push)
     if how == "build" and platforms != [NATIVE]:
         print(f"note: building for {NATIVE} only (a build without a push), not {','.join(platforms)}", flush=True)
@@ -310,7 +253,9 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
         if not digest:
             print(f"base {ref} is not in the registry: building it" + (" and pushing it" if push else ""), flush=True)
             engine.build(how, project.base, [ref], base_args, platforms)
-            if push and (digest := manifest_digest(ref)):  # another run pushed it meanwhile: never overwrite it
+            if push and (
+                digest := manifest_digest(ref, engine.command)
+            ):  # another run pushed it meanwhile: never overwrite it
                 print(f"note: {ref} appeared in the registry during the build: not overwriting it", flush=True)
             elif push and how == "buildx":  # the same build again, from its cache, pushed
                 engine.build(how, project.base, [ref], [*base_args, "--push"], platforms)
@@ -320,10 +265,10 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
                     engine.must("tag", ref, f"{repository}:buildcache")
                     engine.push(how, f"{repository}:buildcache")
             pushed = push and not digest and not engine.dry_run
-            digest = manifest_digest(ref) if pushed else digest
+            digest = manifest_digest(ref, engine.command) if pushed else digest
         if digest and not pushed:
             print(f"base {ref} is in the registry ({digest}): using it, not rebuilding it", flush=True)
-            if missing := set(platforms) - platforms_in(ref) if how != "build" else set():
+            if missing := set(platforms) - platforms_in(ref, engine.command) if how != "build" else set():
                 raise LinkError(
                     f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it"
                 )
@@ -333,11 +278,13 @@ def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: li
     if only != "base":
         # The digest the base job handed over (and the CI verified): the app builds FROM exactly it.
         pinned = os.environ.get("BASE_DIGEST", "")
-        remote = digest or (manifest_digest(ref) if pinned else None)  # what the base phase saw, if it ran
+        remote = digest or (
+            manifest_digest(ref, engine.command) if pinned else None
+        )  # what the base phase saw, if it ran
         if pinned and remote != pinned:
             raise LinkError(f"base {ref} is no longer {pinned} in the registry: refusing to build on it")
         if not engine.run("image", "inspect", ref, quiet=True):
-            if remote or manifest_digest(ref):
+            if remote or manifest_digest(ref, engine.command):
                 engine.must("pull", ref)
             elif push:
                 raise LinkError(f"base {ref} is in no registry: publish the base first (the base job)")
