@@ -478,6 +478,22 @@ def test_only_not_found_counts_as_absent(project: Path, registry: FakeRegistry, 
 
 
 @pytest.mark.engine
+def test_exists_has_a_status_of_its_own_for_absent(project: Path, registry: FakeRegistry) -> None:
+    """Docker Hub's post_push pushes the content tag only on `exists`' own "absent" status (4):
+    a crash (1) or an unclear registry (2) never reads as absent."""
+    (engine,) = registry_cli()
+    ref = f"{registry.host}/example/demo-appbase:deps-0123456789abcdef"
+    digest = registry.serve(200, INDEX)
+    found = linked(project, "exists", "--engine", engine, ref)
+    assert (found.returncode, found.stdout) == (0, digest + "\n")
+    registry.serve(404)
+    assert linked(project, "exists", "--engine", engine, ref).returncode == 4
+    registry.serve(500)
+    unclear = linked(project, "exists", "--engine", engine, ref)
+    assert unclear.returncode == 2 and "500 Internal Server Error" in unclear.stderr
+
+
+@pytest.mark.engine
 def test_a_registry_that_does_not_answer_or_trickles_is_an_error(project: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     module, engine = tool_module(project, "publish"), registry_cli()
