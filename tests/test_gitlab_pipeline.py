@@ -47,7 +47,8 @@ JOB_IMAGES = ("docker:28-cli", "docker:28-dind", "python:3.13-slim")  # what the
 HELPER_IMAGE = "debian:trixie-slim"  # gitlab-ci-local's helper container only needs sh, chown and chmod
 NAMESPACE = "gitlab-pipeline"
 ENABLE = "run `scripts/gitlab-standins` as root (after `scripts/engine-up`), then rerun"
-MANIFESTS = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+MANIFESTS = ("application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, "
+             "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json")
 
 
 def require_gitlab_ci_local() -> None:
@@ -173,6 +174,9 @@ def registry_get(registry: Registry, path: str, accept: str = "") -> Any:
 def pushed_image(registry: Registry, repository: str, tag: str) -> tuple[list[str], dict[str, str]]:
     """The layer digests and the labels of an image, read from the registry."""
     manifest = registry_get(registry, f"{repository}/manifests/{tag}", MANIFESTS)
+    if "manifests" in manifest:  # an image index (the builder attaches attestations): its linux/amd64 image
+        (image,) = [m for m in manifest["manifests"] if m.get("platform", {}).get("architecture") == "amd64"]
+        manifest = registry_get(registry, f"{repository}/manifests/{image['digest']}", MANIFESTS)
     config = registry_get(registry, f"{repository}/blobs/{manifest['config']['digest']}")
     return [layer["digest"] for layer in manifest["layers"]], dict(config["config"].get("Labels") or {})
 
