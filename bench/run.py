@@ -185,6 +185,16 @@ def prunes_by_id() -> bool:
     return api >= (1, 39)
 
 
+@functools.cache
+def prune_spares_siblings() -> bool:
+    """Whether pruning a build-cache record leaves the cache of the other builds alone. Not on
+    Docker's containerd image store (seen with Docker 26.1): pruning one record by id made a
+    sibling's step, on the same base image but of another build, miss the cache, though its
+    record was still listed. There the bench prunes nothing and says so."""
+    out = subprocess.run([DOCKER, "info", "--format", "{{json .DriverStatus}}"], capture_output=True, text=True)
+    return "io.containerd.snapshotter" not in out.stdout
+
+
 def prune_records(ids: set[str]) -> set[str]:
     """Remove exactly these build-cache records; return those still there (all of them, on an
     engine that may not honour the id filter: see prunes_by_id).
@@ -200,6 +210,11 @@ def prune_records(ids: set[str]) -> set[str]:
     if pending and not prunes_by_id():
         print(f"bench: {DOCKER} is not Docker's own engine, whose prune honours an id filter: "
               f"{len(pending)} build-cache records of this run are left in place", file=sys.stderr)
+        return pending
+    if pending and not prune_spares_siblings():
+        print(f"bench: on the containerd image store a prune by id costs other builds their cache: "
+              f"{len(pending)} build-cache records of this run are left in place (`docker builder prune` "
+              "takes them, and every other unused record, when you choose)", file=sys.stderr)
         return pending
     for attempt in range(3):
         if not pending:

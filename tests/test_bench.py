@@ -92,11 +92,13 @@ def test_the_prune_never_takes_all(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     fake.chmod(0o755)
     bench = bench_module()
     bench.prunes_by_id.cache_clear()
+    bench.prune_spares_siblings.cache_clear()
     monkeypatch.setattr(bench, "DOCKER", str(fake))
     try:
         assert bench.prune_records({"abc", "def"}) == {"abc"}  # the engine still lists abc: reported as left
     finally:
         bench.prunes_by_id.cache_clear()
+        bench.prune_spares_siblings.cache_clear()
     prunes = [line for line in log.read_text().splitlines() if line.startswith("builder prune")]
     assert not [line for line in prunes if "--all" in line.split()], prunes
     assert prunes[0].startswith("builder prune --force --filter id=^("), prunes  # a batch first
@@ -107,6 +109,34 @@ def test_the_prune_never_takes_all(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_this_engine_prunes_by_id() -> None:
     require_engine(DOCKER, ())
     assert bench_module().prunes_by_id()
+
+
+@pytest.mark.engine
+def test_the_bench_prunes_only_where_a_prune_spares_other_builds(tmp_path: Path) -> None:
+    """Two builds of steps on the same base; one step's record pruned by id: the other build's step
+    must stay cached, or the bench must know this engine does not allow that and prune nothing."""
+    require_engine(DOCKER, ("python:3.13-slim-trixie",))
+    token = uuid.uuid4().hex[:16]
+    tags = [f"localhost/linked-builds-prune-probe:{token}-{n}" for n in range(2)]
+
+    def build(n: int) -> str:
+        (tmp_path / f"Dockerfile.{n}").write_text(f"FROM python:3.13-slim-trixie\nRUN echo {token}-{n} > /probe\n")
+        result = subprocess.run([DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tags[n],
+                                 "--file", str(tmp_path / f"Dockerfile.{n}"), str(tmp_path)], capture_output=True,
+                                text=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stderr + result.stdout
+
+    try:
+        build(0), build(1)
+        pruned = {i for i, r in cache_records().items() if f"{token}-1" in r["Description"]}
+        subprocess.run([DOCKER, "rmi", tags[1]], capture_output=True)
+        subprocess.run([DOCKER, "builder", "prune", "--force", "--filter", f"id=^({'|'.join(pruned)})$"],
+                       capture_output=True)
+        kept = [s.cached for s in buildkit_steps(build(0)) if s.name.startswith("RUN")]
+        assert kept == [bench_module().prune_spares_siblings()]
+    finally:
+        subprocess.run([DOCKER, "rmi", *tags], capture_output=True)
 
 
 def cache_records() -> dict[str, dict[str, str]]:
@@ -226,8 +256,12 @@ def test_quick_bench_removes_what_it_made_and_nothing_else(quick: QuickRun) -> N
     assert quick.result.returncode == 0, quick.result.stderr[-3000:]
     data: dict[str, Any] = json.loads((quick.out / "bench.json").read_text())
     [cleanup] = data["scenarios"][0]["cleanup"]
-    assert cleanup["cache_records_removed"] > 0 and cleanup["images_removed"] > 0
-    assert cleanup["cache_records_left"] == 0
+    assert cleanup["images_removed"] > 0
+    if bench_module().prune_spares_siblings():
+        assert cleanup["cache_records_removed"] > 0 and cleanup["cache_records_left"] == 0
+    else:  # the containerd image store: a prune would cost the sentinel its cache, so none is made
+        assert cleanup["cache_records_removed"] == 0 and cleanup["cache_records_left"] > 0
+        assert "build-cache records of this run are left in place" in quick.result.stderr
     # Its own images are gone; every image there before is still there.
     left = images()
     assert not {i for i in left - quick.images_before if "linked-builds-bench" in i}
