@@ -174,7 +174,7 @@ def test_upgrading_a_package_the_lock_lacks_is_refused_and_nothing_moved_is_said
     before = lock_file.read_text()
     result = linked(project, "lock", "--upgrade-package", "nonexistent-pkg")
     assert result.returncode == 2 and result.stderr == (
-        "error: UPGRADE_PACKAGE=nonexistent-pkg: base/requirements.txt locks no such package: name one it lists\n")
+        "error: UPGRADE_PACKAGE=nonexistent-pkg: base/requirements.txt locks no such package\n")
     assert lock_file.read_text() == before
     result = linked(project, "lock", "--upgrade-package", "Flask")
     assert result.returncode == 0, result.stderr
@@ -190,8 +190,8 @@ def test_a_pin_from_another_repository_is_refused(project: Path) -> None:
         result = linked(project, command, *args)
         assert result.returncode == 2
         assert result.stderr == ("error: Dockerfile:1: pins attacker.example/evil/base, but base/Dockerfile names "
-                                 "docker.io/example/demo-appbase: to move the images, answer anew with `copier "
-                                 "update --trust --defaults -d registry=... -d image_namespace=...` (it moves both)\n")
+                                 "docker.io/example/demo-appbase: `copier update --trust --defaults -d registry=... "
+                                 "-d image_namespace=...` moves both\n")
 
 
 def test_a_lock_made_for_another_kind_of_base_fails_check(rendered: Rendered, project: Path) -> None:

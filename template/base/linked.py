@@ -85,14 +85,6 @@ def read_bytes(path: Path, label: str) -> bytes:
         raise LinkError(f"{label}: {why}") from None
 
 
-def read_text(path: Path, label: str) -> str:
-    """A file's UTF-8 text, line endings kept."""
-    try:
-        return read_bytes(path, label).decode("utf-8")
-    except UnicodeDecodeError:
-        raise LinkError(f"{label}: not UTF-8 text") from None
-
-
 def write_atomic(path: Path, text: str, label: str) -> None:
     """Write ``text`` through a temporary file of its own (so runs at once never share one)
     in the same folder, then a rename: never half a file. The file keeps its mode."""
@@ -325,7 +317,11 @@ class Project:
         self.root, self.base = root, root / "base"
 
     def read(self, rel: str) -> str:
-        return read_text(self.root / rel, rel)
+        """A file's UTF-8 text, line endings kept."""
+        try:
+            return read_bytes(self.root / rel, rel).decode("utf-8")
+        except UnicodeDecodeError:
+            raise LinkError(f"{rel}: not UTF-8 text") from None
 
     def lock(self) -> Lock:
         return Lock(self.read("base/requirements.txt"))
@@ -339,9 +335,8 @@ class Project:
             if kind == "apt":
                 body = [sibling("debian").apt_step(p) for p in lock.apt] or ["# (run make lock)"]
             else:
-                body = [pip_step(r, h, opts.get("installer", "pip")) for _, r, h in lock.ordered(top)] or [
-                    "# (nothing to install)"
-                ]
+                body = [pip_step(r, h, opts.get("installer", "pip")) for _, r, h in lock.ordered(top)]
+                body = body or ["# (nothing to install)"]
             lines[start + 1 : end] = [GENERATED, *"\n".join(body).splitlines()]
         newline = "\r\n" if "\r\n" in dockerfile else "\n"
         return newline.join(lines) + (newline if dockerfile.endswith("\n") else "")
@@ -384,7 +379,7 @@ class Project:
         m = PIN_RE.match(first)
         if not m or not rest.startswith("FROM ${BASE_IMAGE}"):
             raise LinkError(
-                "Dockerfile:1: must start with `ARG BASE_IMAGE=<base repository>:<tag>` then `FROM ${BASE_IMAGE}`"
+                "Dockerfile:1: must start with `ARG BASE_IMAGE=<repository>:<tag>`, then `FROM ${BASE_IMAGE}`"
             )
         return m
 
@@ -398,13 +393,10 @@ class Project:
             marker = next((n for n, line in enumerate(text.splitlines(), 1) if line.startswith("<<<<<<< ")), 0)
             if marker:
                 raise ConflictError(f"{rel}:{marker}: a merge conflict: resolve it, then run `make sync`")
-        lock, (settings, _) = (
-            self.lock() if lock_text is None else Lock(lock_text),
-            base_settings(texts["base/Dockerfile"]),
-        )
-        stale = lock.problems(
-            self.read("base/requirements.in"), settings.get("python", ""), lock_target(texts["base/Dockerfile"])
-        )
+        lock = self.lock() if lock_text is None else Lock(lock_text)
+        settings = base_settings(texts["base/Dockerfile"])[0]
+        python, target = settings.get("python", ""), lock_target(texts["base/Dockerfile"])
+        stale = lock.problems(self.read("base/requirements.in"), python, target)
         writes, new_base = {}, self.blocks(texts["base/Dockerfile"], lock)
         if new_base != texts["base/Dockerfile"]:
             writes["base/Dockerfile"] = new_base
@@ -415,11 +407,9 @@ class Project:
         }
         tag, m = self.content_tag(overrides), self.pin(texts["Dockerfile"])
         if (settings.get("repository") or m["repo"]) != m["repo"]:
+            move = "`copier update --trust --defaults -d registry=... -d image_namespace=...` moves both"
             named = settings["repository"]
-            raise LinkError(
-                f"Dockerfile:1: pins {m['repo']}, but base/Dockerfile names {named}: to move the images, answer anew"
-                " with `copier update --trust --defaults -d registry=... -d image_namespace=...` (it moves both)"
-            )
+            raise LinkError(f"Dockerfile:1: pins {m['repo']}, but base/Dockerfile names {named}: {move}")
         if m["tag"] != tag or m["digest"]:  # sync writes no digest: the CI hands over the one it verified
             first, _, rest = texts["Dockerfile"].partition("\n")
             writes["Dockerfile"] = f"ARG BASE_IMAGE={m['repo']}:{tag}" + first[len(first.rstrip("\r")) :] + "\n" + rest
@@ -531,7 +521,7 @@ def parser() -> argparse.ArgumentParser:
         ("sync", "rewrite the blocks and the pin"),
     ]:
         sub.add_parser(name, help=about)
-    exists = sub.add_parser("exists", help=f"exit 0 if the registry has REF, {ABSENT} if it clearly has not")
+    exists = sub.add_parser("exists", help=f"exit 0 if the registry has REF, {ABSENT} if it clearly lacks it")
     exists.add_argument("ref")
     lock = sub.add_parser("lock", help="compile the lock, pin the upstream digest, sync")
     base = sub.add_parser("base", help="build the base image under its content tag")
@@ -570,20 +560,13 @@ def main(argv: list[str] | None = None) -> int:
                 print("fix: `make lock` where the lock is stale, else `make sync`; then commit", file=sys.stderr)
                 return 1
         elif args.command in ("sync", "lock"):
-            upgrades = ["--upgrade"] * getattr(args, "upgrade", 0) + [
-                f"--upgrade-package={p}" for p in getattr(args, "upgrade_package", [])
-            ]
+            wanted = getattr(args, "upgrade_package", [])
+            upgrades = ["--upgrade"] * getattr(args, "upgrade", 0) + [f"--upgrade-package={p}" for p in wanted]
             writes, notes = lock(project, engine, build_args, upgrades) if args.command == "lock" else ({}, [])
-            locked = {normalize(n) for n, _, _ in Lock(writes.get("base/requirements.txt", "")).entries}
-            for name in (p for p in getattr(args, "upgrade_package", []) if normalize(p) not in locked):
-                raise LinkError(
-                    f"UPGRADE_PACKAGE={name}: base/requirements.txt locks no such package: name one it lists"
-                )
-            same = (
-                args.command == "lock"
-                and (project.base / "requirements.txt").exists()
-                and writes["base/requirements.txt"] == project.read("base/requirements.txt")
-            )
+            locked = {normalize(e[0]) for e in Lock(writes.get("base/requirements.txt", "")).entries}
+            for name in (p for p in wanted if normalize(p) not in locked):
+                raise LinkError(f"UPGRADE_PACKAGE={name}: base/requirements.txt locks no such package")
+            before = project.read("base/requirements.txt") if (project.base / "requirements.txt").exists() else ""
             plan, stale, more = project.plan(writes.get("base/Dockerfile"), writes.get("base/requirements.txt"))
             for rel, text in {**writes, **plan}.items():
                 if text != (old := project.read(rel)):
@@ -593,10 +576,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: {line}", file=sys.stderr)
             for item in (s for s in stale if "make lock" in s):
                 print(f"still stale: {item}")
-            if same:
-                print(
-                    "base/requirements.txt: nothing moved" + (": every pin is the newest allowed" if upgrades else "")
-                )
+            if writes and writes["base/requirements.txt"] == before:
+                print("base/requirements.txt: nothing moved" + ": every pin is the newest allowed" * bool(upgrades))
         elif args.command == "base":
             ref, cli = project.reference(), sibling("publish").Engine(engine)
             if args.if_missing and cli.run("image", "inspect", ref, quiet=True):
