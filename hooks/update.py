@@ -33,8 +33,10 @@ from pathlib import Path
 
 CONFLICT = 3  # base/linked.py's exit status for a conflict only the user can resolve
 START, BASE, MID, END = "<<<<<<< ", "||||||| ", "=======", ">>>>>>> "
+COPIER_START = b"<<<<<<< before updating"  # copier's label for the project's side
 FENCE = ("# >>> linked-builds:", "# <<< linked-builds:")
 PIN = re.compile(r"ARG BASE_IMAGE=\S+|# linked-builds:lock( .*)?")
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}")
 FROM = re.compile(r"FROM\s+(?:--platform=\S+\s+)?(?P<image>[^\s$]+)(?:\s+AS\s+(?P<stage>\S+))?", re.IGNORECASE)
 STYLE_MARK = "linked-builds-conflictstyle"  # in the git dir: ``before`` set merge.conflictStyle
 
@@ -58,7 +60,7 @@ def git(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(text.encode("utf-8"))
     os.replace(tmp, path)
 
 
@@ -93,9 +95,11 @@ def show_bases(project: Path) -> None:
 
 
 def restore_style(project: Path) -> None:
+    """Take back the style ``before`` set, unless the user has set one of their own since."""
     mark = git(project, "rev-parse", "--git-path", STYLE_MARK).stdout.strip()
     if mark and (project / mark).exists():
-        git(project, "config", "--local", "--unset", "merge.conflictStyle")
+        if git(project, "config", "--local", "--get", "merge.conflictStyle").stdout.strip() == "diff3":
+            git(project, "config", "--local", "--unset", "merge.conflictStyle")
         (project / mark).unlink()
 
 
@@ -107,12 +111,18 @@ def stages(text: str) -> set[str]:
     return {m["stage"].lower() for line in text.splitlines() if (m := FROM.fullmatch(line.strip())) and m["stage"]}
 
 
-def generated(line: str, inside: bool, names: set[str]) -> bool:
-    """Whether the project's tool writes ``line``: the pin, the lock line, a FROM of an
-    upstream image (make lock pins its digest), a fence or a line inside one."""
+def undigested(line: str) -> str:
+    """A FROM line without the digest `make lock` writes into it."""
+    return DIGEST.sub("", line.strip())
+
+
+def generated(line: str, inside: bool, names: set[str], froms: set[str]) -> bool:
+    """Whether the project's tool writes ``line``: the pin, the lock line, a fence or a line
+    inside one, or the digest of an upstream FROM (the line, digest aside, is in ``froms``:
+    on another side of the conflict; the image itself is the user's or the template's)."""
     s = line.strip()
     m = FROM.fullmatch(s)
-    upstream = bool(m) and m["image"].lower().split("@")[0] not in names  # type: ignore[index]
+    upstream = bool(m) and m["image"].lower().split("@")[0] not in names and undigested(s) in froms  # type: ignore[index]
     return inside or not s or s.startswith(FENCE) or bool(PIN.fullmatch(s)) or upstream
 
 
@@ -121,25 +131,25 @@ def fence_state(line: str, inside: bool) -> bool:
     return True if s.startswith(FENCE[0]) else False if s.startswith(FENCE[1]) else inside
 
 
-def only_generated(lines: list[str], changed: range, inside: bool, names: set[str]) -> bool:
+def only_generated(lines: list[str], changed: range, inside: bool, names: set[str], froms: set[str]) -> bool:
     state = inside
     for n, line in enumerate(lines):
-        if n in changed and not generated(line, state, names):
+        if n in changed and not generated(line, state, names, froms):
             return False
         state = fence_state(line, state)
     return True
 
 
-def tool_only(ours: list[str], base: list[str] | None, inside: bool, names: set[str]) -> bool:
+def tool_only(ours: list[str], base: list[str] | None, theirs: list[str], inside: bool, names: set[str]) -> bool:
     """Whether the user's side of a conflict differs from the last update only in lines
     the tool writes. Without the last update's lines (a conflict style of the user's),
     every line of the user's side must be one the tool writes."""
+    froms = {undigested(line) for line in (base or []) + theirs if FROM.fullmatch(line.strip())}
     if base is None:
-        return only_generated(ours, range(len(ours)), inside, names)
+        return only_generated(ours, range(len(ours)), inside, names, froms)
     for tag, b1, b2, o1, o2 in difflib.SequenceMatcher(None, base, ours, autojunk=False).get_opcodes():
-        if tag != "equal" and not (
-            only_generated(base, range(b1, b2), inside, names) and only_generated(ours, range(o1, o2), inside, names)
-        ):
+        changed = only_generated(base, range(b1, b2), inside, names, froms | {undigested(x) for x in ours})
+        if tag != "equal" and not (changed and only_generated(ours, range(o1, o2), inside, names, froms)):
             return False
     return True
 
@@ -170,12 +180,12 @@ def settle(text: str, label: str) -> tuple[str, list[str]]:
             else:
                 side.append(lines[i])
             i += 1
-        if i == len(lines) or "theirs" not in sides:  # not a whole block: leave it
-            out.extend(block)
+        if i == len(lines) or "theirs" not in sides:  # not a whole block: leave the rest as it is
+            out.extend(lines[start:])
             break
         block.append(lines[i])
         i += 1
-        if tool_only(sides["ours"], sides.get("base"), inside, names):
+        if tool_only(sides["ours"], sides.get("base"), sides["theirs"], inside, names):
             notes.append(f"{label}:{start + 1}: settled a conflict in lines `make sync` writes")
             out.extend(sides["theirs"])
             chosen = sides["theirs"]
@@ -192,7 +202,7 @@ def settle_dockerfiles(project: Path) -> None:
     for rel in ("Dockerfile", "base/Dockerfile"):
         path = project / rel
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_bytes().decode("utf-8")  # its line endings kept
         except (OSError, UnicodeDecodeError):
             continue
         settled, notes = settle(text, rel)
@@ -207,7 +217,8 @@ def settle_dockerfiles(project: Path) -> None:
 
 
 def conflicts(project: Path) -> list[str]:
-    """``path:line`` of the first conflict marker in each file of the project."""
+    """``path:line`` of the first conflict copier left in each file of the project (its label:
+    a file that shows conflict markers as an example is not one)."""
     listed = git(project, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
     names = set(filter(None, listed.stdout.split("\0")))
     if listed.returncode != 0:  # not a git work tree: every file but a .git folder's
@@ -219,7 +230,7 @@ def conflicts(project: Path) -> list[str]:
         except OSError:
             continue
         for n, line in enumerate(data.splitlines(), 1):
-            if line.startswith(START.encode()) and b"\0" not in data:
+            if line.rstrip() == COPIER_START and b"\0" not in data:
                 found.append(f"{rel}:{n}")
                 break
     return found
@@ -237,11 +248,11 @@ def after(project: Path) -> int:
     stale = [line.removeprefix("still stale: ") for line in result.stdout.splitlines() if "still stale" in line]
     if result.returncode not in (0, CONFLICT):
         sys.stderr.write(result.stderr)
-        return result.returncode
-    left = conflicts(project)
-    if left:
+    if left := conflicts(project):
         print(f"linked-builds: the update left merge conflicts in {', '.join(left)}: keep your lines, the"
-              " template's or both, delete the markers, then run `make sync`", file=sys.stderr)
+              " template's or both, delete the markers, `git add` each file, then run `make sync`", file=sys.stderr)
+    if result.returncode not in (0, CONFLICT):
+        return result.returncode
     if stale:
         print(f"linked-builds: {'; '.join(stale)}", file=sys.stderr)
     return 0

@@ -130,6 +130,7 @@ def test_the_bench_prunes_only_where_a_prune_spares_other_builds(tmp_path: Path)
     try:
         build(0), build(1)
         pruned = {i for i, r in cache_records().items() if f"{token}-1" in r["Description"]}
+        assert pruned, "the second build made no build-cache record to prune"
         subprocess.run([DOCKER, "rmi", tags[1]], capture_output=True)
         subprocess.run([DOCKER, "builder", "prune", "--force", "--filter", f"id=^({'|'.join(pruned)})$"],
                        capture_output=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import resource
@@ -13,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import pytest
@@ -373,6 +375,42 @@ def update_hook(project: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True)
 
 
+def update_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("template_update_hook", TEMPLATE / "hooks" / "update.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+DIGEST = "@sha256:" + "d" * 64
+
+
+@pytest.mark.parametrize(("ours", "base", "theirs", "settled"), [
+    # make lock's digest on the user's side, the template's new stage name on the other: settled.
+    (f"FROM python:3.13-slim{DIGEST}\n", "FROM python:3.13-slim\n", "FROM python:3.13-slim AS python\n", True),
+    # The user's own upstream image: kept, digest or not.
+    (f"FROM mycorp/python:3.13-hardened{DIGEST}\n", "FROM python:3.13-slim\n", "FROM python:3.13-slim AS python\n",
+     False),
+    # A line of the user's beside a stage the template drops: kept.
+    ("FROM python AS prepared\nENV OURS_MARKER=1\n", "FROM python AS prepared\n", "RUN true\n", False),
+    # The pin alone: settled.
+    ("ARG BASE_IMAGE=x/base:deps-1\n", "ARG BASE_IMAGE=x/base:deps-0\n", "ARG BASE_IMAGE=x/base:unsynced\n", True),
+], ids=["digest", "users-image", "users-line", "pin"])
+def test_settling_takes_the_template_side_only_over_lines_the_tool_writes(ours: str, base: str, theirs: str,
+                                                                          settled: bool) -> None:
+    text = (f"FROM python:3.13-slim AS python\n<<<<<<< before updating\n{ours}||||||| last update\n{base}"
+            f"=======\n{theirs}>>>>>>> after updating\nCMD end\n").replace("\n", "\r\n")
+    out, notes = update_module().settle(text, "base/Dockerfile")
+    assert bool(notes) == settled
+    assert out == (text.split("<<<<<<<")[0] + theirs.replace("\n", "\r\n") + "CMD end\r\n" if settled else text)
+
+
+def test_settling_keeps_the_rest_of_a_file_with_a_broken_conflict_block() -> None:
+    text = "FROM x AS a\n<<<<<<< before updating\nRUN user\n>>>>>>> after updating\nRUN keep-me\nCMD end\n"
+    assert update_module().settle(text, "Dockerfile") == (text, [])
+
+
 def test_the_update_task_settles_conflicts_in_the_pin_and_the_blocks(project: Path) -> None:
     """What `copier update` can leave: markers around the pin and inside a generated block."""
     app = project / "Dockerfile"
@@ -406,7 +444,7 @@ def test_a_conflict_of_the_users_is_left_but_the_pin_is_settled(project: Path) -
     result = update_hook(project)
     assert result.returncode == 0
     assert re.search(r"merge conflicts in base/Dockerfile:\d+: keep your lines, the template's or both, delete the "
-                     r"markers, then run `make sync`\n$", result.stderr), result.stderr
+                     r"markers, `git add` each file, then run `make sync`\n$", result.stderr), result.stderr
     assert "<<<<<<<" not in app.read_text()  # settled; sync rewrites the pin once the user's is resolved
     assert base.read_text().count("<<<<<<< before updating\nENV PYTHONUNBUFFERED=1") == 1
     base.write_text(re.sub(r"<<<<<<< before updating\n(.*?)=======\n.*?>>>>>>> after updating\n", r"\1",

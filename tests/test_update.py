@@ -355,7 +355,8 @@ def test_user_conflict_in_a_dockerfile_is_left_with_markers_and_a_note(old_proje
     # else it says speaks of conflicts or of a stale lock (this project's lock is current).
     last = result.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r"linked-builds: the update left merge conflicts in Dockerfile:\d+, src/\w+/app\.py:\d+: keep "
-                        r"your lines, the template's or both, delete the markers, then run `make sync`", last), last
+                        r"your lines, the template's or both, delete the markers, `git add` each file, then run "
+                        r"`make sync`", last), last
     assert "stale" not in result.stderr and result.stderr.count("merge conflicts") == 1, result.stderr
     assert '<<<<<<< before updating\n    """Our own docstring."""\n' in app.read_text()
     text = dockerfile.read_text()
@@ -363,7 +364,8 @@ def test_user_conflict_in_a_dockerfile_is_left_with_markers_and_a_note(old_proje
         "# Python's urllib: no curl needed.\n=======\n" \
         "# Python's own urllib, so the image needs no curl.\n>>>>>>> after updating\n" in text
     # The conflict style was the update's only: the user's git configuration is as it was.
-    style = subprocess.run(["git", "config", "--get", "merge.conflictStyle"], cwd=project, capture_output=True)
+    style = subprocess.run(["git", "config", "--local", "--get", "merge.conflictStyle"], cwd=project,
+                           capture_output=True)
     assert style.returncode == 1 and not list(project.glob(".git/linked-builds*"))
     # The pin was settled anyway (the update's render of 1.0.0 is unlocked: its pin is not the
     # project's); only the user's own conflict is left, once.

@@ -564,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             upgrades = ["--upgrade"] * getattr(args, "upgrade", 0) + [f"--upgrade-package={p}" for p in wanted]
             writes, notes = lock(project, engine, build_args, upgrades) if args.command == "lock" else ({}, [])
             locked = {normalize(e[0]) for e in Lock(writes.get("base/requirements.txt", "")).entries}
+            locked |= set(top_level_names(project.read("base/requirements.in"), "base/requirements.in"))  # distro
             for name in (p for p in wanted if normalize(p) not in locked):
                 raise LinkError(f"UPGRADE_PACKAGE={name}: base/requirements.txt locks no such package")
             before = project.read("base/requirements.txt") if (project.base / "requirements.txt").exists() else ""

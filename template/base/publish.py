@@ -53,7 +53,10 @@ def manifest(ref: str, engine: list[str]) -> tuple[str, bytes] | None:
     if got.returncode == 0:
         return "sha256:" + hashlib.sha256(got.stdout).hexdigest(), got.stdout
     said = re.sub(r"[^ -~]", "?", " ".join(got.stderr.decode(errors="replace").split()))[-300:] or "no answer"
-    if re.search(r"manifest unknown|: not found$", said):  # skopeo's words, then imagetools'
+    # Absent: skopeo's last words for the tag or its repository, or imagetools' for this very reference
+    # (a "not found" of anything else, a blob or a digest, is a registry out of step, not absence).
+    gone = tuple(f"{r}: not found" for r in (ref, f"docker.io/{ref}", f"docker.io/library/{ref}"))
+    if re.search(r"(manifest unknown|name unknown)\W*$", said) or said.endswith(gone):
         return None
     host = ref.split("/")[0] if re.search(r"^(localhost|[^/]*[.:][^/]*)/", ref) else "docker.io"
     login = re.search(r"unauthori[sz]ed|authoriz|authenticat|denied|\b401\b", said, re.IGNORECASE)
