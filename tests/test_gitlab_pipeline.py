@@ -44,7 +44,8 @@ GITLAB_CI_LOCAL = CACHE / "gitlab-ci-local" / "node_modules" / ".bin" / "gitlab-
 GITLAB_CI_LOCAL_VERSION = "4.60.0"
 STANDINS = TEMPLATE / "scripts" / "gitlab-standins"
 JOB_IMAGES = ("docker:28-cli", "docker:28-dind", "python:3.13-slim")  # what the rendered file names
-HELPER_IMAGE = "debian:trixie-slim"  # gitlab-ci-local's helper container only needs sh, chown and chmod
+# gitlab-ci-local's helper container: sh, chown and chmod, and rsync to copy a job's artifacts out.
+HELPER_IMAGE = "docker:28-cli"
 NAMESPACE = "gitlab-pipeline"
 ENABLE = "run `scripts/gitlab-standins` as root (after `scripts/engine-up`), then rerun"
 MANIFESTS = ("application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, "
@@ -212,6 +213,10 @@ def test_default_branch_pipeline_tests_then_pushes_the_base_then_the_app(registr
         assert run.before(("test", "finished"), ("base", "starting"))
         assert run.before(("base", "finished"), ("app", "starting"))
         assert re.search(r" \d+ passed in ", run.job_output("test")), run.tail()  # the app's own tests ran
+        # The app job built FROM the digest the base job handed over (its dotenv report), not the tag.
+        digest = re.search(rf"--build-arg BASE_IMAGE={re.escape(base_ref)}@(sha256:[0-9a-f]{{64}})",
+                           run.job_output("app"))
+        assert digest, run.job_output("app")[-3000:]
 
         assert registry.tags(base_repo) == sorted([content_tag, "buildcache"])
         assert registry.tags(app_repo) == sorted([sha[:12], "main"])

@@ -221,10 +221,13 @@ def labels(project: Project, ref: str) -> list[str]:
 
 
 def output(**values: str) -> None:
-    """Hand ``values`` to the next steps of a GitHub Actions job."""
+    """Hand ``values`` to the next steps of a GitHub Actions job; in GitLab, the base's digest to
+    the app job (base.env, a dotenv report: BASE_DIGEST, which publish --only app builds FROM)."""
     if os.environ.get("GITHUB_OUTPUT"):
         with open(os.environ["GITHUB_OUTPUT"], "a", encoding="utf-8") as handle:
             handle.writelines(f"{key.replace('_', '-')}={value}\n" for key, value in values.items())
+    if os.environ.get("GITLAB_CI") and values.get("base_digest"):
+        Path("base.env").write_text(f"BASE_DIGEST={values['base_digest']}\n", encoding="utf-8")
 
 
 def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: list[str], build_args: list[str]) -> None:
