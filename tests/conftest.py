@@ -85,6 +85,14 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, bool], 
     return _get
 
 
+@pytest.fixture
+def project(rendered: Callable[[str, bool], Path], tmp_path: Path) -> Path:
+    """A writable one-by-one project, locked on copy (a module may define its own ``project``)."""
+    dst = tmp_path / "project"
+    shutil.copytree(rendered("one-by-one", False), dst)
+    return dst
+
+
 def linked(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the generated project's tool with this interpreter."""
     return subprocess.run(

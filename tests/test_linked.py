@@ -27,14 +27,6 @@ NO_DIGEST = "warning: base/Dockerfile: FROM has no digest"
 
 
 @pytest.fixture
-def project(rendered: Rendered, tmp_path: Path) -> Path:
-    """A writable one-by-one project, locked on copy."""
-    dst = tmp_path / "project"
-    shutil.copytree(rendered("one-by-one", False), dst)
-    return dst
-
-
-@pytest.fixture
 def registry() -> Iterator[FakeRegistry]:
     fake = FakeRegistry()
     yield fake

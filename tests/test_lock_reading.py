@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -23,14 +22,6 @@ Rendered = Callable[..., Path]
 HASH = "--hash=sha256:" + "a" * 64
 MARKED = ['six ; platform_machine == "aarch64"', 'colorama ; platform_machine == "x86_64"']  # one a platform
 LOCK_HEAD = "# linked-builds:lock python=3.13 for=universal in=x body=y\n"
-
-
-@pytest.fixture
-def project(rendered: Rendered, tmp_path: Path) -> Path:
-    """A writable one-by-one project, locked on copy."""
-    dst = tmp_path / "project"
-    shutil.copytree(rendered("one-by-one", False), dst)
-    return dst
 
 
 @pytest.fixture(scope="module")
