@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -55,8 +56,11 @@ class Engine:
 
     def __init__(self, project: Project, command: list[str], dry_run: bool = False) -> None:
         self.project, self.command, self.dry_run = project, command, dry_run
-        self.podman = run([*command, "--version"], quiet=True).stdout.lower().startswith("podman")
         self.native = "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+
+    @functools.cached_property
+    def podman(self) -> bool:
+        return run([*self.command, "--version"], quiet=True).stdout.lower().startswith("podman")
 
     def must(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> None:
         """Run the engine in the project's folder (``env``: variables beside the environment, shown)."""
@@ -92,13 +96,13 @@ class Engine:
         dry = ["--print"] if self.dry_run else []
         self.must("buildx", "bake", "--file", "docker-bake.hcl", *extra, *dry, *args, target, env=variables)
 
-    def podman_build(self, context: Path, ref: str, platforms: list[str], args: list[str], push: bool) -> None:
+    def podman_build(self, context: str, ref: str, platforms: list[str], args: list[str], push: bool) -> None:
         """Podman: ``context`` as ``ref``, or for a push for ``platforms`` into the manifest list ``ref``."""
         build = [*shlex.split(os.environ.get("BUILD_ARGS", "")), *args, "--tag", ref]
         if push:
             run([*self.command, "manifest", "rm", ref], quiet=True)  # --manifest adds to a list of that name
             build[-2:] = [f"--platform={','.join(platforms)}", f"--manifest={ref}"]
-        self.must("build", *build, str(context))
+        self.must("build", *build, context)
 
     def smoke(self, ref: str, seconds: int = 90) -> None:
         """Start the app image as compose.yaml's service (no network, no port), wait for its own
@@ -126,6 +130,19 @@ class Engine:
             raise LinkError(f"smoke test: {exc} (the app's log is above); nothing was pushed") from None
         finally:
             self.must(*stop, stdin=SMOKE, env=env)
+
+
+def platforms_in(raw: bytes, ref: str) -> set[str] | None:
+    """The platforms (os/architecture) an image index lists; None for one image (not an index)."""
+    try:
+        if not isinstance(index := json.loads(raw), dict):
+            raise TypeError
+        if "manifests" not in index:
+            return None
+        listed = [entry.get("platform") or {} for entry in index["manifests"] or []]
+        return {f"{p['os']}/{p['architecture']}" for p in listed if p.get("os", "unknown") != "unknown"}
+    except (ValueError, AttributeError, KeyError, TypeError):
+        raise LinkError(f"{ref}: the registry answered an index that is not JSON of the OCI image spec") from None
 
 
 def output(**values: str) -> None:
@@ -156,7 +173,7 @@ def publish(engine: Engine, image: str, tags: list[str], push: bool, only: str |
     digest, pushed = found[0] if found else None, False
     if only != "app" and not digest:
         print(f"base {ref} is not in the registry: building it" + " and pushing it" * push, flush=True)
-        engine.podman_build(project.base, ref, built, labels, push) if engine.podman else engine.bake("base", bake)
+        engine.podman_build("base", ref, built, labels, push) if engine.podman else engine.bake("base", bake)
         if push and (digest := engine.digest(ref)):  # another run pushed it meanwhile: never overwrite it
             print(f"note: {ref} appeared in the registry during the build: not overwriting it", flush=True)
         elif push:
@@ -166,10 +183,10 @@ def publish(engine: Engine, image: str, tags: list[str], push: bool, only: str |
             else:
                 engine.bake("base", bake, "--push")
             digest = engine.digest(ref) if pushed else None
-    elif digest:
+    elif digest and only != "app":
         print(f"base {ref} is in the registry ({digest}): using it, not rebuilding it", flush=True)
-        listed = [m.get("platform") or {} for m in json.loads(found[1] if found else b"{}").get("manifests", [])]
-        if listed and (missing := set(platforms) - {f"{p.get('os')}/{p.get('architecture')}" for p in listed}):
+        listed = platforms_in(found[1] if found else b"{}", ref)  # an index lists them; one image has one
+        if (listed is not None or len(platforms) > 1) and (missing := set(platforms) - (listed or set())):
             raise LinkError(f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it")
         for got in engine.labels(ref) if not engine.dry_run else []:
             if [got.get(k) for k in LABELS] != [content_tag, lock]:
@@ -187,12 +204,12 @@ def publish(engine: Engine, image: str, tags: list[str], push: bool, only: str |
     # FROM the registry's base by its digest; else the base target, built here (a dry run: the tag).
     refs, bake["BASE_IMAGE"] = [f"{image}:{tag}" for tag in tags], f"{ref}@{digest}" if digest else ref * push
     if engine.podman:
-        if not digest:  # built here, for this build only
-            engine.podman_build(project.base, ref, built, labels, False)
+        if not digest and not push:  # built here, for this build only
+            engine.podman_build("base", ref, built, labels, False)
         from_base = [f"--build-arg=BASE_IMAGE={bake['BASE_IMAGE'] or ref}"]
-        engine.podman_build(project.root, refs[0], built, from_base, push)
+        engine.podman_build(".", refs[0], built, from_base, push)
     else:  # this machine's platform into the engine, for the smoke test (the base target built too, if need be)
-        engine.bake("app", {**bake, "PLATFORMS": engine.native}, "--load")
+        engine.bake("app", {**bake, "PLATFORMS": engine.native, "CACHE": "read" * cache}, "--load")
     engine.smoke(refs[0])  # before any push: an image that does not serve is never published
     for r in refs if push and engine.podman else []:
         engine.must("manifest", "push", "--all", refs[0], f"docker://{r}")
@@ -205,14 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit status."""
     parser = argparse.ArgumentParser(prog="publish.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="project root")
-    parser.add_argument("--engine", default=os.environ.get("DOCKER", "docker"), help="$DOCKER or docker")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--engine", default=os.environ.get("DOCKER", "docker"), help="$DOCKER or docker")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("exists", help=f"exit 0 if the registry has REF, {ABSENT} if it clearly lacks it").add_argument(
-        "ref"
-    )
-    base = sub.add_parser("base", help="build the base image under its content tag")
+    about = f"exit 0 if the registry has REF, {ABSENT} if it clearly lacks it"
+    sub.add_parser("exists", parents=[common], help=about).add_argument("ref")
+    base = sub.add_parser("base", parents=[common], help="build the base image under its content tag")
     base.add_argument("--if-missing", action="store_true", help="only if the engine lacks it")
-    pub = sub.add_parser("publish", help="push the base unless the registry has it, then the app")
+    pub = sub.add_parser("publish", parents=[common], help="push the base unless the registry has it, then the app")
     pub.add_argument("--image", required=True, help="the app image repository, without a tag")
     pub.add_argument("--tag", action="append", dest="tags", help="app image tag (repeatable; default: from the CI)")
     pub.add_argument("--no-push", dest="push", action="store_false", help="build only (pull requests)")
