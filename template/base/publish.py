@@ -122,12 +122,15 @@ class Engine:
                 self.must(*compose, "up", "--wait", f"--wait-timeout={seconds}", stdin=SMOKE, env=env)
             while not self.dry_run and run([*self.command, *check, "python3", "-c", HEALTHZ], quiet=True).returncode:
                 if time.monotonic() > deadline:
-                    raise LinkError(f"{ref} did not answer /healthz within {seconds} s")
+                    raise LinkError("timed out")
                 time.sleep(1)
             print(f"smoke test: {ref} " + ("would be checked" if self.dry_run else "is healthy and answers /healthz"))
-        except LinkError as exc:
+        except LinkError:
             self.must(*logs, stdin=SMOKE, env=env)
-            raise LinkError(f"smoke test: {exc} (the app's log is above); nothing was pushed") from None
+            raise LinkError(
+                f"smoke test: {ref} did not get healthy and answer /healthz within {seconds} s "
+                "(its log is above): nothing was pushed"
+            ) from None
         finally:
             self.must(*stop, stdin=SMOKE, env=env)
 
@@ -190,7 +193,7 @@ def publish(engine: Engine, image: str, tags: list[str], push: bool, only: str |
             raise LinkError(f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it")
         for got in engine.labels(ref) if not engine.dry_run else []:
             if [got.get(k) for k in LABELS] != [content_tag, lock]:
-                named = " ".join(f"{k}={got.get(k)}" for k in LABELS)
+                named = "content-tag={} lock={}".format(*(got.get(k, "<none>") for k in LABELS))
                 raise LinkError(f"{ref} is labelled {named}, not this lock's: refusing to build FROM it")
     if only != "app":
         output(base_image=ref, base_digest=digest or "", base_pushed=str(pushed).lower())
