@@ -108,7 +108,7 @@ class Engine:
         """Start the app image as compose.yaml's service (no network, no port), wait for its own
         HEALTHCHECK to say healthy, then GET /healthz in it; a failure stops the publish before any push.
         Podman's images carry no HEALTHCHECK (OCI): it gets the GET until it answers."""
-        name, deadline = f"linked-smoke-{os.getpid()}", time.monotonic() + seconds
+        name, deadline = f"linked-smoke-{os.urandom(4).hex()}", time.monotonic() + seconds
         repository, tag = ref.rsplit(":", 1)
         compose = ["compose", "--project-name", name, "--file", "compose.yaml", "--file", "-"]
         env = {"IMAGE": repository, "TAG": tag}
