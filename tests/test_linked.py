@@ -495,7 +495,7 @@ def test_only_not_found_counts_as_absent(project: Path, registry: FakeRegistry, 
                                         headers: dict[str, str], expected: str | None) -> None:
     """Registry questions go through the engine's CLI (its credentials, tokens and TLS); only its
     "not found" is absent, any other answer is one error line with the CLI's words and the fix."""
-    module, engine = tool_module(project), registry_cli()
+    module, engine = tool_module(project, "publish"), registry_cli()
     registry.serve(status, INDEX, headers)
     ref = f"{registry.host}/example/demo-appbase:deps-0123456789abcdef"
     if expected is None or expected.startswith("sha256:"):
@@ -526,7 +526,7 @@ def test_exists_has_a_status_of_its_own_for_absent(project: Path, registry: Fake
 @pytest.mark.engine
 def test_a_registry_that_does_not_answer_or_trickles_is_an_error(project: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    module, engine = tool_module(project), registry_cli()
+    module, engine = tool_module(project, "publish"), registry_cli()
     with pytest.raises(module.LinkError, match="connection refused"):
         module.manifest(f"{closed_port()}/example/base:deps-0123456789abcdef", engine, False)
     slow = TricklingServer()

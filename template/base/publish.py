@@ -25,13 +25,68 @@ import sys
 import time
 from pathlib import Path
 
-from linked import LinkError, Project, base_settings, manifest, run
+from linked import LinkError, Project, base_settings, image_froms, run
 
 LABELS = ("org.linked-builds.content-tag", "org.linked-builds.lock")
 ABSENT = 4  # `exists`: the registry clearly has no such image (2 is any error's)
+DEADLINE = 120  # seconds for one registry question, whatever the registry does
 # The smoke test's service runs with no network and no published port.
 SMOKE = "services:\n  app:\n    network_mode: none\n    ports: !reset []\n"
 HEALTHZ = "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['PORT'] + '/healthz')"
+
+
+def manifest(ref: str, engine: list[str], podman: bool, config: bool = False) -> tuple[str, bytes] | None:
+    """(digest, manifest) the registry holds for ``ref``, as the engine's CLI reads it:
+    `docker buildx imagetools inspect --raw`, or `skopeo inspect --raw` beside Podman (``config``:
+    the images' configurations instead). None only when the CLI says the manifest is not found;
+    any other failure, or no answer within DEADLINE seconds, raises."""
+    what = ["--format", "{{json .Image}}"] if config else ["--raw"]
+    argv = [*engine, "buildx", "imagetools", "inspect", *what, ref]
+    if podman:  # skopeo reads Podman's settings
+        conf = os.environ.get("CONTAINERS_REGISTRIES_CONF", "")
+        what = ["--config"] if config else ["--raw"]
+        argv = ["skopeo", *(["--registries-conf", conf] if conf else []), "inspect", *what, f"docker://{ref}"]
+    try:
+        got = subprocess.run(argv, capture_output=True, timeout=DEADLINE, check=False)
+    except subprocess.TimeoutExpired:
+        raise LinkError(f"{ref}: its registry did not answer within {DEADLINE} s") from None
+    except OSError as exc:
+        raise LinkError(f"cannot run {argv[0]} ({exc.strerror}): registry questions need it") from None
+    if got.returncode == 0:
+        return "sha256:" + hashlib.sha256(got.stdout).hexdigest(), got.stdout
+    said = re.sub(r"[^ -~]", "?", " ".join(got.stderr.decode(errors="replace").split()))[-300:] or "no answer"
+    # Absent: skopeo's last words for the tag or its repository, or imagetools' for this very reference
+    # (a "not found" of anything else, a blob or a digest, is a registry out of step, not absence).
+    gone = tuple(f"{r}: not found" for r in (ref, f"docker.io/{ref}", f"docker.io/library/{ref}"))
+    if re.search(r"(manifest unknown|name unknown)\W*$", said) or said.endswith(gone):
+        return None
+    host = ref.split("/")[0] if re.search(r"^(localhost|[^/]*[.:][^/]*)/", ref) else "docker.io"
+    login = re.search(r"unauthori[sz]ed|authoriz|authenticat|denied|\b401\b", said, re.IGNORECASE)
+    hint = f": run `docker login {host}` (or `podman login`) first" if login else ""
+    if "is not a docker command" in said:
+        hint = ": registry questions need docker buildx (Debian's docker-buildx package)"
+    raise LinkError(f"{ref}: {Path(argv[0]).name} says: {said}{hint}")
+
+
+def pin_digests(text: str, engine: list[str]) -> tuple[str, list[str]]:
+    """A Dockerfile's text with each FROM pinned by its tag's current digest, and warnings for
+    the ones the registry could not answer (they keep the digest they had, if any)."""
+    lines, warnings = text.splitlines(keepends=True), []
+    podman = run([*engine, "--version"], quiet=True).stdout.lower().startswith("podman")
+    for index, m in image_froms(text):
+        if "$" in m["image"] or (m["digest"] and ":" not in m["image"].rsplit("/", 1)[-1]):
+            continue  # an argument, or pinned by digest alone: no tag to follow
+        try:
+            found = manifest(m["image"], engine, podman)
+            if not found:
+                raise LinkError(f"{m['image']}: not found in its registry")
+            digest = "@" + found[0]
+        except LinkError as exc:
+            digest = m["digest"] or ""
+            warnings.append(f"digest not resolved ({exc}); kept {'its digest' if digest else 'no digest'}")
+        end = lines[index][len(lines[index].rstrip("\r\n")) :]
+        lines[index] = f"FROM {m['image']}{digest}{m['rest'] or ''}{end}"
+    return "".join(lines), warnings
 
 
 def image_tag(text: str) -> str:
@@ -81,10 +136,8 @@ class Engine:
 
     def labels(self, ref: str) -> list[dict[str, str]]:
         """The labels of each platform's image under ``ref`` in the registry."""
-        argv = ["skopeo", "inspect", "--config", f"docker://{ref}"] if self.podman else []
-        argv = argv or [*self.command, "buildx", "imagetools", "inspect", "--format", "{{json .Image}}", ref]
         try:
-            images = json.loads(run(argv, quiet=True).stdout or "{}")
+            images = json.loads((manifest(ref, self.command, self.podman, config=True) or ("", b"{}"))[1])
             images = [images] if "config" in images else list(images.values())
             return [image["config"].get("Labels") or {} for image in images]
         except (ValueError, AttributeError, KeyError, TypeError):
