@@ -258,7 +258,8 @@ def test_bake_file_describes_both_images_and_links_app_to_base(project: Path) ->
     assert base["context"] == "base" and base["tags"] == [f"docker.io/example/demo-appbase:{tag}"]
     assert base["labels"] == {"org.linked-builds.content-tag": tag, "org.linked-builds.lock": lock}
     # The app builds FROM the base target (its Dockerfile's FROM ${BASE_IMAGE} names the context "base").
-    assert app["context"] == "." and app["contexts"] == {"base": "target:base"} and app["args"] == {"BASE_IMAGE": "base"}
+    assert app["context"] == "." and app["contexts"] == {"base": "target:base"}
+    assert app["args"] == {"BASE_IMAGE": "base"}
     assert app["tags"] == ["docker.io/example/demo-app:t1", "docker.io/example/demo-app:main"]
     # Provenance and an SBOM on every image, for the platforms of the answers; no cache unless asked.
     for target in (base, app):
