@@ -299,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
             print(digest := engine.digest(args.ref) or f"{args.ref} is not in the registry")
             return 0 if digest.startswith("sha256:") else ABSENT
         if args.command == "base":
+            _, stale, warnings = engine.project.plan()  # make check's verdict, in this same start-up
+            for line in [f"warning: {w}" for w in warnings] + [f"stale: {s}" for s in stale]:
+                print(line, file=sys.stderr)
+            if stale:
+                raise LinkError("fix: `make lock` where the lock is stale, else `make sync`; nothing was built")
             ref, lock = engine.project.reference(), engine.project.lock().meta.get("body", "")
             if args.if_missing and run([*engine.command, "image", "inspect", ref], quiet=True).returncode == 0:
                 return print(f"base image {ref} is present") or 0
