@@ -191,7 +191,8 @@ def test_github_workflow_runs_the_tool_with_quoted_variables(images: Path) -> No
         only = f"--only {name}" if name in PUBLISHERS else "--no-push"  # build: both images, the base built once
         # A base that gets signed builds without the registry's cache, which anyone who can push can write.
         cache = "" if name == "base" and "cosign" in str(job) else " --cache"
-        assert runs == [f'make publish PUBLISH_ARGS="{only}{cache}"']
+        verify = " --verify" * (name != "app")  # the verify answer's default: a found base is checked first
+        assert runs == [f'make publish PUBLISH_ARGS="{only}{cache}{verify}"']
         for run in runs:
             assert "${{" not in run  # expressions reach scripts through env only
             assert "$" not in re.sub(r'"[^"]*"', "", run), run  # every variable inside double quotes
@@ -258,7 +259,8 @@ def test_bake_file_describes_both_images_and_links_app_to_base(project: Path) ->
     assert base["context"] == "base" and base["tags"] == [f"docker.io/example/demo-appbase:{tag}"]
     assert base["labels"] == {"org.linked-builds.content-tag": tag, "org.linked-builds.lock": lock}
     # The app builds FROM the base target (its Dockerfile's FROM ${BASE_IMAGE} names the context "base").
-    assert app["context"] == "." and app["contexts"] == {"base": "target:base"} and app["args"] == {"BASE_IMAGE": "base"}
+    assert app["context"] == "." and app["contexts"] == {"base": "target:base"}
+    assert app["args"] == {"BASE_IMAGE": "base"}
     assert app["tags"] == ["docker.io/example/demo-app:t1", "docker.io/example/demo-app:main"]
     # Provenance and an SBOM on every image, for the platforms of the answers; no cache unless asked.
     for target in (base, app):
