@@ -215,7 +215,8 @@ def verify(engine: Engine, platforms: list[str]) -> None:
                     step = " ".join(steps[n].split())[:90] if n < len(steps) else "a layer the rebuild lacks"
                     what = f"layer {n + 1} ({a.get('digest', 'none')}, rebuilt {b.get('digest', 'none')}: {step})"
                     break
-            raise LinkError(f"verify: {ref} {platform} is {got}, not its rebuild {mine}: they differ first in {what}")
+            said = f"{ref} {platform} is {got or 'absent'}, not its rebuild {mine}"
+            raise LinkError(f"verify: {said}: they differ first in {what}")
 
 
 def output(**values: str) -> None:
