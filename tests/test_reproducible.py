@@ -127,7 +127,7 @@ def test_verify_passes_the_pushed_base_and_names_the_layer_of_a_planted_one(
         subprocess.run([DOCKER, "buildx", "build", "--network", "host", "--platform", "linux/amd64,linux/arm64",
                         "--provenance=false", "--output", f"type=image,name={ref},push=true", str(tmp_path / "plant")],
                        capture_output=True, check=True)
-        planted = json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--raw", f"{ref}"],
+        planted = json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--raw", ref],
                                             capture_output=True, text=True, check=True).stdout)["manifests"]
         amd64 = next(m["digest"] for m in planted if m["platform"]["architecture"] == "amd64")
         layers = json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--raw",
