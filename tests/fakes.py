@@ -103,8 +103,8 @@ def scripted_engine(folder: Path, version: str, buildx: bool) -> tuple[Path, Pat
     ``version`` and every buildx command fails unless ``buildx``: (its path, its log)."""
     log = folder / "engine.log"
     script = folder / "engine"
-    no_buildx = """[ "$1" = buildx ] && { echo "docker: 'buildx' is not a docker command." >&2; exit 1; }\n"""
-    missing = "" if buildx else no_buildx
+    refusal = """{ echo "docker: 'buildx' is not a docker command." >&2; exit 1; }"""
+    missing = "" if buildx else f"""[ "$1" = buildx ] && {refusal}\n"""
     script.write_text(
         f'#!/bin/sh\n{missing}{REGISTRY_QUESTIONS}printf "%s\\n" "$*" >> {log}\n'
         f'[ "$1" = --version ] && echo "{version}"\n'

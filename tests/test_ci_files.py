@@ -191,7 +191,8 @@ def test_github_workflow_runs_the_tool_with_quoted_variables(images: Path) -> No
         only = f"--only {name}" if name in PUBLISHERS else "--no-push"  # build: both images, the base built once
         # A base that gets signed builds without the registry's cache, which anyone who can push can write.
         cache = "" if name == "base" and "cosign" in str(job) else " --cache"
-        assert runs == [f'make publish PUBLISH_ARGS="{only}{cache}"']
+        verify = " --verify" * (name != "app")  # the verify answer's default: a found base is checked first
+        assert runs == [f'make publish PUBLISH_ARGS="{only}{cache}{verify}"']
         for run in runs:
             assert "${{" not in run  # expressions reach scripts through env only
             assert "$" not in re.sub(r'"[^"]*"', "", run), run  # every variable inside double quotes

@@ -23,8 +23,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEMPLATE, linked, render_project
-from engine import DOCKER, Registry, free_port, http_get, make, require_engine, running_registry
+from conftest import linked, render_project
+from engine import (
+    DOCKER,
+    Registry,
+    free_port,
+    http_get,
+    make,
+    podman_environment,
+    push_standins,
+    require_engine,
+    running_registry,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -42,21 +52,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 def podman_env(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Podman with the arm64 stand-ins, told the local registry is plain HTTP."""
     require_engine(PODMAN, ARM64)
-    folder = tmp_path_factory.mktemp("podman")
-    (folder / "registries.conf").write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
-    (folder / "containers.conf").write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n')
-    return {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(folder / "registries.conf"),
-            "CONTAINERS_CONF": str(folder / "containers.conf"), "BUILDAH_ISOLATION": "chroot",
-            "BUILD_ARGS": "--network host"}
+    return podman_environment(registry, tmp_path_factory.mktemp("podman"))
 
 
 @pytest.fixture(scope="module")
 def standins(registry: Registry, podman_env: dict[str, str]) -> dict[str, str]:
     """The amd64 + arm64 stand-ins as manifest lists in the registry: {name: reference}."""
-    pushed = subprocess.run([str(TEMPLATE / "scripts" / "arm64-standins"), "push", f"{registry.host}/standins"],
-                            capture_output=True, text=True, env=podman_env)
-    assert pushed.returncode == 0, pushed.stderr[-2000:]
-    return {ref.rsplit("/", 1)[1].split(":")[0]: ref for ref in pushed.stdout.split()}
+    return push_standins(registry, podman_env)
 
 
 def platforms(registry: Registry, repository: str, tag: str) -> set[str]:

@@ -5,6 +5,8 @@
     exists   exit 0 if the registry has REF, 4 if it clearly lacks it (Docker Hub's hook)
     publish  push the base unless the registry has it, then build the app FROM exactly
              that base, smoke-test it with compose.yaml and push it (make publish)
+    verify   rebuild the base from the lock without cache and compare each platform's
+             image, layer by layer, with the registry's under the content tag (make verify)
 
 `docker buildx bake` builds from docker-bake.hcl, the one description of both images
 (`--dry-run` prints it); Podman builds manifest lists. Registry questions go through
@@ -16,14 +18,17 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from linked import LinkError, Project, base_settings, image_froms, run
 
@@ -117,6 +122,12 @@ class Engine:
     def podman(self) -> bool:
         return run([*self.command, "--version"], quiet=True).stdout.lower().startswith("podman")
 
+    @functools.cached_property
+    def docker_driver(self) -> bool:
+        """Docker's own builder (buildx's docker driver), which rewrites file times only in an export."""
+        found = run([*self.command, "buildx", "inspect"], quiet=True).stdout
+        return re.search(r"^Driver:\s+docker\s*$", found, re.MULTILINE) is not None
+
     def must(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> None:
         """Run the engine in the project's folder (``env``: variables beside the environment, shown)."""
         shown = "".join(f"{key}={shlex.quote(value)} " for key, value in (env or {}).items())
@@ -148,6 +159,18 @@ class Engine:
         extra = shlex.split(os.environ.get("BAKE_ARGS", ""))
         dry = ["--print"] if self.dry_run else []
         self.must("buildx", "bake", "--file", "docker-bake.hcl", *extra, *dry, *args, target, env=variables)
+
+    def push_base(self, ref: str, variables: dict[str, str]) -> None:
+        """Push the base with its file times rewritten: `bake --push`; Docker's own builder (the docker
+        driver) rewrites them only in an export, which is loaded into the engine as it is (the containerd
+        image store keeps its digests) and pushed from there."""
+        if not self.docker_driver:
+            return self.bake("base", variables, "--push")
+        with tempfile.TemporaryDirectory(prefix="linked-base-") as folder:
+            output = f"type=oci,dest={folder}/base.tar,rewrite-timestamp=true,name={ref}"
+            self.bake("base", variables, f"--set=base.output={output}")
+            self.must("load", "--input", f"{folder}/base.tar")
+            self.must("push", ref)
 
     def podman_build(self, context: str, ref: str, platforms: list[str], args: list[str], push: bool) -> None:
         """Podman: ``context`` as ``ref``, or for a push for ``platforms`` into the manifest list ``ref``."""
@@ -188,17 +211,65 @@ class Engine:
             self.must(*stop, stdin=SMOKE, env=env)
 
 
-def platforms_in(raw: bytes, ref: str) -> set[str] | None:
-    """The platforms (os/architecture) an image index lists; None for one image (not an index)."""
+def platforms_in(raw: bytes, ref: str) -> dict[str, str] | None:
+    """The platforms (os/architecture) an image index lists, with their images' digests; None
+    for one image (not an index). Attestations (platform unknown) are left out."""
     try:
         if not isinstance(index := json.loads(raw), dict):
             raise TypeError
         if "manifests" not in index:
             return None
-        listed = [entry.get("platform") or {} for entry in index["manifests"] or []]
-        return {f"{p['os']}/{p['architecture']}" for p in listed if p.get("os", "unknown") != "unknown"}
+        listed = [(entry.get("platform") or {}, entry["digest"]) for entry in index["manifests"] or []]
+        return {f"{p['os']}/{p['architecture']}": d for p, d in listed if p.get("os", "unknown") != "unknown"}
     except (ValueError, AttributeError, KeyError, TypeError):
         raise LinkError(f"{ref}: the registry answered an index that is not JSON of the OCI image spec") from None
+
+
+def locked_platforms(engine: Engine) -> list[str]:
+    """The platforms base/Dockerfile's lock line names (this machine's, where it names none)."""
+    return sorted(base_settings(engine.project.read("base/Dockerfile"))[0].get("platforms", engine.native).split(","))
+
+
+def verify(engine: Engine, platforms: list[str]) -> None:
+    """Rebuild the base from the lock with no cache, its file times rewritten, into an OCI layout,
+    and compare each platform's image with the registry's under the content tag: the same digest,
+    or one line naming the first layer (else the config) that differs."""
+    ref, lock = engine.project.reference(), engine.project.lock().meta.get("body", "")
+    if engine.podman:
+        raise LinkError("verify rebuilds with docker buildx (BuildKit's rewrite-timestamp): Podman builds other bits")
+    if not (found := manifest(ref, engine.command, False)):
+        raise LinkError(f"base {ref} is not in the registry: nothing to verify")
+    repository, content_tag = ref.rsplit(":", 1)
+    theirs = platforms_in(found[1], ref) or ({platforms[0]: found[0]} if len(platforms) == 1 else {})
+    bake = {"BASE_REPOSITORY": repository, "BASE_TAG": content_tag, "LOCK": lock, "PLATFORMS": ",".join(platforms)}
+    with tempfile.TemporaryDirectory(prefix="linked-verify-") as folder:
+        output = f"--set=base.output=type=oci,dest={folder},tar=false,rewrite-timestamp=true"
+        engine.bake("base", {**bake, "CACHE": "", "SBOM": "false"}, "--no-cache", output)
+
+        def blob(digest: str) -> Any:
+            return json.loads(Path(folder, "blobs", *digest.split(":")).read_bytes())
+
+        entries = [] if engine.dry_run else json.loads(Path(folder, "index.json").read_bytes())["manifests"]
+        if entries and entries[0]["mediaType"].endswith("index.v1+json"):  # the platforms and their attestations
+            entries = blob(entries[0]["digest"])["manifests"]
+        ours = platforms_in(json.dumps({"manifests": entries}).encode(), ref) or {}
+        for platform in platforms if entries else []:
+            if (mine := ours[platform]) == (got := theirs.get(platform)):
+                print(f"verify: {ref} {platform} is {got}, bit for bit its rebuild", flush=True)
+                continue
+            held = json.loads(((got and manifest(f"{repository}@{got}", engine.command, False)) or ("", b"{}"))[1])
+            rebuilt = blob(mine)
+            history = blob(rebuilt["config"]["digest"])["history"]
+            steps = [h.get("created_by", "") for h in history if not h.get("empty_layer")]  # one a layer
+            pairs: Any = itertools.zip_longest(held.get("layers", []), rebuilt["layers"], fillvalue={})
+            what = "its config (labels, environment, history)"
+            for n, (a, b) in enumerate(pairs):
+                if a.get("digest") != b.get("digest"):
+                    step = " ".join(steps[n].split())[:90] if n < len(steps) else "a layer the rebuild lacks"
+                    what = f"layer {n + 1} ({a.get('digest', 'none')}, rebuilt {b.get('digest', 'none')}: {step})"
+                    break
+            said = f"{ref} {platform} is {got or 'absent'}, not its rebuild {mine}"
+            raise LinkError(f"verify: {said}: they differ first in {what}")
 
 
 def output(**values: str) -> None:
@@ -211,15 +282,18 @@ def output(**values: str) -> None:
         Path("base.env").write_text(f"BASE_DIGEST={values['base_digest']}\n", encoding="utf-8")
 
 
-def publish(engine: Engine, image: str, tags: list[str], push: bool, only: str | None, cache: bool) -> None:
-    """Push the base unless the registry has it, then build, smoke-test and push the app FROM exactly that base."""
+def publish(
+    engine: Engine, image: str, tags: list[str], push: bool, only: str | None, cache: bool, check: bool = False
+) -> None:
+    """Push the base unless the registry has it (``check``: verify one it has), then build,
+    smoke-test and push the app FROM exactly that base."""
     project = engine.project
     for item in (stale := project.plan()[1]):
         print(f"stale: {item}", file=sys.stderr)
     if stale:
         raise LinkError("publish refused: run `make lock` or `make sync` and commit; nothing was built or pushed")
     ref, lock = project.reference(), project.lock().meta.get("body", "")
-    platforms = sorted(base_settings(project.read("base/Dockerfile"))[0].get("platforms", engine.native).split(","))
+    platforms = locked_platforms(engine)
     built = platforms if push else [engine.native]  # a build without a push is for this machine alone
     repository, content_tag = ref.rsplit(":", 1)
     bake = {"BASE_REPOSITORY": repository, "BASE_TAG": content_tag, "LOCK": lock, "IMAGE": image}
@@ -237,17 +311,19 @@ def publish(engine: Engine, image: str, tags: list[str], push: bool, only: str |
             if engine.podman:
                 engine.must("manifest", "push", "--all", ref, f"docker://{ref}")
             else:
-                engine.bake("base", bake, "--push")
+                engine.push_base(ref, bake)
             digest = engine.digest(ref) if pushed else None
     elif digest and only != "app":
         print(f"base {ref} is in the registry ({digest}): using it, not rebuilding it", flush=True)
         listed = platforms_in(found[1] if found else b"{}", ref)  # an index lists them; one image has one
-        if (listed is not None or len(platforms) > 1) and (missing := set(platforms) - (listed or set())):
+        if (listed is not None or len(platforms) > 1) and (missing := set(platforms) - set(listed or {})):
             raise LinkError(f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it")
         for got in engine.labels(ref) if not engine.dry_run else []:
             if [got.get(k) for k in LABELS] != [content_tag, lock]:
                 named = "content-tag={} lock={}".format(*(got.get(k, "<none>") for k in LABELS))
                 raise LinkError(f"{ref} is labelled {named}, not this lock's: refusing to build FROM it")
+        if check:  # a base this run did not build: the same bits as its rebuild, or nothing is built on it
+            verify(engine, built)
     if only != "app":
         output(base_image=ref, base_digest=digest or "", base_pushed=str(pushed).lower())
     if only == "base":
@@ -291,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--no-push", dest="push", action="store_false", help="build only (pull requests)")
     pub.add_argument("--only", choices=("base", "app"), help="one of the two linked builds (CI jobs)")
     pub.add_argument("--cache", action="store_true", help="each image caches in <repository>:buildx-cache")
+    pub.add_argument("--verify", action="store_true", help="verify a base the registry has before building on it")
     pub.add_argument("--dry-run", action="store_true", help="print the commands; bake prints its plan")
+    check = sub.add_parser("verify", parents=[common], help="rebuild the base without cache; compare the registry's")
+    check.add_argument("--dry-run", action="store_true", help="print the commands; bake prints its plan")
     args = parser.parse_args(argv)
     engine = Engine(Project(args.root), shlex.split(args.engine), getattr(args, "dry_run", False))
     try:
@@ -310,9 +389,11 @@ def main(argv: list[str] | None = None) -> int:
             labels = [f"--label={k}={v}" for k, v in zip(LABELS, (ref.rsplit(":", 1)[1], lock))]
             build_args = shlex.split(os.environ.get("BUILD_ARGS", ""))
             engine.must("build", *build_args, *labels, "--tag", ref, "base")
+        elif args.command == "verify":
+            verify(engine, locked_platforms(engine))
         else:
             tags = [image_tag(t) for t in args.tags or []] or ci_tags(dict(os.environ))
-            publish(engine, args.image, tags, args.push, args.only, args.cache)
+            publish(engine, args.image, tags, args.push, args.only, args.cache, args.verify)
     except LinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
