@@ -41,6 +41,14 @@ PYTHONS = {"3.13": "trixie", "3.11": "bookworm"}
 MATRIX = [(s, v, i, p) for s, v, i in WITH_INSTALLER for p in PYTHONS if i == "uv" or p == "3.13"]
 MATRIX_IDS = [f"{s}-{'venv' if v else 'novenv'}-{i}-py{p}" for s, v, i, p in MATRIX]
 BUILD_TOOLS = {"pip", "setuptools", "wheel"}
+# In every name this run gives the engine: other runs (and other users) share it.
+RUN = uuid.uuid4().hex[:6]
+
+
+def built_group(strategy: str, venv: bool, python: str = "3.13", installer: str = "uv") -> pytest.MarkDecorator:
+    """The pytest-xdist group of the tests that use ``built(...)`` of these answers: one worker
+    builds those images once, and removes them when its session ends."""
+    return pytest.mark.xdist_group(f"built-{strategy}-{'venv' if venv else 'novenv'}-{installer}-py{python}")
 
 
 def make_steps_unique(project: Path) -> None:
@@ -99,7 +107,7 @@ def built(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ca
 
     def _get(strategy: str, venv: bool, python: str = "3.13", installer: str = "uv") -> Built:
         if (strategy, venv, python, installer) not in cache:
-            slug = f"lb-{strategy}-{'venv' if venv else 'sys'}-{installer}-py{python.replace('.', '')}"
+            slug = f"lb-{strategy}-{'venv' if venv else 'sys'}-{installer}-py{python.replace('.', '')}-{RUN}"
             package = slug.replace("-", "_")
             project = render_project(tmp_path_factory.mktemp(slug) / "project", strategy=strategy,
                                      use_virtualenv=venv, project_slug=slug, image_namespace="linked-builds-test",
@@ -124,7 +132,8 @@ def run_in(image: str, *command: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True)
 
 
-@pytest.mark.parametrize(("strategy", "venv", "installer", "python"), MATRIX, ids=MATRIX_IDS)
+@pytest.mark.parametrize(("strategy", "venv", "installer", "python"), [
+    pytest.param(s, v, i, p, id=n, marks=built_group(s, v, p, i)) for (s, v, i, p), n in zip(MATRIX, MATRIX_IDS)])
 def test_image_serves_as_non_root_and_holds_exactly_the_lock(built: Callable[..., Built], strategy: str,
                                                              venv: bool, installer: str, python: str) -> None:
     b = built(strategy, venv, python, installer)
@@ -164,6 +173,7 @@ def test_image_serves_as_non_root_and_holds_exactly_the_lock(built: Callable[...
                                      else ("/opt/venv/" if venv else "/usr/local/lib/"))
 
 
+@built_group("distro", False)
 def test_content_tag_hashes_what_buildkit_sends(built: Callable[..., Built], tmp_path: Path) -> None:
     """The tool's view of base/ equals a real `COPY . /ctx` export: files, execute bits, links."""
     project = built("distro", False).copy(tmp_path / "project")
@@ -204,6 +214,7 @@ def test_content_tag_hashes_what_buildkit_sends(built: Callable[..., Built], tmp
     assert len(tags) == 4
 
 
+@built_group("combo", False)
 def test_app_context_holds_the_code_and_no_secrets(built: Callable[..., Built], tmp_path: Path) -> None:
     """The app's .dockerignore is an allow-list: src/ (and the lock under combo), no dotfiles, no keys."""
     b = built("combo", False)
@@ -224,6 +235,7 @@ def test_app_context_holds_the_code_and_no_secrets(built: Callable[..., Built], 
     assert all(name.startswith("src/") or name == "base/requirements.txt" for name in sent), sent
 
 
+@built_group("combo", False)
 def test_image_runs_clean_on_a_read_only_root(built: Callable[..., Built]) -> None:
     """`docker run --read-only --tmpfs /tmp`: gunicorn needs no home and no writable root."""
     b = built("combo", False)
@@ -233,7 +245,8 @@ def test_image_runs_clean_on_a_read_only_root(built: Callable[..., Built]) -> No
         assert "[ERROR]" not in c.logs() and "Traceback" not in c.logs(), c.logs()
 
 
-@pytest.mark.parametrize(("strategy", "venv"), COMBINATIONS, ids=COMBINATION_IDS)
+@pytest.mark.parametrize(("strategy", "venv"), [
+    pytest.param(s, v, id=n, marks=built_group(s, v)) for (s, v), n in zip(COMBINATIONS, COMBINATION_IDS)])
 def test_code_only_change_reruns_only_the_code_copy(built: Callable[..., Built], tmp_path: Path,
                                                     strategy: str, venv: bool) -> None:
     b = built(strategy, venv)
@@ -252,8 +265,9 @@ def test_code_only_change_reruns_only_the_code_copy(built: Callable[..., Built],
     subprocess.run([DOCKER, "rmi", b.image.replace(":dev", ":code-change")], capture_output=True)
 
 
-@pytest.mark.parametrize(("strategy", "venv"), [c for c in COMBINATIONS if c[0] in ("one-by-one", "combo")],
-                         ids=[i for c, i in zip(COMBINATIONS, COMBINATION_IDS) if c[0] in ("one-by-one", "combo")])
+@pytest.mark.parametrize(("strategy", "venv"), [
+    pytest.param(s, v, id=n, marks=built_group(s, v))
+    for (s, v), n in zip(COMBINATIONS, COMBINATION_IDS) if s in ("one-by-one", "combo")])
 def test_new_requirement_runs_only_its_own_base_step(built: Callable[..., Built], tmp_path: Path,
                                                      strategy: str, venv: bool) -> None:
     b = built(strategy, venv)
@@ -270,7 +284,8 @@ def test_new_requirement_runs_only_its_own_base_step(built: Callable[..., Built]
         subprocess.run([DOCKER, "rmi", "--force", new_ref], capture_output=True)
 
 
-@pytest.mark.parametrize("installer", ["uv", "pip"])
+@pytest.mark.parametrize("installer", [pytest.param(i, marks=built_group("groups", True, installer=i))
+                                       for i in ("uv", "pip")])
 def test_new_requirement_reinstalls_only_its_group(built: Callable[..., Built], tmp_path: Path,
                                                    installer: str) -> None:
     b = built("groups", True, installer=installer)
@@ -293,6 +308,7 @@ def test_new_requirement_reinstalls_only_its_group(built: Callable[..., Built], 
         subprocess.run([DOCKER, "rmi", "--force", new_ref], capture_output=True)
 
 
+@built_group("requirements", False)
 def test_a_rebuild_without_cache_installs_the_same_set(built: Callable[..., Built]) -> None:
     b = built("requirements", False)
     again = b.base_ref.replace(":deps-", ":again-")
@@ -305,6 +321,7 @@ def test_a_rebuild_without_cache_installs_the_same_set(built: Callable[..., Buil
         subprocess.run([DOCKER, "rmi", "--force", again], capture_output=True)
 
 
+@built_group("one-by-one", False)
 def test_a_tampered_hash_fails_the_base_build_naming_the_package(built: Callable[..., Built],
                                                                  tmp_path: Path) -> None:
     """A lock edited by hand fails check; one whose header was forged too fails in pip's hash check."""
@@ -328,6 +345,7 @@ def test_a_tampered_hash_fails_the_base_build_naming_the_package(built: Callable
     assert "Hash mismatch for `itsdangerous==" in output and "0" * 64 in output
 
 
+@built_group("distro", False)
 def test_distro_base_build_fails_naming_the_unsatisfied_requirement(built: Callable[..., Built],
                                                                     tmp_path: Path) -> None:
     """Debian's Flask is older than requirements.in wants: `make lock` refuses it by name, and
@@ -350,6 +368,7 @@ def test_distro_base_build_fails_naming_the_unsatisfied_requirement(built: Calla
     assert f"version mismatch: Flask: wanted >{upstream}, found {upstream}" in output
 
 
+@built_group("distro", False)
 def test_distro_pin_that_left_the_archive_says_run_make_lock(built: Callable[..., Built], tmp_path: Path) -> None:
     project = built("distro", False).copy(tmp_path / "project")
     lock = project / "base" / "requirements.txt"
@@ -364,6 +383,7 @@ def test_distro_pin_that_left_the_archive_says_run_make_lock(built: Callable[...
         result.stdout + result.stderr
 
 
+@built_group("distro", True)
 def test_distro_sidekick_virtualenv_installs_what_debian_lacks(built: Callable[..., Built],
                                                               tmp_path: Path) -> None:
     b = built("distro", True)
@@ -381,6 +401,7 @@ def test_distro_sidekick_virtualenv_installs_what_debian_lacks(built: Callable[.
         subprocess.run([DOCKER, "rmi", "--force", new_ref], capture_output=True)
 
 
+@built_group("combo", False)
 def test_combo_app_build_on_a_stale_base_heals_it(built: Callable[..., Built], tmp_path: Path) -> None:
     b = built("combo", False)
     project = b.copy(tmp_path / "project")
@@ -406,9 +427,10 @@ def podman() -> None:
     require_engine("podman", STANDINS)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", [pytest.param(s, marks=pytest.mark.xdist_group(f"podman-{s}"))
+                                      for s in STRATEGIES])
 def test_podman_builds_each_strategy(podman: None, tmp_path: Path, strategy: str) -> None:
-    slug = f"lb-podman-{strategy}"
+    slug = f"lb-podman-{strategy}-{RUN}"
     project = render_project(tmp_path / "project", strategy=strategy, project_slug=slug,
                              image_namespace="linked-builds-test")
     env = {"BUILDAH_ISOLATION": "chroot"}

@@ -286,6 +286,7 @@ def test_bad_data_on_the_command_line_leaves_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.engine
 def test_distro_refusal_leaves_an_unlocked_project_that_says_why(tmp_path: Path) -> None:
     """A name Debian lacks is found by the lock: the project stays, unlocked, every answer kept."""
     require_engine(images=("debian:trixie-slim",))
