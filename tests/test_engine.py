@@ -6,11 +6,13 @@ an engine they skip and say so; where CI is set a missing engine fails them.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -420,6 +422,51 @@ def test_combo_app_build_on_a_stale_base_heals_it(built: Callable[..., Built], t
         assert run_in(b.base_ref, "python3", "-c", "import cowsay").returncode != 0
     finally:
         subprocess.run([DOCKER, "rmi", "--force", healed], capture_output=True)
+
+
+def test_distro_lock_keeps_apts_lists_for_the_day(engine: None, tmp_path: Path) -> None:
+    """apt's lists outlive a distro lock in a volume of the engine's: a second lock the same day
+    fetches nothing, takes less time and locks the same; on another day they are fetched again,
+    once, however many locks run at once, and those locks agree."""
+    image = f"localhost/linked-builds-test/apt-{RUN}:trixie-slim"  # a name of its own, so a volume of its own
+    subprocess.run([DOCKER, "tag", "debian:trixie-slim", image], check=True)
+    project = render_project(tmp_path / "project", lock=False, strategy="distro", upstream_image=image)
+    volume = tool_module(project, "debian").lists_volume(image)
+    lists = "/cache/amd64"
+
+    def in_volume(script: str) -> str:
+        return subprocess.run([DOCKER, "run", "--rm", f"--volume={volume}:/cache", "debian:trixie-slim", "sh", "-c",
+                               script], capture_output=True, text=True, check=True).stdout
+
+    def timed_lock(where: Path) -> float:
+        start = time.monotonic()
+        result = linked(where, "lock")
+        assert result.returncode == 0, result.stderr
+        return time.monotonic() - start
+
+    try:
+        cold = timed_lock(project)
+        lock = (project / "base" / "requirements.txt").read_text()
+        assert re.search(r"^# apt: .*python3-flask=", lock, re.M), lock
+        in_volume(f"touch {lists}/lists/planted")  # apt's update drops a file it did not fetch
+        warm = timed_lock(project)
+        assert (project / "base" / "requirements.txt").read_text() == lock
+        assert "planted" in in_volume(f"ls {lists}/lists") and warm < cold, (warm, cold)
+        # Another day: the next locks fetch again, one of them while the others wait.
+        in_volume(f"echo '2000-01-01 earlier' > {lists}/fetched")
+        copies = [shutil.copytree(project, tmp_path / f"copy{n}") for n in range(2)]
+        runs = [subprocess.Popen([sys.executable, str(c / "base" / "linked.py"), "lock"], cwd=c,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in copies]
+        for run in runs:
+            _, err = run.communicate(timeout=600)
+            assert run.returncode == 0, err
+        assert [(c / "base" / "requirements.txt").read_text() for c in copies] == [lock] * 2
+        assert "planted" not in in_volume(f"ls {lists}/lists")
+        today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+        assert in_volume(f"cat {lists}/fetched").startswith(today + " ")
+    finally:
+        subprocess.run([DOCKER, "volume", "rm", volume], capture_output=True)
+        subprocess.run([DOCKER, "rmi", image], capture_output=True)
 
 
 @pytest.fixture(scope="session")
