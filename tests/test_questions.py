@@ -228,12 +228,14 @@ def test_good_dependencies_render_and_sync(tmp_path: Path, number: int) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def copier_data(tmp_path: Path, answers: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def copier_data(tmp_path: Path, answers: dict[str, Any], lock: bool = True) -> subprocess.CompletedProcess[str]:
+    """`copier copy --data ...` of these answers into tmp_path/out; ``lock=False`` leaves it unlocked."""
     args = [f"--data={key}={value}" for key, value in answers.items()]
     return subprocess.run(
         [*COPIER, "copy", "--trust", "--defaults", "--vcs-ref=HEAD", *args, str(TEMPLATE), str(tmp_path / "out")],
         capture_output=True,
         text=True,
+        env={**os.environ, "LINKED_BUILDS_LOCK_ON_COPY": "1" if lock else "0"},
     )
 
 
@@ -284,6 +286,7 @@ def test_data_on_the_command_line_renders(tmp_path: Path) -> None:
         {"project_name": "Shop Front", "strategy": "one-by-one", "use_virtualenv": "true",
          "python_version": "3.12", "debian_release": "bookworm", "port": "8080", "registry": "ghcr.io",
          "image_namespace": "acme", "ci": "[github, gitlab]"},
+        lock=False,  # only the files' first lines and the answers are read
     )
     assert result.returncode == 0, result.stderr
     project = tmp_path / "out"
