@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -59,13 +60,41 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     engine.CURRENT.update(test=item.nodeid, marked=item.get_closest_marker("engine") is not None)
 
 
+# The modules whose engine tests publish on Docker: publish's smoke test runs a container named
+# linked-smoke-*, and test_publish.py checks that none is left, so they share a worker.
+PUBLISHING = {"tests/test_publish.py", "tests/test_bots.py", "tests/test_gitlab_pipeline.py"}
+
+
+# Locks every engine test takes (tests/conftest.py of any run on this machine: runs share the engine).
+ENGINE_LOCKS = Path(tempfile.gettempdir()) / "linked-builds-tests"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Any:
+    """A test marked alone has the engine to itself: it waits for the engine tests under way (on
+    other workers, in other runs) and keeps new ones waiting, a gate first so that they cannot
+    starve it; the tests that need no engine go on. The benchmark is one: on this engine (26.1,
+    containerd image store) its builds failed ("failed to solve: not found") and `docker system df`
+    errored while other tests built, tagged and removed images."""
+    if not item.get_closest_marker("engine"):
+        return (yield)
+    alone = item.get_closest_marker("alone") is not None
+    with ENGINE_LOCKS.with_suffix(".gate").open("a") as gate, ENGINE_LOCKS.with_suffix(".lock").open("a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        return (yield)
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `--dist loadgroup`, a module's engine tests run on one worker (they share its
     registry, its images, its ports) unless a test names a group of its own; the rest spread."""
     for item in items:
         if item.get_closest_marker("engine") and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+            module = item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group("publish" if module in PUBLISHING else module))
 
 Render = Callable[..., Path]
 

@@ -425,9 +425,9 @@ def test_combo_app_build_on_a_stale_base_heals_it(built: Callable[..., Built], t
 
 
 def test_distro_lock_keeps_apts_lists_for_the_day(engine: None, tmp_path: Path) -> None:
-    """apt's lists outlive a distro lock in a volume of the engine's: a second lock the same day
-    fetches nothing, takes less time and locks the same; on another day they are fetched again,
-    once, however many locks run at once, and those locks agree."""
+    """What apt fetches for a distro lock outlives it in a volume of the engine's: a second lock
+    the same day fetches nothing and locks the same; on another day it is fetched again, once,
+    however many locks run at once, and those locks agree."""
     image = f"localhost/linked-builds-test/apt-{RUN}:trixie-slim"  # a name of its own, so a volume of its own
     subprocess.run([DOCKER, "tag", "debian:trixie-slim", image], check=True)
     project = render_project(tmp_path / "project", lock=False, strategy="distro", upstream_image=image)
@@ -438,20 +438,19 @@ def test_distro_lock_keeps_apts_lists_for_the_day(engine: None, tmp_path: Path) 
         return subprocess.run([DOCKER, "run", "--rm", f"--volume={volume}:/cache", "debian:trixie-slim", "sh", "-c",
                                script], capture_output=True, text=True, check=True).stdout
 
-    def timed_lock(where: Path) -> float:
-        start = time.monotonic()
+    def locks(where: Path) -> None:
         result = linked(where, "lock")
         assert result.returncode == 0, result.stderr
-        return time.monotonic() - start
 
     try:
-        cold = timed_lock(project)
+        locks(project)
         lock = (project / "base" / "requirements.txt").read_text()
         assert re.search(r"^# apt: .*python3-flask=", lock, re.M), lock
+        assert in_volume(f"ls {lists}/debs").count("python3-packaging_") == 1
         in_volume(f"touch {lists}/lists/planted")  # apt's update drops a file it did not fetch
-        warm = timed_lock(project)
+        locks(project)
         assert (project / "base" / "requirements.txt").read_text() == lock
-        assert "planted" in in_volume(f"ls {lists}/lists") and warm < cold, (warm, cold)
+        assert "planted" in in_volume(f"ls {lists}/lists")  # nothing fetched (the time is left to the README)
         # Another day: the next locks fetch again, one of them while the others wait.
         in_volume(f"echo '2000-01-01 earlier' > {lists}/fetched")
         copies = [shutil.copytree(project, tmp_path / f"copy{n}") for n in range(2)]
