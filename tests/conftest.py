@@ -172,9 +172,10 @@ def project(rendered: Callable[[str, bool], Path], tmp_path: Path) -> Path:
 
 
 def linked(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the generated project's tool with this interpreter."""
+    """Run the generated project's tool with this interpreter: base/publish.py for its commands."""
+    tool = "publish.py" if args[:1] in (("publish",), ("exists",), ("base",)) else "linked.py"
     return subprocess.run(
-        [sys.executable, str(project / "base" / "linked.py"), *args],
+        [sys.executable, str(project / "base" / tool), *args],
         cwd=project,
         capture_output=True,
         text=True,

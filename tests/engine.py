@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -53,13 +54,29 @@ def require_engine(client: str = DOCKER, images: tuple[str, ...] = ()) -> None:
         pytest.skip(f"{problem}: {ENABLE}")
 
 
+# This engine has no bridge network (dockerd --bridge=none): builds use the host's. `docker build`
+# takes --network host (BUILD_ARGS); bake's HCL has no network key before buildx 0.14, but bake
+# reads a compose file's build.network, so BAKE_ARGS adds this one. It touches nothing else.
+HOST_NETWORK = "services:\n" + "".join(
+    f"  {target}:\n    build:\n      context: {context}\n      network: host\n"
+    for target, context in (("base", "base"), ("app", ".")))
+
+
+def bake_env(folder: Path) -> dict[str, str]:
+    """BAKE_ARGS for this engine (the host's network), and no SBOM: BuildKit's scanner image,
+    docker/buildkit-syft-scanner, cannot be pulled here (the bake plan's SBOM is tested apart)."""
+    path = folder / "host-network.compose.yaml"
+    path.write_text(HOST_NETWORK)
+    return {"BAKE_ARGS": f"--file {path}", "SBOM": "false"}
+
+
 def make(project: Path, *targets: str, docker: str = DOCKER, build_args: str = "", check: bool = True,
          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the project's Makefile with a given engine client, output captured."""
+    """Run the project's Makefile with a given engine client, output captured (bake: the host's network)."""
     args = f"--network host {build_args}".strip()
     result = subprocess.run(
         ["make", "--no-print-directory", *targets, f"DOCKER={docker}", f"BUILD_ARGS={args}"],
-        cwd=project, capture_output=True, text=True, env={**os.environ, **(env or {})},
+        cwd=project, capture_output=True, text=True, env={**os.environ, **bake_env(project.parent), **(env or {})},
     )
     if check and result.returncode != 0:
         raise AssertionError(f"make {' '.join(targets)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
@@ -190,3 +207,51 @@ def running_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regis
     reg = Registry(tmp_path_factory.mktemp("registry"))
     yield reg
     reg.stop()
+
+
+def podman_environment(registry: Registry, folder: Path) -> dict[str, str]:
+    """Podman told that the local registry speaks plain HTTP, with the ulimits runc may set here."""
+    (folder / "registries.conf").write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+    (folder / "containers.conf").write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n')
+    return {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(folder / "registries.conf"),
+            "CONTAINERS_CONF": str(folder / "containers.conf"), "BUILDAH_ISOLATION": "chroot",
+            "BUILD_ARGS": "--network host"}
+
+
+def push_standins(registry: Registry, podman_env: dict[str, str]) -> dict[str, str]:
+    """scripts/arm64-standins' amd64 + arm64 lists of debian, python and uv, pushed to ``registry``:
+    {name: reference}."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "arm64-standins"
+    pushed = subprocess.run([str(script), "push", f"{registry.host}/standins"], capture_output=True, text=True,
+                            env=podman_env)
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    return {ref.rsplit("/", 1)[1].split(":")[0]: ref for ref in pushed.stdout.split()}
+
+
+def other_engine() -> Iterator[dict[str, str]]:
+    """A second Docker engine (dockerd on the containerd image store, with its own data root,
+    containerd, build cache and cache mounts) on a socket of its own, started here and stopped
+    after: {"DOCKER_HOST": its socket}. A builder that shares nothing with the first."""
+    if os.geteuid() != 0 or not shutil.which("dockerd"):
+        message = "a second engine needs root and dockerd: run the tests as root after `scripts/engine-up`"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    folder = Path(tempfile.mkdtemp(prefix="lb-engine-", dir="/tmp"))  # short: containerd's socket paths
+    (folder / "daemon.json").write_text('{"features": {"containerd-snapshotter": true}}\n')
+    env = {"DOCKER_HOST": f"unix://{folder / 'docker.sock'}"}
+    with (folder / "dockerd.log").open("w") as log:
+        process = subprocess.Popen(
+            ["dockerd", f"--config-file={folder / 'daemon.json'}", f"--data-root={folder / 'data'}",
+             f"--exec-root={folder / 'exec'}", f"--pidfile={folder / 'dockerd.pid'}", f"--host={env['DOCKER_HOST']}",
+             "--bridge=none", "--iptables=false"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run([DOCKER, "info"], capture_output=True, env={**os.environ, **env}).returncode:
+            assert process.poll() is None and time.monotonic() < deadline, (folder / "dockerd.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield env
+    finally:
+        process.terminate()
+        process.wait(timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -80,8 +80,11 @@ class FakeRegistry:
         self.server.server_close()
 
 
-# Registry questions (`buildx imagetools`) go to the real client: they build and push nothing.
-REGISTRY_QUESTIONS = f'[ "$1 $2" = "buildx imagetools" ] && exec {os.environ.get("DOCKER", "/usr/bin/docker")} "$@"\n'
+# Registry questions (`buildx imagetools`) and bake's plan (`buildx bake ... --print`) go to the
+# real client: they build and push nothing.
+REAL = os.environ.get("DOCKER", "/usr/bin/docker")
+REGISTRY_QUESTIONS = (f'[ "$1 $2" = "buildx imagetools" ] && exec {REAL} "$@"\n'
+                      f'case " $* " in *" --print "*) [ "$1 $2" = "buildx bake" ] && exec {REAL} "$@" ;; esac\n')
 
 
 def logging_engine(folder: Path) -> tuple[Path, Path]:
@@ -97,13 +100,14 @@ def logging_engine(folder: Path) -> tuple[Path, Path]:
 
 def scripted_engine(folder: Path, version: str, buildx: bool) -> tuple[Path, Path]:
     """An engine client that logs its arguments and succeeds, but that `--version` prints
-    ``version`` and `buildx version` fails unless ``buildx``: (its path, its log)."""
+    ``version`` and every buildx command fails unless ``buildx``: (its path, its log)."""
     log = folder / "engine.log"
     script = folder / "engine"
+    refusal = """{ echo "docker: 'buildx' is not a docker command." >&2; exit 1; }"""
+    missing = "" if buildx else f"""[ "$1" = buildx ] && {refusal}\n"""
     script.write_text(
-        f'#!/bin/sh\n{REGISTRY_QUESTIONS}printf "%s\\n" "$*" >> {log}\n'
+        f'#!/bin/sh\n{missing}{REGISTRY_QUESTIONS}printf "%s\\n" "$*" >> {log}\n'
         f'[ "$1" = --version ] && echo "{version}"\n'
-        f'[ "$1 $2" = "buildx version" ] && exit {0 if buildx else 1}\n'
         "exit 0\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)

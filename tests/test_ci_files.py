@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-import hcl2
 import pytest
 import yaml
 
@@ -105,7 +105,7 @@ def jobs_that_run(flow: dict[Any, Any], context: dict[str, str]) -> set[str]:
 
 def pushes(job: dict[str, Any]) -> bool:
     runs = [s["run"] for s in job["steps"] if "run" in s]
-    return any("linked.py publish" in r and "--no-push" not in r for r in runs)
+    return any("make publish" in r and "--no-push" not in r for r in runs)
 
 
 def test_github_workflow_passes_zizmor_and_actionlint(images: Path) -> None:
@@ -188,11 +188,11 @@ def test_github_workflow_runs_the_tool_with_quoted_variables(images: Path) -> No
         if name == "test":
             assert "$" not in "".join(runs)
             continue
-        only = f"--only {name} " if name in PUBLISHERS else ""  # build: both images in one job, base built once
+        only = f"--only {name}" if name in PUBLISHERS else "--no-push"  # build: both images, the base built once
         # A base that gets signed builds without the registry's cache, which anyone who can push can write.
-        cache = "" if name == "base" and "cosign" in str(job) else " --cache inline"
-        assert runs == [f'python3 base/linked.py publish {only}--image "$IMAGE"{cache}'
-                        + ("" if name in PUBLISHERS else " --no-push")]
+        cache = "" if name == "base" and "cosign" in str(job) else " --cache"
+        verify = " --verify" * (name != "app")  # the verify answer's default: a found base is checked first
+        assert runs == [f'make publish PUBLISH_ARGS="{only}{cache}{verify}"']
         for run in runs:
             assert "${{" not in run  # expressions reach scripts through env only
             assert "$" not in re.sub(r'"[^"]*"', "", run), run  # every variable inside double quotes
@@ -213,14 +213,19 @@ def test_ci_images_are_releases_not_latest(tmp_path: Path) -> None:
         assert ":latest" not in ref, ref
 
 
+def flat(script: list[Any]) -> list[str]:
+    """A GitLab script as it runs: nested lists (YAML anchors) flattened."""
+    return [line for item in script for line in (flat(item) if isinstance(item, list) else [item])]
+
+
 def test_gitlab_pipeline_links_two_jobs(project: Path) -> None:
     pipeline = yaml.safe_load((project / ".gitlab-ci.yml").read_text())
     assert pipeline["stages"] == ["test", "base", "app"]  # the app's tests first: a later stage needs them passed
     assert pipeline["app"]["needs"] == ["base"]
     assert pipeline["test"]["script"][-1] == ".venv/bin/python -m pytest" and pipeline["test"]["before_script"] == []
+    builder = '[ -n "${BUILDX_BUILDER:-}" ] || docker buildx create --use --driver docker-container'
     for name in ("base", "app"):
-        script = f'python3 base/linked.py publish --only {name} --image "$IMAGE" --cache inline'
-        assert pipeline[name]["script"] == [script]
+        assert flat(pipeline[name]["script"]) == [builder, f'make publish PUBLISH_ARGS="--only {name} --cache"']
         # Only protected refs publish; a merge request or a schedule (the weekly refresh) never does.
         assert pipeline[name]["extends"] == ".publishing"
     never, protected = pipeline[".publishing"]["rules"]
@@ -229,7 +234,7 @@ def test_gitlab_pipeline_links_two_jobs(project: Path) -> None:
     assert protected == {"if": '$CI_COMMIT_REF_PROTECTED == "true"'}
     # A merge request: one job builds both images, so a changed base is built once, and pushes nothing.
     assert pipeline["build"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
-    assert pipeline["build"]["script"] == ['python3 base/linked.py publish --image "$IMAGE" --cache inline --no-push']
+    assert flat(pipeline["build"]["script"]) == [builder, 'make publish PUBLISH_ARGS="--no-push --cache"']
     assert "PUSH" not in str(pipeline)
     # Tags run a pipeline only as v*; the docs ask for protected variables and protected tags.
     assert pipeline["workflow"]["rules"][1]["if"].endswith("$CI_COMMIT_TAG =~ /^v/")
@@ -237,33 +242,47 @@ def test_gitlab_pipeline_links_two_jobs(project: Path) -> None:
     assert "masked and\n# protected" in header and "Protected tags" in header
 
 
-def plain(value: Any) -> Any:
-    """python-hcl2's output without its quoting and bookkeeping keys."""
-    if isinstance(value, dict):
-        return {plain(k): plain(v) for k, v in value.items() if not str(k).startswith("__")}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
+def bake_plan(project: Path, *targets: str, **variables: str) -> dict[str, Any]:
+    """`docker buildx bake --print`: the plan bake itself reads from docker-bake.hcl (no engine needed)."""
+    docker = find_tool("docker", "scripts/engine-up installs Docker 26 with buildx",
+                       "scripts/engine-up (Debian's docker-buildx) enables this test")
+    result = subprocess.run([docker, "buildx", "bake", "--file", "docker-bake.hcl", "--print", *targets],
+                            cwd=project, capture_output=True, text=True, env={**os.environ, **variables})
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout)["target"])
 
 
-def test_bake_file_links_app_to_base_target(project: Path) -> None:
-    with (project / "docker-bake.hcl").open() as handle:
-        bake = plain(hcl2.load(handle))
-    targets = {name: body for block in bake["target"] for name, body in block.items()}
-    assert targets["base"]["context"] == "base"
-    assert targets["app"]["context"] == "."
-    assert targets["app"]["contexts"] == {"base": "target:base"}
-    assert targets["app"]["args"] == {"BASE_IMAGE": "base"}
-    variables = {name: body for block in bake["variable"] for name, body in block.items()}
-    assert variables["BASE_REPOSITORY"]["default"] == "docker.io/example/demo-appbase"
+def test_bake_file_describes_both_images_and_links_app_to_base(project: Path) -> None:
+    tag, lock = linked(project, "tag").stdout.strip(), tool_module(project).Project(project).lock().meta["body"]
+    plan = bake_plan(project, "app", BASE_TAG=tag, LOCK=lock, TAGS="t1,main")
+    base, app = plan["base"], plan["app"]
+    assert base["context"] == "base" and base["tags"] == [f"docker.io/example/demo-appbase:{tag}"]
+    assert base["labels"] == {"org.linked-builds.content-tag": tag, "org.linked-builds.lock": lock}
+    # The app builds FROM the base target (its Dockerfile's FROM ${BASE_IMAGE} names the context "base").
+    assert app["context"] == "." and app["contexts"] == {"base": "target:base"}
+    assert app["args"] == {"BASE_IMAGE": "base"}
+    assert app["tags"] == ["docker.io/example/demo-app:t1", "docker.io/example/demo-app:main"]
+    # Provenance and an SBOM on every image, for the platforms of the answers; no cache unless asked.
+    for target in (base, app):
+        assert target["platforms"] == ["linux/amd64"]
+        assert target["attest"] == ["type=provenance,mode=max", "type=sbom,disabled=false"]
+        assert "cache-from" not in target and "cache-to" not in target
+    # A base from the registry, by digest, with the registry cache of a push.
+    digest = "sha256:" + "a" * 64
+    plan = bake_plan(project, "app", BASE_IMAGE=f"x.example/b:t@{digest}", CACHE="write", SBOM="false",
+                     PLATFORMS="linux/amd64,linux/arm64")
+    assert list(plan) == ["app"] and plan["app"]["contexts"] == {"base": f"docker-image://x.example/b:t@{digest}"}
+    assert plan["app"]["cache-from"] == ["type=registry,ref=docker.io/example/demo-app:buildx-cache"]
+    assert plan["app"]["cache-to"] == ["type=registry,ref=docker.io/example/demo-app:buildx-cache,mode=max"]
+    assert plan["app"]["platforms"] == ["linux/amd64", "linux/arm64"]
+    assert plan["app"]["attest"][1] == "type=sbom,disabled=true"
 
 
 def test_dockerhub_hooks_pass_shellcheck_and_are_executable(project: Path) -> None:
     files = sorted([*(project / "hooks").iterdir(), *(project / "base" / "hooks").iterdir()])
     assert [h.relative_to(project).as_posix() for h in files] == [
-        "base/hooks/linked-tool.sh", "base/hooks/post_push", "base/hooks/pre_build", "hooks/post_push",
+        "base/hooks/build", "base/hooks/linked-tool.sh", "base/hooks/post_push", "base/hooks/pre_build",
+        "hooks/post_push",
         "hooks/pre_build"]
     hooks = [h for h in files if h.suffix != ".sh"]
     assert all(os.access(h, os.X_OK) for h in hooks)
@@ -331,8 +350,20 @@ def test_tags_from_any_branch_name_are_valid_and_never_collide(project: Path) ->
     assert tags[:2] == ["main", "v1.2.0"]  # a valid name is kept as it is
 
 
+def engine_lines(out: str) -> list[tuple[dict[str, str], list[str]]]:
+    """Each `+ ` line of a publish: (the variables it sets, the engine's arguments)."""
+    lines = []
+    for line in out.splitlines():
+        if line.startswith("+ "):
+            words = shlex.split(line[2:])
+            names = [w for w in words if re.match(r"^[A-Z_]+=", w)]
+            lines.append((dict(w.split("=", 1) for w in names), words[len(names) + 1:]))
+    return lines
+
+
 def test_publish_dry_run_links_app_to_the_pinned_base(project: Path, tmp_path: Path) -> None:
-    """The dry run asks the registry for real (a read), so it says honestly which way it goes."""
+    """The dry run asks the registry for real (a read), so it says honestly which way it goes;
+    bake prints its plan for each step."""
     registry = FakeRegistry()
     copy = tmp_path / "project"
     shutil.copytree(project, copy)
@@ -340,29 +371,35 @@ def test_publish_dry_run_links_app_to_the_pinned_base(project: Path, tmp_path: P
         path.write_text(path.read_text().replace("docker.io/example/demo-appbase",
                                                  f"{registry.host}/example/demo-appbase"))
     assert linked(copy, "sync").returncode == 0
+    engine, _ = scripted_engine(tmp_path, "Docker version 26.1.5", buildx=True)
+    publish = ["publish", "--image", "docker.io/example/demo-app", "--tag", "t1", "--engine", str(engine), "--dry-run"]
     try:
         digest = registry.serve(200, b'{"schemaVersion": 2, "layers": []}')
-        result = linked(copy, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1",
-                        "--engine", "docker", "--dry-run", "--cache", "inline")
+        found = linked(copy, *publish, "--cache")
         registry.serve(404)
-        absent = linked(copy, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1",
-                        "--engine", "docker", "--dry-run", "--only", "base")
+        absent = linked(copy, *publish, "--only", "base")
     finally:
         registry.close()
     ref = linked(copy, "ref").stdout.strip()
-    assert result.returncode == 0, result.stderr
-    assert f"base {ref} is in the registry ({digest}): using it, not rebuilding it" in result.stdout
-    # The app goes elsewhere than its base: publish says so, and how to move both.
-    assert f"note: the app goes to docker.io/example/demo-app, its base to {ref.rsplit(':', 1)[0]}" in result.stderr
-    commands = [line[2:] for line in result.stdout.splitlines() if line.startswith("+ ")]
-    assert commands[0] == f"docker pull {ref}"
+    assert found.returncode == 0, found.stderr
+    assert f"base {ref} is in the registry ({digest}): using it, not rebuilding it" in found.stdout
+    steps = engine_lines(found.stdout)
+    assert [(args[:2], args[-1]) for _, args in steps] == [
+        (["buildx", "bake"], "app"),  # --load: this machine's platform, for the smoke test
+        (["compose", "--project-name"], "--wait-timeout=90"),  # up --wait, compose.yaml and no network
+        (["compose", "--project-name"], "down"),
+        (["buildx", "bake"], "app"),  # --push, after the smoke test: every platform
+    ]
+    assert "--load" in steps[0][1] and "--push" in steps[3][1] and "--file compose.yaml" in " ".join(steps[1][1])
+    assert steps[3][0]["BASE_IMAGE"] == f"{ref}@{digest}" and steps[3][0]["TAGS"] == "t1"
+    assert steps[3][0]["CACHE"] == "write" and steps[0][0]["CACHE"] == "read"
+    assert steps[0][0]["PLATFORMS"] == "linux/amd64"
+    assert "smoke test: docker.io/example/demo-app:t1 would be checked" in found.stdout
+    # bake's own plan, printed: the app FROM the registry's base by digest.
+    assert f'"base": "docker-image://{ref}@{digest}"' in found.stdout
     assert f"base {ref} is not in the registry: building it and pushing it" in absent.stdout
-    assert [c.split()[2] for c in absent.stdout.splitlines() if c.startswith("+ ")] == ["build", "push", "tag",
-                                                                                        "push"]
-    app_build = next(c for c in commands if "BASE_IMAGE=" in c)
-    assert f"--build-arg BASE_IMAGE={ref}" in app_build and "--tag docker.io/example/demo-app:t1" in app_build
-    assert "--cache-from docker.io/example/demo-app:t1" in app_build
-    assert commands[-1] == "docker push docker.io/example/demo-app:t1"
+    assert [args[-2:] for _, args in engine_lines(absent.stdout)] == [["--print", "base"], ["--push", "base"]]
+    assert '"org.linked-builds.content-tag": "' + ref.rsplit(":", 1)[1] + '"' in absent.stdout
 
 
 def test_the_workflow_test_step_runs_the_apps_tests(images: Path, tmp_path: Path) -> None:
@@ -396,69 +433,51 @@ def two_platforms(project: Path, tmp_path: Path,
     registry.close()
 
 
-def engine_commands(out: str) -> list[str]:
-    return [" ".join(line.split()[2:]) for line in out.splitlines() if line.startswith("+ ")]
-
-
-@pytest.mark.parametrize(("version", "buildx"), [("Docker version 28.5.1", True), ("podman version 4.3.1", False)])
-def test_two_platforms_publish_as_manifest_lists_with_buildx_or_podman(
-        two_platforms: tuple[Path, FakeRegistry], tmp_path: Path, version: str, buildx: bool) -> None:
+@pytest.mark.parametrize("podman", [False, True])
+def test_two_platforms_publish_as_manifest_lists_with_bake_or_podman(
+        two_platforms: tuple[Path, FakeRegistry], tmp_path: Path, podman: bool) -> None:
     project, _ = two_platforms
-    engine, _ = scripted_engine(tmp_path, version, buildx)
+    engine, _ = scripted_engine(tmp_path, "podman version 4.3.1" if podman else "Docker version 26.1.5", True)
     result = linked(project, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1", "--engine",
-                    str(engine), "--dry-run", "--cache", "inline")
+                    str(engine), "--dry-run", "--cache")
     assert result.returncode == 0, result.stderr
     ref, app = linked(project, "ref").stdout.strip(), "docker.io/example/demo-app:t1"
-    repository = ref.rsplit(":", 1)[0]
-    commands = engine_commands(result.stdout)
-    labels = (f"--label=org.linked-builds.content-tag={ref.rsplit(':', 1)[1]} --label=org.linked-builds.lock="
-              + tool_module(project).Project(project).lock().meta["body"])
-    both = "--platform=linux/amd64,linux/arm64"
-    if buildx:
-        attest = f"--provenance=mode=max --sbom=true {both}"
-        base_cache = (f"--cache-from=type=registry,ref={repository}:buildx-cache "
-                      f"--cache-to=type=registry,ref={repository}:buildx-cache,mode=max")
-        app_cache = ("--cache-from=type=registry,ref=docker.io/example/demo-app:buildx-cache "
-                     "--cache-to=type=registry,ref=docker.io/example/demo-app:buildx-cache,mode=max")
-        assert commands == [
-            "buildx version",
-            f"buildx build {labels} {base_cache} {attest} --tag={ref} {project / 'base'}",
-            # Into the build cache first; pushed only once the registry still lacks it, from that cache.
-            f"buildx build {labels} {base_cache} --push {attest} --tag={ref} {project / 'base'}",
-            f"image inspect {ref}",  # a buildx builder pushes, but keeps nothing in the engine: pulled if missing
-            f"buildx build {app_cache} --build-arg BASE_IMAGE={ref} --load --platform=linux/amd64 --tag={app} "
-            f"{project}",
-            f"buildx build {app_cache} --build-arg BASE_IMAGE={ref} --push {attest} --tag={app} {project}",
+    steps = engine_lines(result.stdout)
+    if not podman:
+        assert [(v["PLATFORMS"], args[-2:]) for v, args in steps if args[1] == "bake"] == [
+            ("linux/amd64,linux/arm64", ["--print", "base"]),  # into the build cache first
+            ("linux/amd64,linux/arm64", ["--push", "base"]),  # pushed only if the registry still lacks it
+            ("linux/amd64", ["--load", "app"]),  # this machine's platform, for the smoke test
+            ("linux/amd64,linux/arm64", ["--push", "app"]),
         ]
+        assert '"linux/arm64"' in result.stdout  # bake's plan names both platforms
     else:
-        assert commands == [  # no cache flags: Podman's --cache-from is not BuildKit's
-            f"build {labels} {both} --manifest={ref} {project / 'base'}",
+        labels = (f"--label=org.linked-builds.content-tag={ref.rsplit(':', 1)[1]} --label=org.linked-builds.lock="
+                  + tool_module(project).Project(project).lock().meta["body"])
+        both = "--platform=linux/amd64,linux/arm64"
+        smoke = steps[3][1][3]
+        assert [" ".join(args) for _, args in steps] == [  # no cache flags: Podman's --cache-from is not BuildKit's
+            f"build {labels} {both} --manifest={ref} base",
             f"manifest push --all {ref} docker://{ref}",
-            f"image inspect {ref}",
-            f"build --build-arg BASE_IMAGE={ref} {both} --manifest={app} {project}",
+            f"build --build-arg=BASE_IMAGE={ref} {both} --manifest={app} .",
+            f"run --detach --name {smoke} --network=none --read-only --tmpfs=/tmp {app}",
+            f"rm --force {smoke}",
             f"manifest push --all {app} docker://{app}",
         ]
-    assert f"smoke test: would start {app}" in result.stdout  # the smoke test comes before the app's push
-    assert result.stdout.index("smoke test:") < result.stdout.index(f"+ {engine} {commands[-1]}")
+    assert "smoke test: " in result.stdout  # the smoke test comes before the app's push
+    assert result.stdout.index("smoke test:") < result.stdout.rindex("+ ")
 
 
-def test_two_platforms_without_buildx_or_podman_push_nothing(two_platforms: tuple[Path, FakeRegistry],
-                                                             tmp_path: Path) -> None:
+def test_publish_without_buildx_says_what_it_needs_and_builds_nothing(two_platforms: tuple[Path, FakeRegistry],
+                                                                      tmp_path: Path) -> None:
     project, _ = two_platforms
     engine, log = scripted_engine(tmp_path, "Docker version 20.10.24+dfsg1", buildx=False)
     result = linked(project, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1", "--engine",
                     str(engine))
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == (
-        "error: base/Dockerfile asks for linux/amd64,linux/arm64: pushing them needs docker buildx or Podman, "
-        "or platforms=linux/amd64 on its `# linked-builds:lock` line")
-    assert set(log.read_text().splitlines()) == {"--version", "buildx version"}  # asked, nothing built or pushed
-    # A build without a push (a pull request) builds this machine's platform with the engine's own builder.
-    built = linked(project, "publish", "--image", "docker.io/example/demo-app", "--tag", "t1", "--engine",
-                   str(engine), "--no-push", "--dry-run")
-    assert built.returncode == 0, built.stderr
-    assert "note: building for linux/amd64 only (a build without a push), not linux/amd64,linux/arm64" in built.stdout
-    assert [c.split()[0] for c in engine_commands(built.stdout)] == ["build", "image", "build"]
+    assert result.stderr.splitlines()[-1].endswith(
+        "registry questions need docker buildx (Debian's docker-buildx package)"), result.stderr
+    assert set(log.read_text().splitlines()) <= {"--version"}  # asked, nothing built or pushed
 
 
 @pytest.mark.parametrize(("listed", "missing"), [
@@ -479,20 +498,18 @@ def test_a_base_in_the_registry_must_list_every_platform(two_platforms: tuple[Pa
     assert result.returncode == 2
     refused = f"error: base {ref} in the registry lacks {missing}: refusing to build on it"
     assert result.stderr.splitlines()[-1] == refused
-    assert set(log.read_text().splitlines()) == {"--version", "buildx version"}  # nothing pulled, built or pushed
+    assert set(log.read_text().splitlines()) == {"--version"}  # nothing pulled, built or pushed
 
 
 def test_two_platforms_publish_through_buildx_and_a_signed_base_is_verified(images: Path) -> None:
-    """The publishing jobs set up QEMU and a buildx builder (manifest lists, attestations,
+    """The publishing jobs set up QEMU and a buildx builder (bake, manifest lists, attestations,
     the registry cache); with signing, the base job signs only a base it pushed, and the
     app job verifies this workflow's signature before it builds FROM the base."""
     flow = workflow(images)
-    for name in PUBLISHERS:
+    for name in [*PUBLISHERS, *BUILDERS]:
         uses = [s["uses"].split("@")[0] for s in flow["jobs"][name]["steps"] if "uses" in s]
         assert uses[-2:] == ["docker/setup-qemu-action", "docker/setup-buildx-action"] or uses[-3:] == [
             "docker/setup-qemu-action", "docker/setup-buildx-action", "sigstore/cosign-installer"], uses
-    build = [s.get("uses", "").split("@")[0] for s in flow["jobs"]["build"]["steps"]]
-    assert "docker/setup-buildx-action" not in build  # a pull request builds with the engine's own builder
     base, app = (flow["jobs"][name]["steps"] for name in ("base", "app"))
     signs = [s for s in base if "cosign sign" in s.get("run", "")]
     verifies = [s for s in app if "cosign verify" in s.get("run", "")]
@@ -514,7 +531,7 @@ def test_two_platforms_publish_through_buildx_and_a_signed_base_is_verified(imag
     # The app verifies and builds FROM the digest the base job handed over, not the tag again.
     assert verifies[0]["env"]["BASE_DIGEST"] == "${{ needs.base.outputs.base-digest }}"
     assert '"${BASE_IMAGE%:*}@$BASE_DIGEST"' in verifies[0]["run"]
-    publish = next(i for i, s in enumerate(app) if "linked.py publish" in s.get("run", ""))
+    publish = next(i for i, s in enumerate(app) if "make publish" in s.get("run", ""))
     assert app.index(verifies[0]) < publish and app[publish]["env"]["BASE_DIGEST"] == verifies[0]["env"]["BASE_DIGEST"]
 
 
@@ -532,9 +549,9 @@ def test_the_app_job_builds_from_the_digest_the_base_job_handed_over(two_platfor
     assert moved.returncode == 2
     assert moved.stderr.splitlines()[-1] == (f"error: base {ref} is no longer sha256:{'f' * 64} in the registry: "
                                              "refusing to build on it")
-    assert set(log.read_text().splitlines()) == {"--version", "buildx version"}
+    assert set(log.read_text().splitlines()) == {"--version"}
     monkeypatch.setenv("BASE_DIGEST", digest)
     same = linked(project, *args)
     assert same.returncode == 0, same.stderr
-    builds = [c for c in engine_commands(same.stdout) if c.startswith("buildx build")]
-    assert builds and all(f"--build-arg BASE_IMAGE={ref}@{digest}" in c for c in builds)
+    builds = [variables for variables, args in engine_lines(same.stdout) if args[:2] == ["buildx", "bake"]]
+    assert len(builds) == 2 and all(b["BASE_IMAGE"] == f"{ref}@{digest}" for b in builds)

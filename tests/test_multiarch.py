@@ -1,9 +1,10 @@
-"""Publish for linux/amd64 and linux/arm64 for real: Podman builds both platforms (arm64
-under qemu-user-static), pushes manifest lists to a local registry, and the arm64 app
-answers /healthz under emulation.
+"""Publish for linux/amd64 and linux/arm64 for real (arm64 under qemu-user-static), to a local
+registry: the default project through docker buildx bake on Docker 26 (manifest lists with
+provenance), and with Podman (build --manifest, manifest push), whose arm64 app answers
+/healthz under emulation.
 
-The smallest honest case, since every arm64 step is emulated: the requirements strategy
-with pip and the default dependencies (Flask, gunicorn: pure-Python wheels). The
+Podman's is the smallest honest case, since every arm64 step is emulated: the requirements
+strategy with pip and the default dependencies (Flask, gunicorn: pure-Python wheels). The
 stand-ins come from scripts/arm64-standins; this harness tells Podman that the local
 registry speaks plain HTTP and gives its containers the ulimits runc may set here
 (containers.conf and registries.conf of its own, through CONTAINERS_CONF and
@@ -22,8 +23,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEMPLATE, linked, render_project
-from engine import Registry, free_port, http_get, require_engine, running_registry
+from conftest import linked, render_project
+from engine import (
+    DOCKER,
+    Registry,
+    free_port,
+    http_get,
+    make,
+    podman_environment,
+    push_standins,
+    require_engine,
+    running_registry,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -41,12 +52,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 def podman_env(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Podman with the arm64 stand-ins, told the local registry is plain HTTP."""
     require_engine(PODMAN, ARM64)
-    folder = tmp_path_factory.mktemp("podman")
-    (folder / "registries.conf").write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
-    (folder / "containers.conf").write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n')
-    return {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(folder / "registries.conf"),
-            "CONTAINERS_CONF": str(folder / "containers.conf"), "BUILDAH_ISOLATION": "chroot",
-            "BUILD_ARGS": "--network host"}
+    return podman_environment(registry, tmp_path_factory.mktemp("podman"))
+
+
+@pytest.fixture(scope="module")
+def standins(registry: Registry, podman_env: dict[str, str]) -> dict[str, str]:
+    """The amd64 + arm64 stand-ins as manifest lists in the registry: {name: reference}."""
+    return push_standins(registry, podman_env)
 
 
 def platforms(registry: Registry, repository: str, tag: str) -> set[str]:
@@ -67,11 +79,8 @@ def podman(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Co
 
 
 def test_publish_pushes_manifest_lists_and_the_arm64_app_serves(registry: Registry, podman_env: dict[str, str],
-                                                                 tmp_path: Path) -> None:
-    pushed = subprocess.run([str(TEMPLATE / "scripts" / "arm64-standins"), "push", f"{registry.host}/standins"],
-                            capture_output=True, text=True, env=podman_env)
-    assert pushed.returncode == 0, pushed.stderr[-2000:]
-    upstream = next(ref for ref in pushed.stdout.split() if "/python:" in ref)
+                                                                 standins: dict[str, str], tmp_path: Path) -> None:
+    upstream = standins["python"]
     project = render_project(tmp_path / "p", registry=registry.host, image_namespace="multiarch",
                              project_slug="both", strategy="requirements", installer="pip", use_virtualenv=False,
                              upstream_image=upstream)
@@ -81,7 +90,7 @@ def test_publish_pushes_manifest_lists_and_the_arm64_app_serves(registry: Regist
     app = f"{registry.host}/multiarch/both"
     started = time.monotonic()
     try:
-        result = subprocess.run(["python3", "base/linked.py", "publish", "--image", app, "--tag", "t1", "--engine",
+        result = subprocess.run(["python3", "base/publish.py", "publish", "--image", app, "--tag", "t1", "--engine",
                                  PODMAN], cwd=project, capture_output=True, text=True, env=podman_env)
         out = result.stdout + result.stderr
         assert result.returncode == 0, out[-4000:]
@@ -90,7 +99,7 @@ def test_publish_pushes_manifest_lists_and_the_arm64_app_serves(registry: Regist
         assert platforms(registry, "multiarch/bothbase", base_ref.rsplit(":", 1)[1]) == BOTH
         assert platforms(registry, "multiarch/both", "t1") == BOTH
         # A second publish finds the base with both platforms and does not build it again.
-        again = subprocess.run(["python3", "base/linked.py", "publish", "--image", app, "--tag", "t2", "--engine",
+        again = subprocess.run(["python3", "base/publish.py", "publish", "--image", app, "--tag", "t2", "--engine",
                                 PODMAN], cwd=project, capture_output=True, text=True, env=podman_env)
         assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
         assert f"base {base_ref} is in the registry (sha256:" in again.stdout
@@ -110,3 +119,50 @@ def test_publish_pushes_manifest_lists_and_the_arm64_app_serves(registry: Regist
         for ref in (base_ref, f"{app}:t1", f"{app}:t2", upstream):
             podman(podman_env, "manifest", "rm", ref, check=False)
             podman(podman_env, "rmi", "--force", ref, check=False)
+
+
+def test_the_default_project_publishes_both_platforms_with_provenance_through_bake(
+        registry: Registry, standins: dict[str, str], tmp_path: Path) -> None:
+    """The default answers (groups, uv, a virtualenv, linux/amd64 and linux/arm64) through `make
+    publish` on Docker 26: bake builds the base for both platforms (arm64 under qemu), pushes a
+    manifest list with provenance, smoke-tests the app and pushes its list; a second publish finds
+    the base and builds only the app. No SBOM here: BuildKit's scanner image cannot be pulled (the
+    bake plan's SBOM attestation is checked in test_ci_files)."""
+    require_engine(DOCKER)
+    project = render_project(tmp_path / "p", registry=registry.host, image_namespace="bake", project_slug="dflt",
+                             upstream_image=standins["python"], uv_image=standins["uv"])
+    text = (project / "base" / "Dockerfile").read_text()
+    assert "platforms=linux/amd64,linux/arm64" in text and f"FROM {standins['uv']}@sha256:" in text
+    base_ref, app = linked(project, "ref").stdout.strip(), f"{registry.host}/bake/dflt"
+    content_tag = base_ref.rsplit(":", 1)[1]
+    started = time.monotonic()
+    try:
+        out = make(project, "publish", "PUBLISH_ARGS=--tag t1 --cache")
+        assert f"base {base_ref} is not in the registry: building it and pushing it" in out.stdout
+        assert f"smoke test: {app}:t1 is healthy and answers /healthz" in out.stdout
+        for repository, tag in (("bake/dfltbase", content_tag), ("bake/dflt", "t1")):
+            assert platforms(registry, repository, tag) == BOTH
+            provenance = json.loads(imagetools(f"{registry.host}/{repository}:{tag}", "{{json .Provenance}}"))
+            assert set(provenance) == BOTH and all(p["SLSA"]["buildType"] for p in provenance.values())
+        labels = json.loads(imagetools(base_ref, "{{json .Image}}"))
+        assert {p: i["config"]["Labels"]["org.linked-builds.content-tag"] for p, i in labels.items()} == {
+            p: content_tag for p in BOTH}
+        assert "buildx-cache" in registry.tags("bake/dfltbase")
+        # The second publish finds the base and builds the app alone, FROM the base's digest.
+        again = make(project, "publish", "PUBLISH_ARGS=--tag t2 --cache").stdout
+        assert f"base {base_ref} is in the registry (sha256:" in again
+        assert not [line for line in again.splitlines() if line.startswith("+ ") and line.endswith(" base")]
+        assert f"BASE_IMAGE={base_ref}@sha256:" in again and platforms(registry, "bake/dflt", "t2") == BOTH
+        # The arm64 app from the registry runs under emulation.
+        machine = subprocess.run([DOCKER, "run", "--rm", "--network", "host", "--platform", "linux/arm64",
+                                  f"{app}:t2", "python3", "-c", "import platform, flask; print(platform.machine())"],
+                                 capture_output=True, text=True)
+        assert machine.stdout.strip() == "aarch64", machine.stderr[-2000:]
+    finally:
+        print(f"default project, both platforms through bake: {time.monotonic() - started:.0f} s")
+        subprocess.run([DOCKER, "rmi", "--force", base_ref, f"{app}:t1", f"{app}:t2"], capture_output=True)
+
+
+def imagetools(ref: str, template: str) -> str:
+    return subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--format", template, ref],
+                          capture_output=True, text=True, check=True).stdout

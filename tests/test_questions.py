@@ -386,7 +386,8 @@ def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
         child.expect("line 3: flask repeats line 1")
         child.send("\x7f" * len("\nflask"))  # Backspace takes the duplicate line away again
         child.send("\x1b\r")
-        for prompt in ("registry", "namespace", "port", "linked builds", "which platforms", "with cosign", "bots keep"):
+        for prompt in ("registry", "namespace", "port", "linked builds", "which platforms", "bit for bit",
+                       "with cosign", "bots keep"):
             child.expect(prompt)
             child.send(KEYS["enter"])
         child.expect(pexpect.EOF, timeout=60)
@@ -435,7 +436,7 @@ def test_blank_lines_of_the_dependencies_prompt_are_not_kept(tmp_path: Path) -> 
         # The whole line, copier's prefix included, within the 80 columns: nothing cut.
         child.expect(re.escape("""Validation error for question 'port': "http": use a whole number, 1024-65535"""))
         child.send("\x15" + "8080" + KEYS["enter"])
-        for prompt in ("linked builds", "which platforms", "with cosign", "bots keep"):
+        for prompt in ("linked builds", "which platforms", "bit for bit", "with cosign", "bots keep"):
             child.expect(prompt)
             child.send(KEYS["enter"])
         child.expect(pexpect.EOF, timeout=60)
@@ -469,7 +470,7 @@ def test_update_does_not_ask_for_the_dependencies_again(tmp_path: Path, tagged: 
     try:
         for prompt in ("project called", "short name", "import name", "in one line", "install the dependencies",
                        "virtualenv", "installs the Python packages", "CPython release", "Debian release",
-                       "start FROM", "registry", "namespace", "port", "linked builds", "which platforms",
+                       "start FROM", "registry", "namespace", "port", "linked builds", "which platforms", "bit for bit",
                        "with cosign", "bots keep"):
             child.expect(prompt)
             assert "PEP 508 requirement per line" not in child.before

@@ -1,49 +1,56 @@
-"""Registries and engines for base/linked.py: digests, build, smoke test, push.
+#!/usr/bin/env python3
+"""Build and publish the two linked images with the engine's own tools.
 
-`make lock` pins base/Dockerfile's FROM lines by the digests the registries give;
-`make publish` (and the CI) pushes the base under its content tag unless the
-registry clearly has it ("not found": any other answer stops before anything is
-built; a content tag is never pushed twice), then builds the app FROM exactly that
-base, smoke-tests it and pushes it. Every registry question goes through the
-engine's own CLI (`docker buildx imagetools`, or skopeo beside Podman), which
-handles credentials, helpers, tokens, redirects and TLS: this module opens no
-connection and reads no credentials.
+    base     build the base image under its content tag (make base, make image)
+    exists   exit 0 if the registry has REF, 4 if it clearly lacks it (Docker Hub's hook)
+    publish  push the base unless the registry has it, then build the app FROM exactly
+             that base, smoke-test it with compose.yaml and push it (make publish)
+    verify   rebuild the base from the lock without cache and compare each platform's
+             image, layer by layer, with the registry's under the content tag (make verify)
+
+`docker buildx bake` builds from docker-bake.hcl, the one description of both images
+(`--dry-run` prints it); Podman builds manifest lists. Registry questions go through
+`docker buildx imagetools` or skopeo: this file opens no connection, reads no credentials.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import itertools
 import json
 import os
-import platform
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from linked import LinkError, Project, base_settings, image_froms, run
 
-LABEL_TAG, LABEL_LOCK = "org.linked-builds.content-tag", "org.linked-builds.lock"
-# This machine's platform, the one an image built without a push is for.
-NATIVE = "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine().lower(), platform.machine().lower())
-# The smoke test's GET, as the image's HEALTHCHECK does it: Python's own urllib, no curl needed.
-HEALTHZ = "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['PORT'] + '/healthz')"
+LABELS = ("org.linked-builds.content-tag", "org.linked-builds.lock")
+ABSENT = 4  # `exists`: the registry clearly has no such image (2 is any error's)
 DEADLINE = 120  # seconds for one registry question, whatever the registry does
+# The smoke test's service runs with no network and no published port.
+SMOKE = "services:\n  app:\n    network_mode: none\n    ports: !reset []\n"
+HEALTHZ = "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['PORT'] + '/healthz')"
 
-# ------------------------------------------------------------------ registries
 
-
-def manifest(ref: str, engine: list[str]) -> tuple[str, bytes] | None:
+def manifest(ref: str, engine: list[str], podman: bool, config: bool = False) -> tuple[str, bytes] | None:
     """(digest, manifest) the registry holds for ``ref``, as the engine's CLI reads it:
-    `docker buildx imagetools inspect --raw`, or `skopeo inspect --raw` beside Podman.
-    None only when the CLI says the manifest is not found; any other failure raises."""
-    argv = [*engine, "buildx", "imagetools", "inspect", "--raw", ref]
-    if run([*engine, "--version"], quiet=True).stdout.lower().startswith("podman"):  # skopeo reads Podman's settings
+    `docker buildx imagetools inspect --raw`, or `skopeo inspect --raw` beside Podman (``config``:
+    the images' configurations instead). None only when the CLI says the manifest is not found;
+    any other failure, or no answer within DEADLINE seconds, raises."""
+    what = ["--format", "{{json .Image}}"] if config else ["--raw"]
+    argv = [*engine, "buildx", "imagetools", "inspect", *what, ref]
+    if podman:  # skopeo reads Podman's settings
         conf = os.environ.get("CONTAINERS_REGISTRIES_CONF", "")
-        argv = ["skopeo", *(["--registries-conf", conf] if conf else []), "inspect", "--raw", f"docker://{ref}"]
+        what = ["--config"] if config else ["--raw"]
+        argv = ["skopeo", *(["--registries-conf", conf] if conf else []), "inspect", *what, f"docker://{ref}"]
     try:
         got = subprocess.run(argv, capture_output=True, timeout=DEADLINE, check=False)
     except subprocess.TimeoutExpired:
@@ -66,34 +73,19 @@ def manifest(ref: str, engine: list[str]) -> tuple[str, bytes] | None:
     raise LinkError(f"{ref}: {Path(argv[0]).name} says: {said}{hint}")
 
 
-def manifest_digest(ref: str, engine: list[str]) -> str | None:
-    """The registry's digest for ``ref``, None only when it clearly has no such image."""
-    found = manifest(ref, engine)
-    return found[0] if found else None
-
-
-def platforms_in(ref: str, engine: list[str]) -> set[str]:
-    """The platforms (os/architecture) of the image index ``ref`` names; none if it is not an index."""
-    found = manifest(ref, engine)
-    try:
-        index = json.loads(found[1]) if found else {}
-        listed = [entry.get("platform") or {} for entry in index.get("manifests") or []]
-        return {f"{p['os']}/{p['architecture']}" for p in listed if p.get("os", "unknown") != "unknown"}
-    except (ValueError, AttributeError, KeyError, TypeError):
-        raise LinkError(f"{ref}: the registry answered an index that is not JSON of the OCI image spec") from None
-
-
 def pin_digests(text: str, engine: list[str]) -> tuple[str, list[str]]:
     """A Dockerfile's text with each FROM pinned by its tag's current digest, and warnings for
     the ones the registry could not answer (they keep the digest they had, if any)."""
     lines, warnings = text.splitlines(keepends=True), []
+    podman = run([*engine, "--version"], quiet=True).stdout.lower().startswith("podman")
     for index, m in image_froms(text):
         if "$" in m["image"] or (m["digest"] and ":" not in m["image"].rsplit("/", 1)[-1]):
             continue  # an argument, or pinned by digest alone: no tag to follow
         try:
-            digest = "@" + (manifest_digest(m["image"], engine) or "")
-            if digest == "@":
+            found = manifest(m["image"], engine, podman)
+            if not found:
                 raise LinkError(f"{m['image']}: not found in its registry")
+            digest = "@" + found[0]
         except LinkError as exc:
             digest = m["digest"] or ""
             warnings.append(f"digest not resolved ({exc}); kept {'its digest' if digest else 'no digest'}")
@@ -102,12 +94,8 @@ def pin_digests(text: str, engine: list[str]) -> tuple[str, list[str]]:
     return "".join(lines), warnings
 
 
-# --------------------------------------------------------------------- publish
-
-
 def image_tag(text: str) -> str:
-    """``text`` as a valid image tag (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``). A name that had
-    to change gets a short hash of the original, so two names never share a tag."""
+    """``text`` as a valid image tag; a name that had to change gets a short hash of the original."""
     tag, suffix = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).lstrip(".-"), hashlib.sha256(text.encode()).hexdigest()[:8]
     if tag == text and len(tag) <= 128:
         return tag
@@ -124,100 +112,164 @@ def ci_tags(env: dict[str, str]) -> list[str]:
 
 
 class Engine:
-    """The container engine client (docker, podman, ...); in a dry run it only prints."""
+    """docker (buildx bake, compose) or podman, run in the project's folder; a dry run prints."""
 
-    def __init__(self, command: list[str], dry_run: bool = False) -> None:
-        self.command, self.dry_run = command, dry_run
+    def __init__(self, project: Project, command: list[str], dry_run: bool = False) -> None:
+        self.project, self.command, self.dry_run = project, command, dry_run
+        self.native = "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 
-    def run(self, *args: str, quiet: bool = False) -> bool:
-        """Run the engine; a quiet run only asks, so it runs in a dry run too."""
-        print("+ " + shlex.join([*self.command, *args]), flush=True)
-        return (self.dry_run and not quiet) or run([*self.command, *args], quiet=quiet).returncode == 0
+    @functools.cached_property
+    def podman(self) -> bool:
+        return run([*self.command, "--version"], quiet=True).stdout.lower().startswith("podman")
 
-    def must(self, *args: str) -> None:
-        if not self.run(*args):
-            raise LinkError(f"`{' '.join(self.command)} {args[0]}` failed: see its output above")
+    @functools.cached_property
+    def docker_driver(self) -> bool:
+        """Docker's own builder (buildx's docker driver), which rewrites file times only in an export."""
+        found = run([*self.command, "buildx", "inspect"], quiet=True).stdout
+        return re.search(r"^Driver:\s+docker\s*$", found, re.MULTILINE) is not None
 
-    def ask(self, *args: str) -> str:
-        return run([*self.command, *args], quiet=True).stdout.strip()
+    def must(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> None:
+        """Run the engine in the project's folder (``env``: variables beside the environment, shown)."""
+        shown = "".join(f"{key}={shlex.quote(value)} " for key, value in (env or {}).items())
+        print(f"+ {shown}{shlex.join([*self.command, *args])}", flush=True)
+        if not self.dry_run or "--print" in args:
+            full = {**os.environ, **(env or {})}
+            done = subprocess.run(
+                [*self.command, *args], check=False, cwd=self.project.root, input=stdin, text=True, env=full
+            )
+            if done.returncode:
+                raise LinkError(f"`{self.command[0]} {' '.join(args[:2])}` failed: see its output above")
 
-    def builder(self, platforms: list[str], push: bool) -> str:
-        """How images are built: "build" (the engine's own builder, this machine's platform);
-        for a push to other or more platforms, "buildx" (docker's) or "podman" (manifest lists)."""
-        if platforms == [NATIVE] or not push:
-            return "build"
-        if self.ask("--version").lower().startswith("podman"):
-            return "podman"
-        if self.run("buildx", "version", quiet=True):
-            return "buildx"
-        raise LinkError(
-            f"base/Dockerfile asks for {','.join(platforms)}: pushing them needs docker buildx or Podman, "
-            f"or platforms={NATIVE} on its `# linked-builds:lock` line"
-        )
+    def digest(self, ref: str) -> str | None:
+        """The registry's digest for ``ref``; None only when the registry clearly has no such image."""
+        found = manifest(ref, self.command, self.podman)
+        return found[0] if found else None
 
-    def build(self, how: str, context: Path, refs: list[str], args: list[str], platforms: list[str]) -> None:
-        """Build ``context`` as ``refs``: with buildx for ``platforms`` (into its cache, or pushed
-        when ``--push`` is in ``args``), with Podman into the manifest list ``refs[0]``."""
-        if how == "buildx":
-            attest = ["--provenance=mode=max", "--sbom=true", f"--platform={','.join(platforms)}"]
-            self.must("buildx", "build", *args, *attest, *(f"--tag={r}" for r in refs), str(context))
-        elif how == "podman":
-            if not self.dry_run:  # --manifest adds to a list of that name
-                self.run("manifest", "rm", refs[0], quiet=True)
-            self.must("build", *args, f"--platform={','.join(platforms)}", f"--manifest={refs[0]}", str(context))
-        else:
-            self.must("build", *args, *(a for r in refs for a in ("--tag", r)), str(context))
+    def labels(self, ref: str) -> list[dict[str, str]]:
+        """The labels of each platform's image under ``ref`` in the registry."""
+        try:
+            images = json.loads((manifest(ref, self.command, self.podman, config=True) or ("", b"{}"))[1])
+            images = [images] if "config" in images else list(images.values())
+            return [image["config"].get("Labels") or {} for image in images]
+        except (ValueError, AttributeError, KeyError, TypeError):
+            raise LinkError(f"{ref}: the registry's answer is not an image configuration") from None
 
-    def push(self, how: str, ref: str, source: str = "") -> None:
-        """Push ``ref`` (with Podman, the manifest list ``source`` and every image it lists)."""
-        if how == "podman":
-            self.must("manifest", "push", "--all", source or ref, f"docker://{ref}")
-        else:
+    def bake(self, target: str, variables: dict[str, str], *args: str) -> None:
+        """`docker buildx bake` of docker-bake.hcl (and BAKE_ARGS: `-f` more files, `--set`)."""
+        extra = shlex.split(os.environ.get("BAKE_ARGS", ""))
+        dry = ["--print"] if self.dry_run else []
+        self.must("buildx", "bake", "--file", "docker-bake.hcl", *extra, *dry, *args, target, env=variables)
+
+    def push_base(self, ref: str, variables: dict[str, str]) -> None:
+        """Push the base with its file times rewritten: `bake --push`; Docker's own builder (the docker
+        driver) rewrites them only in an export, which is loaded into the engine as it is (the containerd
+        image store keeps its digests) and pushed from there."""
+        if not self.docker_driver:
+            return self.bake("base", variables, "--push")
+        with tempfile.TemporaryDirectory(prefix="linked-base-") as folder:
+            output = f"type=oci,dest={folder}/base.tar,rewrite-timestamp=true,name={ref}"
+            self.bake("base", variables, f"--set=base.output={output}")
+            self.must("load", "--input", f"{folder}/base.tar")
             self.must("push", ref)
 
+    def podman_build(self, context: str, ref: str, platforms: list[str], args: list[str], push: bool) -> None:
+        """Podman: ``context`` as ``ref``, or for a push for ``platforms`` into the manifest list ``ref``."""
+        build = [*shlex.split(os.environ.get("BUILD_ARGS", "")), *args, "--tag", ref]
+        if push:
+            run([*self.command, "manifest", "rm", ref], quiet=True)  # --manifest adds to a list of that name
+            build[-2:] = [f"--platform={','.join(platforms)}", f"--manifest={ref}"]
+        self.must("build", *build, context)
+
     def smoke(self, ref: str, seconds: int = 90) -> None:
-        """Start the app image (no network, read-only root), wait for its HEALTHCHECK to say
-        healthy, then GET /healthz inside it; a failure stops the publish before any push."""
-        if self.dry_run:
-            return print(f"smoke test: would start {ref}, wait for healthy and GET /healthz", flush=True)
-        name, start = f"linked-smoke-{os.getpid()}", time.monotonic()
-        health = ["--health-interval=2s", "--health-start-period=60s"]
-        self.must("run", "--detach", "--name", name, "--network=none", "--read-only", "--tmpfs=/tmp", *health, ref)
+        """Start the app image as compose.yaml's service (no network, no port), wait for its own
+        HEALTHCHECK to say healthy, then GET /healthz in it; a failure stops the publish before any push.
+        Podman's images carry no HEALTHCHECK (OCI): it gets the GET until it answers."""
+        name, deadline = f"linked-smoke-{os.urandom(4).hex()}", time.monotonic() + seconds
+        repository, tag = ref.rsplit(":", 1)
+        compose = ["compose", "--project-name", name, "--file", "compose.yaml", "--file", "-"]
+        env = {"IMAGE": repository, "TAG": tag}
+        check, logs, stop = [*compose, "exec", "-T", "app"], [*compose, "logs"], [*compose, "down"]
+        if self.podman:
+            check, logs, stop = ["exec", name], ["logs", name], ["rm", "--force", name]
         try:
-            while True:
-                state = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
-                status, _, healthy = self.ask("inspect", "--format", state, name).partition(" ")
-                if status not in ("created", "running") or healthy == "unhealthy":
-                    self.run("logs", name)
-                    raise LinkError(f"smoke test: {ref} is {healthy or status or 'gone'} (its log is above)")
-                # An engine that runs no HEALTHCHECK (no status, or "starting" for ever) gets 20 s.
-                settled = healthy in ("healthy", "") or time.monotonic() - start > 20
-                if settled and self.run("exec", name, "python3", "-c", HEALTHZ, quiet=True):
-                    return print(f"smoke test: {ref} is {healthy or 'up'} and answers /healthz", flush=True)
-                if time.monotonic() - start > seconds:
-                    raise LinkError(f"smoke test: {ref} did not answer /healthz within {seconds} s")
-                time.sleep(2)
+            if self.podman:
+                self.must("run", "--detach", "--name", name, "--network=none", "--read-only", "--tmpfs=/tmp", ref)
+            else:
+                self.must(*compose, "up", "--wait", f"--wait-timeout={seconds}", stdin=SMOKE, env=env)
+            while not self.dry_run and run([*self.command, *check, "python3", "-c", HEALTHZ], quiet=True).returncode:
+                if time.monotonic() > deadline:
+                    raise LinkError("timed out")
+                time.sleep(1)
+            print(f"smoke test: {ref} " + ("would be checked" if self.dry_run else "is healthy and answers /healthz"))
+        except LinkError:
+            self.must(*logs, stdin=SMOKE, env=env)
+            raise LinkError(
+                f"smoke test: {ref} did not get healthy and answer /healthz within {seconds} s "
+                "(its log is above): nothing was pushed"
+            ) from None
         finally:
-            self.run("rm", "--force", name, quiet=True)
-
-    def check_labels(self, project: Project, ref: str) -> None:
-        """Refuse a base whose labels name another content tag or lock than the project's."""
-        try:
-            found = json.loads(self.ask("image", "inspect", "--format", "{{json .Config.Labels}}", ref) or "{}") or {}
-        except ValueError:
-            found = {}
-        got = [str(found.get(key, "<none>")) for key in (LABEL_TAG, LABEL_LOCK)]
-        if (want := [ref.rsplit(":", 1)[1], project.lock().meta.get("body", "")]) != got and not self.dry_run:
-            labelled = f"content-tag={got[0]} lock={got[1]}"
-            raise LinkError(f"{ref} is labelled {labelled}, not {want[0]} {want[1]}: refusing to build FROM it")
+            self.must(*stop, stdin=SMOKE, env=env)
 
 
-def labels(project: Project, ref: str) -> list[str]:
-    """The base's labels: its content tag and its lock's hash, which check_labels reads back."""
-    return [
-        f"--label={LABEL_TAG}={ref.rsplit(':', 1)[1]}",
-        f"--label={LABEL_LOCK}={project.lock().meta.get('body', '')}",
-    ]
+def platforms_in(raw: bytes, ref: str) -> dict[str, str] | None:
+    """The platforms (os/architecture) an image index lists, with their images' digests; None
+    for one image (not an index). Attestations (platform unknown) are left out."""
+    try:
+        if not isinstance(index := json.loads(raw), dict):
+            raise TypeError
+        if "manifests" not in index:
+            return None
+        listed = [(entry.get("platform") or {}, entry["digest"]) for entry in index["manifests"] or []]
+        return {f"{p['os']}/{p['architecture']}": d for p, d in listed if p.get("os", "unknown") != "unknown"}
+    except (ValueError, AttributeError, KeyError, TypeError):
+        raise LinkError(f"{ref}: the registry answered an index that is not JSON of the OCI image spec") from None
+
+
+def locked_platforms(engine: Engine) -> list[str]:
+    """The platforms base/Dockerfile's lock line names (this machine's, where it names none)."""
+    return sorted(base_settings(engine.project.read("base/Dockerfile"))[0].get("platforms", engine.native).split(","))
+
+
+def verify(engine: Engine, platforms: list[str]) -> None:
+    """Rebuild the base from the lock with no cache, its file times rewritten, into an OCI layout,
+    and compare each platform's image with the registry's under the content tag: the same digest,
+    or one line naming the first layer (else the config) that differs."""
+    ref, lock = engine.project.reference(), engine.project.lock().meta.get("body", "")
+    if engine.podman:
+        raise LinkError("verify rebuilds with docker buildx (BuildKit's rewrite-timestamp): Podman builds other bits")
+    if not (found := manifest(ref, engine.command, False)):
+        raise LinkError(f"base {ref} is not in the registry: nothing to verify")
+    repository, content_tag = ref.rsplit(":", 1)
+    theirs = platforms_in(found[1], ref) or ({platforms[0]: found[0]} if len(platforms) == 1 else {})
+    bake = {"BASE_REPOSITORY": repository, "BASE_TAG": content_tag, "LOCK": lock, "PLATFORMS": ",".join(platforms)}
+    with tempfile.TemporaryDirectory(prefix="linked-verify-") as folder:
+        output = f"--set=base.output=type=oci,dest={folder},tar=false,rewrite-timestamp=true"
+        engine.bake("base", {**bake, "CACHE": "", "SBOM": "false"}, "--no-cache", output)
+
+        def blob(digest: str) -> Any:
+            return json.loads(Path(folder, "blobs", *digest.split(":")).read_bytes())
+
+        entries = [] if engine.dry_run else json.loads(Path(folder, "index.json").read_bytes())["manifests"]
+        if entries and entries[0]["mediaType"].endswith("index.v1+json"):  # the platforms and their attestations
+            entries = blob(entries[0]["digest"])["manifests"]
+        ours = platforms_in(json.dumps({"manifests": entries}).encode(), ref) or {}
+        for platform in platforms if entries else []:
+            if (mine := ours[platform]) == (got := theirs.get(platform)):
+                print(f"verify: {ref} {platform} is {got}, bit for bit its rebuild", flush=True)
+                continue
+            held = json.loads(((got and manifest(f"{repository}@{got}", engine.command, False)) or ("", b"{}"))[1])
+            rebuilt = blob(mine)
+            history = blob(rebuilt["config"]["digest"])["history"]
+            steps = [h.get("created_by", "") for h in history if not h.get("empty_layer")]  # one a layer
+            pairs: Any = itertools.zip_longest(held.get("layers", []), rebuilt["layers"], fillvalue={})
+            what = "its config (labels, environment, history)"
+            for n, (a, b) in enumerate(pairs):
+                if a.get("digest") != b.get("digest"):
+                    step = " ".join(steps[n].split())[:90] if n < len(steps) else "a layer the rebuild lacks"
+                    what = f"layer {n + 1} ({a.get('digest', 'none')}, rebuilt {b.get('digest', 'none')}: {step})"
+                    break
+            said = f"{ref} {platform} is {got or 'absent'}, not its rebuild {mine}"
+            raise LinkError(f"verify: {said}: they differ first in {what}")
 
 
 def output(**values: str) -> None:
@@ -230,84 +282,123 @@ def output(**values: str) -> None:
         Path("base.env").write_text(f"BASE_DIGEST={values['base_digest']}\n", encoding="utf-8")
 
 
-def publish(project: Project, engine: Engine, args: argparse.Namespace, tags: list[str], build_args: list[str]) -> None:
-    """Push the base unless the registry has it, then build (and push) the app FROM exactly that base."""
+def publish(
+    engine: Engine, image: str, tags: list[str], push: bool, only: str | None, cache: bool, check: bool = False
+) -> None:
+    """Push the base unless the registry has it (``check``: verify one it has), then build,
+    smoke-test and push the app FROM exactly that base."""
+    project = engine.project
     for item in (stale := project.plan()[1]):
         print(f"stale: {item}", file=sys.stderr)
     if stale:
         raise LinkError("publish refused: run `make lock` or `make sync` and commit; nothing was built or pushed")
-    ref, push, only = project.reference(), args.push, args.only
-    repository, refs = ref.rsplit(":", 1)[0], [f"{args.image}:{tag}" for tag in tags]
-    if args.image.rsplit("/", 1)[0] != repository.rsplit("/", 1)[0]:
-        print(f"note: the app goes to {args.image}, its base to {repository} (the pin's repository)", file=sys.stderr)
-    platforms = sorted(base_settings(project.read("base/Dockerfile"))[0].get("platforms", NATIVE).split(","))
-    digest = manifest_digest(ref, engine.command) if only != "app" else None  # an unclear registry stops here, first
-    how = engine.builder(platforms, push)
-    if how == "build" and platforms != [NATIVE]:
-        print(f"note: building for {NATIVE} only (a build without a push), not {','.join(platforms)}", flush=True)
-    base_args, app_args = (build_args + shlex.split(os.environ.get(f"{k}_BUILD_ARGS", "")) for k in ("BASE", "APP"))
-    base_args += labels(project, ref)
-    if args.cache == "inline" and how == "buildx":  # a registry cache, every layer of every platform
-        for extra, image in ((base_args, repository), (app_args, args.image)):
-            extra += [f"--cache-from=type=registry,ref={image}:buildx-cache"]
-            extra += [f"--cache-to=type=registry,ref={image}:buildx-cache,mode=max"] * push
-    elif args.cache == "inline" and how == "build":  # each image caches from its own repository, inline
-        base_args += ["--cache-from", f"{repository}:buildcache", "--build-arg", "BUILDKIT_INLINE_CACHE=1"]
-        app_args += ["--cache-from", f"{args.image}:{tags[-1]}", "--build-arg", "BUILDKIT_INLINE_CACHE=1"]
-    if only != "app":
-        pushed = False
-        if not digest:
-            print(f"base {ref} is not in the registry: building it" + (" and pushing it" if push else ""), flush=True)
-            engine.build(how, project.base, [ref], base_args, platforms)
-            if push and (
-                digest := manifest_digest(ref, engine.command)
-            ):  # another run pushed it meanwhile: never overwrite it
-                print(f"note: {ref} appeared in the registry during the build: not overwriting it", flush=True)
-            elif push and how == "buildx":  # the same build again, from its cache, pushed
-                engine.build(how, project.base, [ref], [*base_args, "--push"], platforms)
-            elif push:
-                engine.push(how, ref)
-                if how == "build":  # the classic builder's cache travels inline, in an image of its own
-                    engine.must("tag", ref, f"{repository}:buildcache")
-                    engine.push(how, f"{repository}:buildcache")
-            pushed = push and not digest and not engine.dry_run
-            digest = manifest_digest(ref, engine.command) if pushed else digest
-        if digest and not pushed:
-            print(f"base {ref} is in the registry ({digest}): using it, not rebuilding it", flush=True)
-            if missing := set(platforms) - platforms_in(ref, engine.command) if how != "build" else set():
-                raise LinkError(
-                    f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it"
-                )
-            engine.must("pull", ref)
-            engine.check_labels(project, ref)
-        output(base_image=ref, base_digest=digest or "", base_pushed=str(pushed).lower())
-    if only != "base":
-        # The digest the base job handed over (and the CI verified): the app builds FROM exactly it.
-        pinned = os.environ.get("BASE_DIGEST", "")
-        remote = digest or (
-            manifest_digest(ref, engine.command) if pinned else None
-        )  # what the base phase saw, if it ran
-        if pinned and remote != pinned:
-            raise LinkError(f"base {ref} is no longer {pinned} in the registry: refusing to build on it")
-        if not engine.run("image", "inspect", ref, quiet=True):
-            if remote or manifest_digest(ref, engine.command):
-                engine.must("pull", ref)
-            elif push:
-                raise LinkError(f"base {ref} is in no registry: publish the base first (the base job)")
+    ref, lock = project.reference(), project.lock().meta.get("body", "")
+    platforms = locked_platforms(engine)
+    built = platforms if push else [engine.native]  # a build without a push is for this machine alone
+    repository, content_tag = ref.rsplit(":", 1)
+    bake = {"BASE_REPOSITORY": repository, "BASE_TAG": content_tag, "LOCK": lock, "IMAGE": image}
+    bake |= {"TAGS": ",".join(tags), "PLATFORMS": ",".join(built), "CACHE": ("write" if push else "read") * cache}
+    labels = [f"--label={k}={v}" for k, v in zip(LABELS, (content_tag, lock))]
+    found = manifest(ref, engine.command, engine.podman)  # an unclear registry stops here, before any build
+    digest, pushed = found[0] if found else None, False
+    if only != "app" and not digest:
+        print(f"base {ref} is not in the registry: building it" + " and pushing it" * push, flush=True)
+        engine.podman_build("base", ref, built, labels, push) if engine.podman else engine.bake("base", bake)
+        if push and (digest := engine.digest(ref)):  # another run pushed it meanwhile: never overwrite it
+            print(f"note: {ref} appeared in the registry during the build: not overwriting it", flush=True)
+        elif push:
+            pushed = not engine.dry_run
+            if engine.podman:
+                engine.must("manifest", "push", "--all", ref, f"docker://{ref}")
             else:
-                print(f"base {ref} is in no registry: building it here, for this build only", flush=True)
-                engine.build(how, project.base, [ref], base_args, platforms)
-        engine.check_labels(project, ref)
-        app = [*app_args, "--build-arg", f"BASE_IMAGE={ref}@{pinned}" if pinned else f"BASE_IMAGE={ref}"]
-        if how == "buildx":  # this machine's platform into the engine, for the smoke test
-            engine.must(
-                "buildx", "build", *app, "--load", f"--platform={NATIVE}", f"--tag={refs[0]}", str(project.root)
-            )
+                engine.push_base(ref, bake)
+            digest = engine.digest(ref) if pushed else None
+    elif digest and only != "app":
+        print(f"base {ref} is in the registry ({digest}): using it, not rebuilding it", flush=True)
+        listed = platforms_in(found[1] if found else b"{}", ref)  # an index lists them; one image has one
+        if (listed is not None or len(platforms) > 1) and (missing := set(platforms) - set(listed or {})):
+            raise LinkError(f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it")
+        for got in engine.labels(ref) if not engine.dry_run else []:
+            if [got.get(k) for k in LABELS] != [content_tag, lock]:
+                named = "content-tag={} lock={}".format(*(got.get(k, "<none>") for k in LABELS))
+                raise LinkError(f"{ref} is labelled {named}, not this lock's: refusing to build FROM it")
+        if check:  # a base this run did not build: the same bits as its rebuild, or nothing is built on it
+            verify(engine, built)
+    if only != "app":
+        output(base_image=ref, base_digest=digest or "", base_pushed=str(pushed).lower())
+    if only == "base":
+        return
+    # The digest the base job handed over: the app builds FROM exactly it.
+    if (pinned := os.environ.get("BASE_DIGEST", "")) and digest != pinned:
+        raise LinkError(f"base {ref} is no longer {pinned} in the registry: refusing to build on it")
+    if not digest and (push or only == "app") and not engine.dry_run:
+        raise LinkError(f"base {ref} is in no registry: publish the base first (the base job)")
+    # FROM the registry's base by its digest; else the base target, built here (a dry run: the tag).
+    refs, bake["BASE_IMAGE"] = [f"{image}:{tag}" for tag in tags], f"{ref}@{digest}" if digest else ref * push
+    if engine.podman:
+        if not digest and not push:  # built here, for this build only
+            engine.podman_build("base", ref, built, labels, False)
+        from_base = [f"--build-arg=BASE_IMAGE={bake['BASE_IMAGE'] or ref}"]
+        engine.podman_build(".", refs[0], built, from_base, push)
+    else:  # this machine's platform into the engine, for the smoke test (the base target built too, if need be)
+        engine.bake("app", {**bake, "PLATFORMS": engine.native, "CACHE": "read" * cache}, "--load")
+    engine.smoke(refs[0])  # before any push: an image that does not serve is never published
+    for r in refs if push and engine.podman else []:
+        engine.must("manifest", "push", "--all", refs[0], f"docker://{r}")
+    if push and not engine.podman:
+        engine.bake("app", bake, "--push")
+    print(("pushed " if push else "built ") + " ".join(refs) + f" FROM {ref}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return the exit status."""
+    parser = argparse.ArgumentParser(prog="publish.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="project root")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--engine", default=os.environ.get("DOCKER", "docker"), help="$DOCKER or docker")
+    sub = parser.add_subparsers(dest="command", required=True)
+    about = f"exit 0 if the registry has REF, {ABSENT} if it clearly lacks it"
+    sub.add_parser("exists", parents=[common], help=about).add_argument("ref")
+    base = sub.add_parser("base", parents=[common], help="build the base image under its content tag")
+    base.add_argument("--if-missing", action="store_true", help="only if the engine lacks it")
+    pub = sub.add_parser("publish", parents=[common], help="push the base unless the registry has it, then the app")
+    pub.add_argument("--image", required=True, help="the app image repository, without a tag")
+    pub.add_argument("--tag", action="append", dest="tags", help="app image tag (repeatable; default: from the CI)")
+    pub.add_argument("--no-push", dest="push", action="store_false", help="build only (pull requests)")
+    pub.add_argument("--only", choices=("base", "app"), help="one of the two linked builds (CI jobs)")
+    pub.add_argument("--cache", action="store_true", help="each image caches in <repository>:buildx-cache")
+    pub.add_argument("--verify", action="store_true", help="verify a base the registry has before building on it")
+    pub.add_argument("--dry-run", action="store_true", help="print the commands; bake prints its plan")
+    check = sub.add_parser("verify", parents=[common], help="rebuild the base without cache; compare the registry's")
+    check.add_argument("--dry-run", action="store_true", help="print the commands; bake prints its plan")
+    args = parser.parse_args(argv)
+    engine = Engine(Project(args.root), shlex.split(args.engine), getattr(args, "dry_run", False))
+    try:
+        if args.command == "exists":
+            print(digest := engine.digest(args.ref) or f"{args.ref} is not in the registry")
+            return 0 if digest.startswith("sha256:") else ABSENT
+        if args.command == "base":
+            _, stale, warnings = engine.project.plan()  # make check's verdict, in this same start-up
+            for line in [f"warning: {w}" for w in warnings] + [f"stale: {s}" for s in stale]:
+                print(line, file=sys.stderr)
+            if stale:
+                raise LinkError("fix: `make lock` where the lock is stale, else `make sync`; nothing was built")
+            ref, lock = engine.project.reference(), engine.project.lock().meta.get("body", "")
+            if args.if_missing and run([*engine.command, "image", "inspect", ref], quiet=True).returncode == 0:
+                return print(f"base image {ref} is present") or 0
+            labels = [f"--label={k}={v}" for k, v in zip(LABELS, (ref.rsplit(":", 1)[1], lock))]
+            build_args = shlex.split(os.environ.get("BUILD_ARGS", ""))
+            engine.must("build", *build_args, *labels, "--tag", ref, "base")
+        elif args.command == "verify":
+            verify(engine, locked_platforms(engine))
         else:
-            engine.build(how, project.root, refs, app, platforms)
-        engine.smoke(refs[0])  # before any push: an image that does not serve is never published
-        if push and how == "buildx":
-            engine.build(how, project.root, refs, [*app, "--push"], platforms)
-        for r in refs if push and how != "buildx" else []:
-            engine.push(how, r, refs[0])
-        print(("pushed " if push else "built ") + " ".join(refs) + f" FROM {ref}", flush=True)
+            tags = [image_tag(t) for t in args.tags or []] or ci_tags(dict(os.environ))
+            publish(engine, args.image, tags, args.push, args.only, args.cache, args.verify)
+    except LinkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

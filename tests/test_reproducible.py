@@ -1,0 +1,238 @@
+"""Same lock, same bits: the base is reproducible, and `make verify` checks the registry's.
+
+The engine tests build the default project (groups, uv, a virtualenv, linux/amd64 and
+linux/arm64 under qemu) from stand-ins in a local registry, on this machine's engine and on a
+second engine started for the module (its own dockerd, containerd, build cache and cache
+mounts): two cold builds that share nothing give the same image digest for each platform, and
+`make verify` on the second engine passes the base `make publish` pushed from the first, then
+names the layer of a base planted under the same content tag. The other tests read the plan:
+the bake file, the dry runs, and the CI files the `verify` answer switches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import Render, linked, render_project, tool_module
+from engine import (
+    DOCKER,
+    Registry,
+    bake_env,
+    make,
+    other_engine,
+    podman_environment,
+    push_standins,
+    require_engine,
+    running_registry,
+)
+from fakes import FakeRegistry, scripted_engine
+
+BOTH = {"linux/amd64", "linux/arm64"}
+ARM64 = ("localhost/standins/debian:trixie-slim-arm64", "localhost/standins/python:3.13-slim-trixie-arm64")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    yield from running_registry(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def second_engine() -> Iterator[dict[str, str]]:
+    yield from other_engine()
+
+
+@pytest.fixture(scope="module")
+def default_project(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default answers, FROM the amd64 + arm64 stand-ins in the local registry."""
+    require_engine("podman", ARM64)
+    standins = push_standins(registry, podman_environment(registry, tmp_path_factory.mktemp("podman")))
+    return render_project(tmp_path_factory.mktemp("repro") / "p", registry=registry.host, image_namespace="repro",
+                          project_slug="same", upstream_image=standins["python"], uv_image=standins["uv"])
+
+
+def oci_images(layout: Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    """{platform: (manifest digest, image config)} of an OCI layout bake exported (attestations left out)."""
+    def blob(digest: str) -> Any:
+        return json.loads((layout / "blobs" / "sha256" / digest.split(":")[1]).read_bytes())
+
+    (top,) = json.loads((layout / "index.json").read_bytes())["manifests"]
+    return {f"{m['platform']['os']}/{m['platform']['architecture']}": (m["digest"], blob(blob(m["digest"])["config"]
+            ["digest"])) for m in blob(top["digest"])["manifests"] if m["platform"]["os"] != "unknown"}
+
+
+@pytest.mark.engine
+def test_two_cold_builds_on_engines_that_share_nothing_give_the_same_base(
+        default_project: Path, second_engine: dict[str, str], tmp_path: Path) -> None:
+    """The base of one lock, built with no cache on this machine's engine and on a fresh second
+    engine (no layer, no cache mount, no downloaded wheel in common), exported with bake's
+    own settings (SOURCE_DATE_EPOCH, rewrite-timestamp): the same manifest digest for each platform."""
+    ref = linked(default_project, "ref").stdout.strip()
+    repository, tag = ref.rsplit(":", 1)
+    lock = tool_module(default_project).Project(default_project).lock().meta["body"]
+    variables = {"BASE_REPOSITORY": repository, "BASE_TAG": tag, "LOCK": lock, **bake_env(tmp_path)}
+    built = []
+    for name, engine in (("first", {}), ("second", second_engine)):
+        started = time.monotonic()
+        output = f"base.output=type=oci,dest={tmp_path / name},tar=false,rewrite-timestamp=true"
+        result = subprocess.run([DOCKER, "buildx", "bake", "--file", "docker-bake.hcl",
+                                 *variables["BAKE_ARGS"].split(), "--no-cache", "--set", output, "base"],
+                                cwd=default_project, capture_output=True, text=True,
+                                env={**os.environ, **variables, **engine})
+        assert result.returncode == 0, result.stderr[-3000:]
+        print(f"cold build of the base on the {name} engine, both platforms: {time.monotonic() - started:.0f} s")
+        built.append(oci_images(tmp_path / name))
+    ours, theirs = built
+    assert set(ours) == BOTH
+    assert {p: d for p, (d, _) in ours.items()} == {p: d for p, (d, _) in theirs.items()}
+    for _, config in ours.values():  # dated by SOURCE_DATE_EPOCH, not by the clock
+        assert config["created"] == "1970-01-01T00:00:00Z"
+        assert config["config"]["Labels"]["org.linked-builds.content-tag"] == tag
+
+
+@pytest.mark.engine
+def test_verify_passes_the_pushed_base_and_names_the_layer_of_a_planted_one(
+        default_project: Path, registry: Registry, second_engine: dict[str, str], tmp_path: Path) -> None:
+    """`make publish` pushes the base from this machine's engine (Docker's own builder: its
+    timestamp-rewritten OCI export, loaded and pushed); `make verify` on the second engine
+    rebuilds it and finds each platform the same, bit for bit. An image planted under the
+    content tag (the base and one more layer, its labels with it) is named by that layer, and
+    publish --verify refuses to build the app on it."""
+    ref, app = linked(default_project, "ref").stdout.strip(), f"{registry.host}/repro/same"
+    started = time.monotonic()
+    try:
+        out = make(default_project, "publish", "PUBLISH_ARGS=--tag t1").stdout
+        assert f"base {ref} is not in the registry: building it and pushing it" in out
+        assert " load --input " in out and f" push {ref}\n" in out
+        index = json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--raw", ref],
+                                          capture_output=True, text=True, check=True).stdout)
+        pushed = {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"] for m in index["manifests"]}
+        genuine = make(default_project, "verify", env=second_engine).stdout
+        for platform in BOTH:
+            assert f"verify: {ref} {platform} is {pushed[platform]}, bit for bit its rebuild" in genuine
+
+        # Someone with push access plants another image under the content tag.
+        (tmp_path / "plant").mkdir()
+        (tmp_path / "plant" / "Dockerfile").write_text(f"FROM {ref}\nRUN echo planted > /etc/planted\n")
+        subprocess.run([DOCKER, "buildx", "build", "--network", "host", "--platform", "linux/amd64,linux/arm64",
+                        "--provenance=false", "--output", f"type=image,name={ref},push=true", str(tmp_path / "plant")],
+                       capture_output=True, check=True)
+        planted = json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--raw", ref],
+                                            capture_output=True, text=True, check=True).stdout)["manifests"]
+        amd64 = next(m["digest"] for m in planted if m["platform"]["architecture"] == "amd64")
+        layers = json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--raw",
+                                            f"{ref.rsplit(':', 1)[0]}@{amd64}"],
+                                           capture_output=True, text=True, check=True).stdout)["layers"]
+        refused = make(default_project, "publish", "PUBLISH_ARGS=--tag t2 --verify", check=False)
+        assert refused.returncode != 0
+        said = refused.stderr.strip().splitlines()[-2]
+        assert said == (f"error: verify: {ref} linux/amd64 is {amd64}, not its rebuild {pushed['linux/amd64']}: they "
+                        f"differ first in layer {len(layers)} ({layers[-1]['digest']}, rebuilt none: a layer the "
+                        "rebuild lacks)"), refused.stderr[-2000:]
+        assert "t2" not in registry.tags("repro/same")
+    finally:
+        print(f"publish, verify, a planted base refused: {time.monotonic() - started:.0f} s")
+        subprocess.run([DOCKER, "rmi", "--force", ref, f"{app}:t1", f"{app}:t2"], capture_output=True)
+
+
+def publish_tool(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """base/publish.py of ``project``, run with this interpreter."""
+    return subprocess.run([sys.executable, str(project / "base" / "publish.py"), *args], cwd=project,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def engine_steps(stdout: str) -> list[str]:
+    return [line[2:] for line in stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_the_base_takes_its_date_from_the_dockerfile_and_rewrites_file_times(project: Path) -> None:
+    """Every stage of base/Dockerfile that runs a step takes SOURCE_DATE_EPOCH (its default,
+    1970-01-01, before the first FROM); bake gives the exporter the same date and rewrites
+    every file's time to it."""
+    lines = (project / "base" / "Dockerfile").read_text().splitlines()
+    assert "ARG SOURCE_DATE_EPOCH=0" in lines[: next(i for i, line in enumerate(lines) if line.startswith("FROM "))]
+    stages = "\n".join(lines).split("\nFROM ")[1:]
+    assert all("\nARG SOURCE_DATE_EPOCH\n" in stage for stage in stages if "\nRUN " in stage)
+    plan = subprocess.run([DOCKER, "buildx", "bake", "--file", "docker-bake.hcl", "--print", "base"],
+                          cwd=project, capture_output=True, text=True, env={**os.environ, "BASE_TAG": "t"})
+    assert plan.returncode == 0, plan.stderr
+    base = json.loads(plan.stdout)["target"]["base"]
+    assert base["args"] == {"SOURCE_DATE_EPOCH": "0"}
+    assert base["output"] == ["type=image,rewrite-timestamp=true,store=false"]
+
+
+def test_verify_and_publish_verify_dry_runs_rebuild_with_no_cache(project: Path, tmp_path: Path) -> None:
+    """`verify` asks the registry (a read), then rebuilds the base with no cache into an OCI
+    layout with its file times rewritten; `publish --verify` does so for a base the registry
+    has, before the app is built on it, and not for a base it builds itself."""
+    registry = FakeRegistry()
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy)
+    for path in (copy / "Dockerfile", copy / "base" / "Dockerfile"):
+        path.write_text(path.read_text().replace("docker.io/example/demo-appbase", f"{registry.host}/x/demo-appbase"))
+    assert linked(copy, "sync").returncode == 0
+    engine, _ = scripted_engine(tmp_path, "Docker version 26.1.5", buildx=True)
+    index = {"manifests": [{"digest": "sha256:" + c * 64, "platform": {"os": "linux", "architecture": a}}
+                           for c, a in (("a", "amd64"), ("b", "arm64"))]}
+    publish = ["publish", "--image", "docker.io/example/demo-app", "--tag", "t1", "--engine", str(engine), "--dry-run"]
+    try:
+        registry.serve(200, json.dumps(index).encode())
+        verify = publish_tool(copy, "verify", "--engine", str(engine), "--dry-run")
+        found = linked(copy, *publish, "--verify")
+        registry.serve(404)
+        absent = linked(copy, *publish, "--verify")
+        missing = publish_tool(copy, "verify", "--engine", str(engine), "--dry-run")
+    finally:
+        registry.close()
+    ref = linked(copy, "ref").stdout.strip()
+    assert verify.returncode == 0, verify.stderr
+    (step,) = engine_steps(verify.stdout)
+    assert "PLATFORMS=linux/amd64,linux/arm64 CACHE='' SBOM=false " in step  # every platform the lock names
+    assert f"BASE_TAG={ref.rsplit(':', 1)[1]} " in step
+    assert " buildx bake --file docker-bake.hcl --print --no-cache --set=base.output=type=oci,dest=" in step
+    assert step.endswith(",tar=false,rewrite-timestamp=true base")
+    assert found.returncode == 0, found.stderr
+    steps = engine_steps(found.stdout)
+    assert "--no-cache" in steps[0] and steps[1].endswith("--load app")  # verified before the app is built on it
+    assert absent.returncode == 0 and not [s for s in engine_steps(absent.stdout) if "--no-cache" in s]
+    assert missing.returncode == 2 and f"error: base {ref} is not in the registry: nothing to verify" in missing.stderr
+
+
+def publish_args(project: Path) -> dict[str, list[str]]:
+    """The PUBLISH_ARGS of every `make publish` line of the project's CI files, by file."""
+    found: dict[str, list[str]] = {}
+    for name in (".github/workflows/images.yml", ".gitlab-ci.yml"):
+        if (project / name).exists():
+            text = (project / name).read_text()
+            found[name] = [line.split('PUBLISH_ARGS="')[1].split('"')[0] for line in text.splitlines()
+                           if "make publish PUBLISH_ARGS=" in line]
+    return found
+
+
+@pytest.mark.parametrize(("data", "verified"), [
+    ({}, True),  # every strategy's base is reproducible
+    ({"strategy": "distro", "use_virtualenv": True}, True),  # apt's logs and ldconfig's cache in tmpfs mounts
+    ({"verify": False}, False),
+    ({"sign": True}, True),
+    ({"ci": ["github", "dockerhub"], "platforms": ["linux/amd64"]}, False),  # Docker Hub builds other bits
+    ({"ci": ["gitlab"], "bots": ["renovate"]}, True),
+], ids=["default", "distro", "opted-out", "signed", "dockerhub", "gitlab"])
+def test_the_verify_answer_puts_verify_in_every_job_that_may_build_on_a_found_base(
+        render: Render, data: dict[str, Any], verified: bool) -> None:
+    project = render(lock=False, **data)
+    for name, args in publish_args(project).items():
+        for line in args:  # the app job builds on the base job's digest: the base job verified it
+            assert ("--verify" in line) == (verified and "--only app" not in line), (name, line)
+        assert len(args) == 3, (name, args)
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    assert answers["verify"] is verified
