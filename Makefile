@@ -1,13 +1,19 @@
 # Development of the linked-builds template.
-#   make demo   render a project with every default answer into ./demo
-#   make test   lint, type-check and run the whole test suite
-#   make bench  benchmark every strategy on real builds (root; results in docs/)
+#   make demo       render a project with every default answer into ./demo
+#   make test-fast  lint, type-check and run every test that needs no engine (no containers)
+#   make test       lint, type-check and run the whole test suite, the engine's tests included
+#   make bench      benchmark every strategy on real builds (root; results in docs/)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# In parallel, a worker per core (pytest-xdist). The engine tests that share a registry, a
+# port or built images carry one xdist_group (tests/conftest.py) and run on one worker. The
+# generated projects' makes the tests run see no trace of this one (make[1]:, its flags).
+PYTEST := env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS PATH="$(abspath $(BIN)):$$PATH" \
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
-.PHONY: demo test lint bench
+.PHONY: demo test test-fast lint bench
 
 $(VENV)/.installed: requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -27,8 +33,11 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --isolated --check --line-length 120 template/base
 	$(BIN)/mypy
 
+test-fast: lint
+	$(PYTEST) -m "not engine" $(PYTEST_ARGS)
+
 test: lint
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 $(VENV)/.bench: $(VENV)/.installed bench/requirements-bench.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements-bench.txt

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -39,6 +41,61 @@ INSTALLERS = choices("installer")
 WITH_INSTALLER = [(s, v, i) for s, v in COMBINATIONS for i in INSTALLERS if s != "distro" or v or i == "uv"]
 WITH_INSTALLER_IDS = [f"{s}-{'venv' if v else 'novenv'}-{i}" for s, v, i in WITH_INSTALLER]
 
+
+def with_engine_marks(params: list[tuple[Any, ...]], ids: list[str]) -> list[Any]:
+    """``params`` as pytest.params, those of the distro strategy marked engine: a distro
+    project is locked by apt in a container of its upstream image."""
+    return [pytest.param(*p, id=i, marks=[pytest.mark.engine] if p[0] == "distro" else []) for p, i in zip(params, ids)]
+
+
+COMBINATION_PARAMS = with_engine_marks(COMBINATIONS, COMBINATION_IDS)
+WITH_INSTALLER_PARAMS = with_engine_marks(WITH_INSTALLER, WITH_INSTALLER_IDS)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tell engine.require_engine which test asks, and whether it carries the engine marker."""
+    import engine
+
+    engine.CURRENT.update(test=item.nodeid, marked=item.get_closest_marker("engine") is not None)
+
+
+# The modules whose engine tests publish on Docker: publish's smoke test runs a container named
+# linked-smoke-*, and test_publish.py checks that none is left, so they share a worker.
+PUBLISHING = {"tests/test_publish.py", "tests/test_bots.py", "tests/test_gitlab_pipeline.py"}
+
+
+# Locks every engine test takes (tests/conftest.py of any run on this machine: runs share the engine).
+ENGINE_LOCKS = Path(tempfile.gettempdir()) / "linked-builds-tests"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Any:
+    """A test marked alone has the engine to itself: it waits for the engine tests under way (on
+    other workers, in other runs) and keeps new ones waiting, a gate first so that they cannot
+    starve it; the tests that need no engine go on. The benchmark is one: on this engine (26.1,
+    containerd image store) its builds failed ("failed to solve: not found") and `docker system df`
+    errored while other tests built, tagged and removed images."""
+    if not item.get_closest_marker("engine"):
+        return (yield)
+    alone = item.get_closest_marker("alone") is not None
+    with ENGINE_LOCKS.with_suffix(".gate").open("a") as gate, ENGINE_LOCKS.with_suffix(".lock").open("a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        return (yield)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup`, a module's engine tests run on one worker (they share its
+    registry, its images, its ports) unless a test names a group of its own; the rest spread."""
+    for item in items:
+        if item.get_closest_marker("engine") and not item.get_closest_marker("xdist_group"):
+            module = item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group("publish" if module in PUBLISHING else module))
+
 Render = Callable[..., Path]
 
 
@@ -48,6 +105,10 @@ def render_project(dst: Path, lock: bool = True, **data: Any) -> Path:
     The post-copy task locks the project (uv on PATH, apt in the engine for distro);
     ``lock=False`` leaves it unlocked, as a copy without PyPI would.
     """
+    if lock and data.get("strategy") == "distro":  # its lock asks apt, in a container of the upstream image
+        from engine import require_engine
+
+        require_engine(images=(data.get("upstream_image") or f"debian:{data.get('debian_release', 'trixie')}-slim",))
     env = {"LINKED_BUILDS_LOCK_ON_COPY": "1" if lock else "0", "BUILD_ARGS": os.environ["BUILD_ARGS"],
            "DOCKER": os.environ["DOCKER"]}
     with local.env(**env):  # copier runs its tasks with plumbum's copy of the environment
@@ -66,21 +127,38 @@ def render(tmp_path: Path) -> Render:
     return _render
 
 
+def made_once(tmp_path_factory: pytest.TempPathFactory, key: str, make: Callable[[Path], object]) -> Path:
+    """``make(folder)`` once per test run, shared by every pytest-xdist worker (read-only).
+
+    The first worker to ask makes it while the others wait for it; a make that failed or
+    skipped is tried again by the next one to ask.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder; each worker has its own below it
+    folder = root / "shared" / key
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with (folder.parent / f"{key}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = folder.parent / f"{key}.done"
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, bool], Path]:
-    """One rendered project per (strategy, use_virtualenv), shared read-only."""
-    cache: dict[tuple[str, bool, str], Path] = {}
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """One rendered project per (strategy, use_virtualenv, installer), locked, shared read-only."""
 
     def _get(strategy: str, venv: bool, installer: str = "uv") -> Path:
-        key = (strategy, venv, installer)
-        if strategy == "distro":
-            from engine import require_engine
+        def make(folder: Path) -> None:
+            render_project(folder / "project", strategy=strategy, use_virtualenv=venv, installer=installer)
 
-            require_engine(images=("debian:trixie-slim",))  # its lock pins Debian's versions with apt
-        if key not in cache:
-            dst = tmp_path_factory.mktemp(f"{strategy}-{venv}") / "project"
-            cache[key] = render_project(dst, strategy=strategy, use_virtualenv=venv, installer=installer)
-        return cache[key]
+        key = f"rendered-{strategy}-{'venv' if venv else 'novenv'}-{installer}"
+        return made_once(tmp_path_factory, key, make) / "project"
 
     return _get
 

@@ -30,8 +30,19 @@ def engine_available(client: str = DOCKER) -> str | None:
     return None
 
 
+# The test being set up or run, and whether it carries the engine marker (conftest.py sets both).
+CURRENT: dict[str, object] = {"test": None, "marked": True}
+
+
 def require_engine(client: str = DOCKER, images: tuple[str, ...] = ()) -> None:
-    """Skip (or fail where CI is set) unless the engine and the stand-in images are there."""
+    """Skip (or fail where CI is set) unless the engine and the stand-in images are there.
+
+    A test that gets here without the engine marker fails: `make test-fast` leaves out the
+    marked tests only, so an unmarked one would start containers in the lane that promises none.
+    """
+    if not CURRENT["marked"]:
+        pytest.fail(f"{CURRENT['test']} needs the engine: mark it engine (@pytest.mark.engine, or a "
+                    "pytest.param's marks)", pytrace=False)
     problem = engine_available(client)
     if problem is None:
         missing = [i for i in images if subprocess.run([client, "image", "inspect", i], capture_output=True).returncode]
@@ -135,24 +146,33 @@ class Registry:
     """Debian's docker-registry on 127.0.0.1, with its own storage, no auth, and its log kept."""
 
     def __init__(self, root: Path) -> None:
-        with socket.socket() as sock:
-            port = 5000 if sock.connect_ex(("127.0.0.1", 5000)) != 0 else free_port()
-        self.host = f"127.0.0.1:{port}"
-        config = root / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: info\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: {self.host}\n"
-        )
-        self.log_path = root / "registry.log"
-        self._log = self.log_path.open("w")
-        self.process = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=self._log,
-                                        stderr=subprocess.STDOUT)
-        http_get(f"http://{self.host}/v2/", time.monotonic() + 30)
+        # A port the system hands out, never a fixed one: other test workers (and other runs on
+        # this engine) start registries of their own. Should another take the port between the
+        # pick and the bind, this one exits at once and the next free port is tried.
+        config, self.log_path = root / "config.yml", root / "registry.log"
+        for _ in range(5):
+            self.host = f"127.0.0.1:{free_port()}"
+            config.write_text(
+                "version: 0.1\n"
+                "log:\n  level: info\n"
+                f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+                f"http:\n  addr: {self.host}\n"
+            )
+            self._log = self.log_path.open("w")
+            self.process = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=self._log,
+                                            stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 30
+            while self.process.poll() is None and time.monotonic() < deadline:
+                if f"listening on {self.host}" in self.log():  # bound: what answers there is this one
+                    http_get(f"http://{self.host}/v2/", deadline)
+                    return
+                time.sleep(0.1)
+            self.stop()
+        raise AssertionError(f"docker-registry did not start: {self.log()}")
 
     def stop(self) -> None:
-        self.process.terminate()
+        if self.process.poll() is None:
+            self.process.terminate()
         self.process.wait(timeout=30)
         self._log.close()
 
@@ -171,7 +191,8 @@ class Registry:
         return {repo: self.tags(repo) for repo in json.loads(body)["repositories"]}
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
 

@@ -106,12 +106,14 @@ def test_the_prune_never_takes_all(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.engine
+@pytest.mark.alone
 def test_this_engine_prunes_by_id() -> None:
     require_engine(DOCKER, ())
     assert bench_module().prunes_by_id()
 
 
 @pytest.mark.engine
+@pytest.mark.alone
 def test_the_bench_prunes_only_where_a_prune_spares_other_builds(tmp_path: Path) -> None:
     """Two builds of steps on the same base; one step's record pruned by id: the other build's step
     must stay cached, or the bench must know this engine does not allow that and prune nothing."""
@@ -220,6 +222,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickRun]:
 
 
 @pytest.mark.engine
+@pytest.mark.alone
 def test_quick_bench_writes_json_table_and_chart(quick: QuickRun) -> None:
     assert quick.result.returncode == 0, quick.result.stderr[-3000:]
     tmp_path = quick.out
@@ -253,6 +256,7 @@ def test_quick_bench_writes_json_table_and_chart(quick: QuickRun) -> None:
 
 
 @pytest.mark.engine
+@pytest.mark.alone
 def test_quick_bench_removes_what_it_made_and_nothing_else(quick: QuickRun) -> None:
     assert quick.result.returncode == 0, quick.result.stderr[-3000:]
     data: dict[str, Any] = json.loads((quick.out / "bench.json").read_text())

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from conftest import TEMPLATE, find_tool, linked, render_project
+from conftest import TEMPLATE, find_tool, linked, made_once, render_project
 from engine import DOCKER, Registry, make, running_registry
 from fakes import closed_port
 
@@ -80,8 +80,9 @@ def check(project: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return render_project(tmp_path_factory.mktemp("bots") / "project", lock=False, ci=["github", "gitlab"],
-                          bots=["dependabot", "renovate"])
+    """Both CI files and both bots, unlocked: made once per run, read only."""
+    return made_once(tmp_path_factory, "bots-project", lambda folder: render_project(
+        folder / "project", lock=False, ci=["github", "gitlab"], bots=["dependabot", "renovate"])) / "project"
 
 
 @pytest.mark.parametrize(("path", "schema"), [(".github/dependabot.yml", "vendor.dependabot"),
@@ -306,11 +307,17 @@ class Repo:
 
 @pytest.fixture(scope="module")
 def main_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
-    """A project on main that pins Flask 3.0.3 and an upstream by a digest, in a bare `origin`.
+    """A project on main that pins Flask 3.0.3 and an upstream by a digest, in a bare `origin`
+    (made once per run: each test pushes to a copy of it).
 
     The upstream sits behind a closed port, so `make lock` keeps its digest wherever it runs.
     """
-    root = tmp_path_factory.mktemp("main")
+    root = made_once(tmp_path_factory, "bots-main", make_main_repo)
+    newest = (root / "newest-flask.txt").read_text()
+    return Repo(root / "origin.git", newest.split()[0].split("==")[1], newest)
+
+
+def make_main_repo(root: Path) -> None:
     project = render_project(root / "project", ci=["github", "gitlab"], bots=["dependabot", "renovate"],
                              upstream_image=f"{closed_port()}/library/python:3.13-slim-trixie")
     lock_path = project / "base" / "requirements.txt"
@@ -326,9 +333,8 @@ def main_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     git(project, "init", "-q", "-b", "main")
     git(project, "add", "-A")
     git(project, *ME, "commit", "-qm", "main")
-    origin = root / "origin.git"
-    git(root, "clone", "-q", "--bare", str(project), str(origin))
-    return Repo(origin, newest.split()[0].split("==")[1], newest)
+    git(root, "clone", "-q", "--bare", str(project), str(root / "origin.git"))
+    (root / "newest-flask.txt").write_text(newest)
 
 
 @pytest.fixture

@@ -6,11 +6,13 @@ an engine they skip and say so; where CI is set a missing engine fails them.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,6 +43,20 @@ PYTHONS = {"3.13": "trixie", "3.11": "bookworm"}
 MATRIX = [(s, v, i, p) for s, v, i in WITH_INSTALLER for p in PYTHONS if i == "uv" or p == "3.13"]
 MATRIX_IDS = [f"{s}-{'venv' if v else 'novenv'}-{i}-py{p}" for s, v, i, p in MATRIX]
 BUILD_TOOLS = {"pip", "setuptools", "wheel"}
+# In every name this run gives the engine: other runs (and other users) share it.
+RUN = uuid.uuid4().hex[:6]
+
+
+def built_group(strategy: str, venv: bool, python: str = "3.13", installer: str = "uv") -> pytest.MarkDecorator:
+    """The pytest-xdist group of the tests that use ``built(...)`` of these answers: one worker
+    builds those images once, and removes them when its session ends."""
+    return pytest.mark.xdist_group(f"built-{strategy}-{'venv' if venv else 'novenv'}-{installer}-py{python}")
+
+
+# The builds whose tests watch BuildKit run a new requirement's step: no step of theirs may be
+# one an earlier run left in BuildKit's cache. The others take the cache where it has their steps.
+FRESH_STEPS = {*((s, v, "3.13", "uv") for s in ("one-by-one", "combo") for v in (False, True)),
+               *(("groups", True, "3.13", i) for i in ("uv", "pip"))}
 
 
 def make_steps_unique(project: Path) -> None:
@@ -99,12 +115,13 @@ def built(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ca
 
     def _get(strategy: str, venv: bool, python: str = "3.13", installer: str = "uv") -> Built:
         if (strategy, venv, python, installer) not in cache:
-            slug = f"lb-{strategy}-{'venv' if venv else 'sys'}-{installer}-py{python.replace('.', '')}"
+            slug = f"lb-{strategy}-{'venv' if venv else 'sys'}-{installer}-py{python.replace('.', '')}-{RUN}"
             package = slug.replace("-", "_")
             project = render_project(tmp_path_factory.mktemp(slug) / "project", strategy=strategy,
                                      use_virtualenv=venv, project_slug=slug, image_namespace="linked-builds-test",
                                      python_version=python, debian_release=PYTHONS[python], installer=installer)
-            make_steps_unique(project)
+            if (strategy, venv, python, installer) in FRESH_STEPS:
+                make_steps_unique(project)
             base_ref = linked(project, "ref").stdout.strip()
             image = f"docker.io/linked-builds-test/{slug}:dev"
             # Start from no base image, so `make image` has to build it (layers stay in BuildKit's cache).
@@ -124,7 +141,8 @@ def run_in(image: str, *command: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True)
 
 
-@pytest.mark.parametrize(("strategy", "venv", "installer", "python"), MATRIX, ids=MATRIX_IDS)
+@pytest.mark.parametrize(("strategy", "venv", "installer", "python"), [
+    pytest.param(s, v, i, p, id=n, marks=built_group(s, v, p, i)) for (s, v, i, p), n in zip(MATRIX, MATRIX_IDS)])
 def test_image_serves_as_non_root_and_holds_exactly_the_lock(built: Callable[..., Built], strategy: str,
                                                              venv: bool, installer: str, python: str) -> None:
     b = built(strategy, venv, python, installer)
@@ -164,6 +182,7 @@ def test_image_serves_as_non_root_and_holds_exactly_the_lock(built: Callable[...
                                      else ("/opt/venv/" if venv else "/usr/local/lib/"))
 
 
+@built_group("distro", False)
 def test_content_tag_hashes_what_buildkit_sends(built: Callable[..., Built], tmp_path: Path) -> None:
     """The tool's view of base/ equals a real `COPY . /ctx` export: files, execute bits, links."""
     project = built("distro", False).copy(tmp_path / "project")
@@ -204,6 +223,7 @@ def test_content_tag_hashes_what_buildkit_sends(built: Callable[..., Built], tmp
     assert len(tags) == 4
 
 
+@built_group("combo", False)
 def test_app_context_holds_the_code_and_no_secrets(built: Callable[..., Built], tmp_path: Path) -> None:
     """The app's .dockerignore is an allow-list: src/ (and the lock under combo), no dotfiles, no keys."""
     b = built("combo", False)
@@ -224,6 +244,7 @@ def test_app_context_holds_the_code_and_no_secrets(built: Callable[..., Built], 
     assert all(name.startswith("src/") or name == "base/requirements.txt" for name in sent), sent
 
 
+@built_group("combo", False)
 def test_image_runs_clean_on_a_read_only_root(built: Callable[..., Built]) -> None:
     """`docker run --read-only --tmpfs /tmp`: gunicorn needs no home and no writable root."""
     b = built("combo", False)
@@ -233,7 +254,8 @@ def test_image_runs_clean_on_a_read_only_root(built: Callable[..., Built]) -> No
         assert "[ERROR]" not in c.logs() and "Traceback" not in c.logs(), c.logs()
 
 
-@pytest.mark.parametrize(("strategy", "venv"), COMBINATIONS, ids=COMBINATION_IDS)
+@pytest.mark.parametrize(("strategy", "venv"), [
+    pytest.param(s, v, id=n, marks=built_group(s, v)) for (s, v), n in zip(COMBINATIONS, COMBINATION_IDS)])
 def test_code_only_change_reruns_only_the_code_copy(built: Callable[..., Built], tmp_path: Path,
                                                     strategy: str, venv: bool) -> None:
     b = built(strategy, venv)
@@ -252,8 +274,9 @@ def test_code_only_change_reruns_only_the_code_copy(built: Callable[..., Built],
     subprocess.run([DOCKER, "rmi", b.image.replace(":dev", ":code-change")], capture_output=True)
 
 
-@pytest.mark.parametrize(("strategy", "venv"), [c for c in COMBINATIONS if c[0] in ("one-by-one", "combo")],
-                         ids=[i for c, i in zip(COMBINATIONS, COMBINATION_IDS) if c[0] in ("one-by-one", "combo")])
+@pytest.mark.parametrize(("strategy", "venv"), [
+    pytest.param(s, v, id=n, marks=built_group(s, v))
+    for (s, v), n in zip(COMBINATIONS, COMBINATION_IDS) if s in ("one-by-one", "combo")])
 def test_new_requirement_runs_only_its_own_base_step(built: Callable[..., Built], tmp_path: Path,
                                                      strategy: str, venv: bool) -> None:
     b = built(strategy, venv)
@@ -270,7 +293,8 @@ def test_new_requirement_runs_only_its_own_base_step(built: Callable[..., Built]
         subprocess.run([DOCKER, "rmi", "--force", new_ref], capture_output=True)
 
 
-@pytest.mark.parametrize("installer", ["uv", "pip"])
+@pytest.mark.parametrize("installer", [pytest.param(i, marks=built_group("groups", True, installer=i))
+                                       for i in ("uv", "pip")])
 def test_new_requirement_reinstalls_only_its_group(built: Callable[..., Built], tmp_path: Path,
                                                    installer: str) -> None:
     b = built("groups", True, installer=installer)
@@ -293,6 +317,7 @@ def test_new_requirement_reinstalls_only_its_group(built: Callable[..., Built], 
         subprocess.run([DOCKER, "rmi", "--force", new_ref], capture_output=True)
 
 
+@built_group("requirements", False)
 def test_a_rebuild_without_cache_installs_the_same_set(built: Callable[..., Built]) -> None:
     b = built("requirements", False)
     again = b.base_ref.replace(":deps-", ":again-")
@@ -305,6 +330,7 @@ def test_a_rebuild_without_cache_installs_the_same_set(built: Callable[..., Buil
         subprocess.run([DOCKER, "rmi", "--force", again], capture_output=True)
 
 
+@built_group("one-by-one", False)
 def test_a_tampered_hash_fails_the_base_build_naming_the_package(built: Callable[..., Built],
                                                                  tmp_path: Path) -> None:
     """A lock edited by hand fails check; one whose header was forged too fails in pip's hash check."""
@@ -328,6 +354,7 @@ def test_a_tampered_hash_fails_the_base_build_naming_the_package(built: Callable
     assert "Hash mismatch for `itsdangerous==" in output and "0" * 64 in output
 
 
+@built_group("distro", False)
 def test_distro_base_build_fails_naming_the_unsatisfied_requirement(built: Callable[..., Built],
                                                                     tmp_path: Path) -> None:
     """Debian's Flask is older than requirements.in wants: `make lock` refuses it by name, and
@@ -350,6 +377,7 @@ def test_distro_base_build_fails_naming_the_unsatisfied_requirement(built: Calla
     assert f"version mismatch: Flask: wanted >{upstream}, found {upstream}" in output
 
 
+@built_group("distro", False)
 def test_distro_pin_that_left_the_archive_says_run_make_lock(built: Callable[..., Built], tmp_path: Path) -> None:
     project = built("distro", False).copy(tmp_path / "project")
     lock = project / "base" / "requirements.txt"
@@ -364,6 +392,7 @@ def test_distro_pin_that_left_the_archive_says_run_make_lock(built: Callable[...
         result.stdout + result.stderr
 
 
+@built_group("distro", True)
 def test_distro_sidekick_virtualenv_installs_what_debian_lacks(built: Callable[..., Built],
                                                               tmp_path: Path) -> None:
     b = built("distro", True)
@@ -381,6 +410,7 @@ def test_distro_sidekick_virtualenv_installs_what_debian_lacks(built: Callable[.
         subprocess.run([DOCKER, "rmi", "--force", new_ref], capture_output=True)
 
 
+@built_group("combo", False)
 def test_combo_app_build_on_a_stale_base_heals_it(built: Callable[..., Built], tmp_path: Path) -> None:
     b = built("combo", False)
     project = b.copy(tmp_path / "project")
@@ -401,14 +431,59 @@ def test_combo_app_build_on_a_stale_base_heals_it(built: Callable[..., Built], t
         subprocess.run([DOCKER, "rmi", "--force", healed], capture_output=True)
 
 
+def test_distro_lock_keeps_apts_lists_for_the_day(engine: None, tmp_path: Path) -> None:
+    """What apt fetches for a distro lock outlives it in a volume of the engine's: a second lock
+    the same day fetches nothing and locks the same; on another day it is fetched again, once,
+    however many locks run at once, and those locks agree."""
+    image = f"localhost/linked-builds-test/apt-{RUN}:trixie-slim"  # a name of its own, so a volume of its own
+    subprocess.run([DOCKER, "tag", "debian:trixie-slim", image], check=True)
+    project = render_project(tmp_path / "project", lock=False, strategy="distro", upstream_image=image)
+    volume = tool_module(project, "debian").lists_volume(image)
+    lists = "/cache/amd64"
+
+    def in_volume(script: str) -> str:
+        return subprocess.run([DOCKER, "run", "--rm", f"--volume={volume}:/cache", "debian:trixie-slim", "sh", "-c",
+                               script], capture_output=True, text=True, check=True).stdout
+
+    def locks(where: Path) -> None:
+        result = linked(where, "lock")
+        assert result.returncode == 0, result.stderr
+
+    try:
+        locks(project)
+        lock = (project / "base" / "requirements.txt").read_text()
+        assert re.search(r"^# apt: .*python3-flask=", lock, re.M), lock
+        assert in_volume(f"ls {lists}/debs").count("python3-packaging_") == 1
+        in_volume(f"touch {lists}/lists/planted")  # apt's update drops a file it did not fetch
+        locks(project)
+        assert (project / "base" / "requirements.txt").read_text() == lock
+        assert "planted" in in_volume(f"ls {lists}/lists")  # nothing fetched (the time is left to the README)
+        # Another day: the next locks fetch again, one of them while the others wait.
+        in_volume(f"echo '2000-01-01 earlier' > {lists}/fetched")
+        copies = [shutil.copytree(project, tmp_path / f"copy{n}") for n in range(2)]
+        runs = [subprocess.Popen([sys.executable, str(c / "base" / "linked.py"), "lock"], cwd=c,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in copies]
+        for run in runs:
+            _, err = run.communicate(timeout=600)
+            assert run.returncode == 0, err
+        assert [(c / "base" / "requirements.txt").read_text() for c in copies] == [lock] * 2
+        assert "planted" not in in_volume(f"ls {lists}/lists")
+        today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+        assert in_volume(f"cat {lists}/fetched").startswith(today + " ")
+    finally:
+        subprocess.run([DOCKER, "volume", "rm", volume], capture_output=True)
+        subprocess.run([DOCKER, "rmi", image], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def podman() -> None:
     require_engine("podman", STANDINS)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", [pytest.param(s, marks=pytest.mark.xdist_group(f"podman-{s}"))
+                                      for s in STRATEGIES])
 def test_podman_builds_each_strategy(podman: None, tmp_path: Path, strategy: str) -> None:
-    slug = f"lb-podman-{strategy}"
+    slug = f"lb-podman-{strategy}-{RUN}"
     project = render_project(tmp_path / "project", strategy=strategy, project_slug=slug,
                              image_namespace="linked-builds-test")
     env = {"BUILDAH_ISOLATION": "chroot"}

@@ -188,6 +188,7 @@ def test_a_pin_from_another_repository_is_refused(project: Path) -> None:
                                  "-d image_namespace=...` moves both\n")
 
 
+@pytest.mark.engine  # a distro lock: apt in a container
 def test_a_lock_made_for_another_kind_of_base_fails_check(rendered: Rendered, project: Path) -> None:
     """A pip lock under distro (or the reverse) after a strategy switch: the lock must be made again."""
     shutil.copy(rendered("distro", False) / "base" / "requirements.txt", project / "base" / "requirements.txt")

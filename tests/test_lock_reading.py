@@ -15,7 +15,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import find_tool, linked, render_project, tool_module
+from conftest import find_tool, linked, made_once, render_project, tool_module
 from engine import DOCKER, require_engine
 
 Rendered = Callable[..., Path]
@@ -26,9 +26,10 @@ LOCK_HEAD = "# linked-builds:lock python=3.13 for=universal in=x body=y\n"
 
 @pytest.fixture(scope="module")
 def marked(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-by-one project (uv) with a requirement for each platform, locked on copy."""
-    dst = tmp_path_factory.mktemp("marked") / "project"
-    return render_project(dst, strategy="one-by-one", dependencies="\n".join(["Flask>=2.2", *MARKED]))
+    """A one-by-one project (uv) with a requirement for each platform, locked on copy (made once
+    per run, read only)."""
+    return made_once(tmp_path_factory, "marked", lambda folder: render_project(
+        folder / "project", strategy="one-by-one", dependencies="\n".join(["Flask>=2.2", *MARKED]))) / "project"
 
 
 def step_requirements(project: Path) -> list[str]:

@@ -16,6 +16,7 @@ import pexpect
 import pytest
 import yaml
 from copier import run_copy
+from jinja2.sandbox import SandboxedEnvironment
 from plumbum import local
 
 from conftest import COPIER_YML, STRATEGIES, TEMPLATE, choices, copy_worktree, linked, render_project
@@ -227,37 +228,56 @@ def test_good_dependencies_render_and_sync(tmp_path: Path, number: int) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def copier_data(tmp_path: Path, answers: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def copier_data(tmp_path: Path, answers: dict[str, Any], lock: bool = True) -> subprocess.CompletedProcess[str]:
+    """`copier copy --data ...` of these answers into tmp_path/out; ``lock=False`` leaves it unlocked."""
     args = [f"--data={key}={value}" for key, value in answers.items()]
     return subprocess.run(
         [*COPIER, "copy", "--trust", "--defaults", "--vcs-ref=HEAD", *args, str(TEMPLATE), str(tmp_path / "out")],
         capture_output=True,
         text=True,
+        env={**os.environ, "LINKED_BUILDS_LOCK_ON_COPY": "1" if lock else "0"},
     )
 
 
+def validator_says(question: str, answer: Any) -> str:
+    """What copier says of ``answer`` ("" when it takes it): the question's validator in
+    copier.yml, rendered as copier renders it (the answer cast to the question's type, the
+    template's Jinja extensions loaded, ci at its default), stripped."""
+    spec = COPIER_YML[question]
+    environment = SandboxedEnvironment(extensions=[EXTENSIONS.AnswerChecks])
+    value = str(answer) if spec["type"] == "str" else answer
+    return str(environment.from_string(spec["validator"]).render({"ci": ["github"], question: value})).strip()
+
+
 @pytest.mark.parametrize(("question", "value", "message"), BAD_ANSWERS, ids=[f"{q}={v!r}" for q, v, _ in BAD_ANSWERS])
-def test_bad_answer_is_refused_in_one_line(
-    render: Callable[..., Path], tmp_path: Path, question: str, value: Any, message: str
-) -> None:
-    with pytest.raises(ValueError) as info:
-        render(**{question: value})
-    text = str(info.value)
-    assert text.startswith(f"Validation error for question '{question}': ")
-    assert "\n" not in text and message in text
+def test_bad_answer_is_refused_in_one_line(question: str, value: Any, message: str) -> None:
+    shown = validator_says(question, value)
+    assert message in shown and "\n" not in shown and "\r" not in shown, shown
     # At the prompt the message shows alone, at the foot of an 80-column terminal.
-    shown = text.removeprefix(f"Validation error for question '{question}': ")
     assert not shown.startswith(question) and len(shown) <= 80, shown
+
+
+def test_a_refused_answer_stops_the_copy_in_one_line(render: Callable[..., Path], tmp_path: Path) -> None:
+    """copier runs the validator the table tests: its message, behind copier's prefix, and nothing written."""
+    with pytest.raises(ValueError) as info:
+        render(port="http")
+    assert str(info.value) == "Validation error for question 'port': " + validator_says("port", "http")
+    assert validator_says("port", "http") == '"http": use a whole number, 1024-65535'
     assert not any(p.name.startswith("project") and any(p.iterdir()) for p in tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(("question", "value"), GOOD_ANSWERS, ids=[f"{q}={v!r}" for q, v in GOOD_ANSWERS])
-def test_good_answer_passes_its_validator(render: Callable[..., Path], question: str, value: Any) -> None:
-    data = {question: value}
-    if question == "dependencies":
-        data["strategy"] = "one-by-one"
-    project = render(**data)
-    assert yaml.safe_load((project / ".copier-answers.yml").read_text())[question] == value
+def test_good_answer_passes_its_validator(question: str, value: Any) -> None:
+    assert validator_says(question, value) == ""
+
+
+def test_good_answers_are_recorded_as_given(render: Callable[..., Path]) -> None:
+    """A render with one good answer to each question of the table (unlocked: only the answers
+    file is read) records each as it was given."""
+    data = dict(reversed(GOOD_ANSWERS))  # the first of each question
+    project = render(lock=False, **data)
+    recorded = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    assert {question: recorded[question] for question in data} == data
 
 
 def test_data_on_the_command_line_renders(tmp_path: Path) -> None:
@@ -266,6 +286,7 @@ def test_data_on_the_command_line_renders(tmp_path: Path) -> None:
         {"project_name": "Shop Front", "strategy": "one-by-one", "use_virtualenv": "true",
          "python_version": "3.12", "debian_release": "bookworm", "port": "8080", "registry": "ghcr.io",
          "image_namespace": "acme", "ci": "[github, gitlab]"},
+        lock=False,  # only the files' first lines and the answers are read
     )
     assert result.returncode == 0, result.stderr
     project = tmp_path / "out"
@@ -286,6 +307,7 @@ def test_bad_data_on_the_command_line_leaves_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.engine
 def test_distro_refusal_leaves_an_unlocked_project_that_says_why(tmp_path: Path) -> None:
     """A name Debian lacks is found by the lock: the project stays, unlocked, every answer kept."""
     require_engine(images=("debian:trixie-slim",))
@@ -322,6 +344,9 @@ def test_choices_come_from_copier_yml() -> None:
 
 
 KEYS = {"up": "\x1b[A", "down": "\x1b[B", "enter": "\r"}
+# pexpect's terminal answers no cursor-position request: prompt_toolkit, told so, does not ask
+# (it would wait a second for the answer at every question).
+TERMINAL = {"TERM": "xterm", "LINES": "50", "PROMPT_TOOLKIT_NO_CPR": "1"}
 
 
 def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
@@ -330,7 +355,7 @@ def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
     dst = tmp_path / "out"
     child = pexpect.spawn(
         COPIER[0], [*COPIER[1:], "copy", "--trust", "--vcs-ref=HEAD", str(TEMPLATE), str(dst)],
-        env={**os.environ, "TERM": "xterm", "COLUMNS": "200", "LINES": "50"},
+        env={**os.environ, **TERMINAL, "COLUMNS": "200"},
         encoding="utf-8", timeout=30, dimensions=(50, 200),
     )
     try:
@@ -377,8 +402,7 @@ def test_interactive_prompts_in_a_real_terminal(tmp_path: Path) -> None:
 
 def spawn_copier(*args: str, columns: int = 200) -> pexpect.spawn:
     return pexpect.spawn(COPIER[0], [*COPIER[1:], *args], encoding="utf-8", timeout=30, dimensions=(50, columns),
-                         env={**os.environ, "TERM": "xterm", "COLUMNS": str(columns), "LINES": "50",
-                              "LINKED_BUILDS_LOCK_ON_COPY": "0"})
+                         env={**os.environ, **TERMINAL, "COLUMNS": str(columns), "LINKED_BUILDS_LOCK_ON_COPY": "0"})
 
 
 def test_blank_lines_of_the_dependencies_prompt_are_not_kept(tmp_path: Path) -> None:

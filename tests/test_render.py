@@ -15,7 +15,7 @@ import dockerfile
 import pytest
 import yaml
 
-from conftest import COMBINATION_IDS, COMBINATIONS, COPIER_YML, WITH_INSTALLER, WITH_INSTALLER_IDS, linked
+from conftest import COMBINATION_PARAMS, COPIER_YML, WITH_INSTALLER_PARAMS, linked
 
 GROUPS = 3  # the groups strategy's count of groups, set in base/Dockerfile.jinja
 PIN = re.compile(r"^BASE_IMAGE=(?P<repo>.+):(?P<tag>deps-[0-9a-f]{16})$")
@@ -35,7 +35,7 @@ def index_of(instructions: list[Any], predicate: Callable[[Any], bool]) -> int:
     return next(n for n, i in enumerate(instructions) if predicate(i))
 
 
-@pytest.mark.parametrize(("strategy", "venv"), COMBINATIONS, ids=COMBINATION_IDS)
+@pytest.mark.parametrize(("strategy", "venv"), COMBINATION_PARAMS)
 def test_root_dockerfile_pins_base_and_copies_code_last(rendered: Rendered, strategy: str, venv: bool) -> None:
     project = rendered(strategy, venv)
     instructions = parse(project / "Dockerfile")
@@ -77,7 +77,7 @@ def locked(project: Path) -> list[tuple[str, list[str]]]:
     return [(line.split()[0], line.split()[1:]) for line in text.splitlines() if re.match(r"^[a-z0-9]", line)]
 
 
-@pytest.mark.parametrize(("strategy", "venv", "installer"), WITH_INSTALLER, ids=WITH_INSTALLER_IDS)
+@pytest.mark.parametrize(("strategy", "venv", "installer"), WITH_INSTALLER_PARAMS)
 def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, strategy: str, venv: bool,
                                                         installer: str) -> None:
     project = rendered(strategy, venv, installer)
@@ -148,7 +148,7 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
         assert "VIRTUAL_ENV" not in env
 
 
-@pytest.mark.parametrize(("strategy", "venv", "installer"), WITH_INSTALLER, ids=WITH_INSTALLER_IDS)
+@pytest.mark.parametrize(("strategy", "venv", "installer"), WITH_INSTALLER_PARAMS)
 def test_hadolint_is_clean(rendered: Rendered, strategy: str, venv: bool, installer: str) -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     project = rendered(strategy, venv, installer)
@@ -158,7 +158,7 @@ def test_hadolint_is_clean(rendered: Rendered, strategy: str, venv: bool, instal
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
-@pytest.mark.parametrize(("strategy", "venv"), COMBINATIONS, ids=COMBINATION_IDS)
+@pytest.mark.parametrize(("strategy", "venv"), COMBINATION_PARAMS)
 def test_generated_project_checks_tests_and_stays_clean(
     rendered: Rendered, tmp_path: Path, strategy: str, venv: bool
 ) -> None:
@@ -235,26 +235,22 @@ def test_awkward_answers_render_valid_files(render: Callable[..., Path]) -> None
     assert {"flask", "gunicorn"} <= {pin.split("==")[0] for pin, _ in locked(project)}
 
 
+@pytest.mark.engine
 def test_distro_apt_steps_follow_requirements_in(render: Callable[..., Path]) -> None:
     """Not uv's alphabetical order: a line appended to requirements.in appends its apt step."""
-    from engine import require_engine
-
-    require_engine(images=("debian:trixie-slim",))  # the lock pins Debian's versions with apt
     project = render(strategy="distro", dependencies="gunicorn>=20.1\nFlask>=2.2")
     steps = parse(project / "base" / "Dockerfile")
     apt = [i.value[0] for i in steps if i.cmd == "RUN" and "apt-get install" in i.value[0]]
     assert len(apt) == 3 and "python3-gunicorn=" in apt[1] and "python3-flask=" in apt[2]
 
 
+@pytest.mark.engine
 def test_a_requirement_debian_has_too_old_goes_to_the_sidekick_or_is_refused(render: Callable[..., Path]) -> None:
     """Debian's version is checked against requirements.in at lock time (Debian's packaging,
     in the upstream image): with the sidekick the newer release comes from PyPI, without
     one the lock names the package and the fix, instead of a build that fails later."""
     from packaging.version import Version
 
-    from engine import require_engine
-
-    require_engine(images=("debian:trixie-slim",))
     project = render(strategy="distro", use_virtualenv=True, dependencies="click")
     lock = (project / "base" / "requirements.txt").read_text()
     debian = re.search(r"python3-click=(\S+)", lock)
@@ -276,7 +272,7 @@ def test_a_requirement_debian_has_too_old_goes_to_the_sidekick_or_is_refused(ren
            "use_virtualenv=true" in result.stderr
 
 
-@pytest.mark.parametrize(("strategy", "venv", "installer"), WITH_INSTALLER, ids=WITH_INSTALLER_IDS)
+@pytest.mark.parametrize(("strategy", "venv", "installer"), WITH_INSTALLER_PARAMS)
 def test_readme_names_the_installs_the_base_runs(rendered: Rendered, strategy: str, venv: bool,
                                                  installer: str) -> None:
     """The generated README speaks of the install steps and the lock its base/Dockerfile has:

@@ -9,8 +9,10 @@ recent one and this working tree, with release tags and without (tags do not tra
 with the template's main branch, so copier often sees none).
 
 Copies and locks are the slow part (a distro lock runs apt in a container), so
-the projects every switch test starts from, and the fresh projects they are
-compared with, are made once per module and copied.
+the projects the switch tests start from, and the fresh projects they are
+compared with, are made once per test run (shared by pytest-xdist's workers) and
+copied. The switches are a covering set, not every pair: each strategy, each
+virtualenv answer and each installer is switched from and switched to.
 """
 
 from __future__ import annotations
@@ -20,14 +22,12 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
-from conftest import COMBINATIONS, STRATEGIES, TEMPLATE, copy_worktree, linked
+from conftest import STRATEGIES, TEMPLATE, copy_worktree, linked, made_once
 
 GIT = ["git", "-c", "user.name=Tester", "-c", "user.email=tester@example.com", "-c", "init.defaultBranch=main"]
 COPIER = [sys.executable, "-m", "copier"]
@@ -66,8 +66,6 @@ UNLOCKED = (TEMPLATE / "template" / "base" / "requirements.txt").read_text()
 BUILD_FILES = ("Dockerfile", ".dockerignore", "base/Dockerfile", "base/.dockerignore", "base/requirements.in",
                "base/requirements.txt")
 Project = Callable[..., Path]
-# The installer switch is tested where it changes the most: combo (base and app) and distro's sidekick.
-INSTALLER_SWITCHES = [("combo", False), ("distro", True)]
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -93,10 +91,20 @@ def needs_engine(strategy: str) -> None:
         require_engine(images=("debian:trixie-slim",))
 
 
+def engine_marks(*strategies: str) -> Any:
+    """The engine marker where a switch involves distro (its locks run apt in a container)."""
+    return [pytest.mark.engine] if "distro" in strategies else []
+
+
 @pytest.fixture(scope="module")
 def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The template at 1.0.0 (older wording) and at HEAD (this working tree)."""
-    repo = tmp_path_factory.mktemp("template") / "linked-builds"
+    """The template at 1.0.0 (older wording) and at HEAD (this working tree), one per test run:
+    the projects copied from it name its path, and every worker updates them from it."""
+    return made_once(tmp_path_factory, "template-repo", make_template_repo) / "linked-builds"
+
+
+def make_template_repo(folder: Path) -> None:
+    repo = folder / "linked-builds"
     copy_worktree(repo)
     git(repo, "init", "-q")
     for path, new, old in OLDER:
@@ -111,14 +119,19 @@ def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         target = repo / path
         target.write_text(target.read_text().replace(old, new))
     git(repo, "commit", "-qam", "changes after 1.0.0")
-    return repo
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["untagged", "tagged"])
 def history_repo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
     """The template at each of LAYOUTS, then this working tree; tagged 1.0.0, 2.0.0, 2.1.0
     and 2.2.0, or not tagged at all. Returns (repository, tagged)."""
-    repo = tmp_path_factory.mktemp("history") / "linked-builds"
+    key = f"history-{'tagged' if request.param else 'untagged'}"
+    return made_once(tmp_path_factory, key, lambda f: make_history_repo(f, request.param)) / "linked-builds", \
+        request.param
+
+
+def make_history_repo(folder: Path, tagged: bool) -> None:
+    repo = folder / "linked-builds"
     repo.mkdir()
     git(repo, "init", "-q")
     for n, commit in enumerate(LAYOUTS):
@@ -128,15 +141,14 @@ def history_repo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         subprocess.run(["tar", "-x", "-C", str(repo)], input=archive.stdout, check=True)
         git(repo, "add", "-A")
         git(repo, "commit", "-qm", f"the template at {commit}")
-        if request.param:
+        if tagged:
             git(repo, "tag", ["1.0.0", "2.0.0", "2.1.0"][n])
         git(repo, "rm", "-rq", ".")
     copy_worktree(repo)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "this working tree")
-    if request.param:
+    if tagged:
         git(repo, "tag", "2.2.0")
-    return repo, request.param
 
 
 def add_user_step(project: Path) -> None:
@@ -176,6 +188,7 @@ def make_old(template_repo: Path, dst: Path, strategy: str, venv: bool, installe
 
     It is copied unlocked (the lock on copy has its own test) and locked once, with the user's line.
     """
+    needs_engine(strategy)
     copy_old(template_repo, dst, *answers(strategy, venv, installer), lock=False)
     add_user_step(dst)
     add_requirement(dst)
@@ -186,6 +199,7 @@ def make_old(template_repo: Path, dst: Path, strategy: str, venv: bool, installe
 
 def make_fresh(template_repo: Path, dst: Path, strategy: str, venv: bool, installer: str) -> Path:
     """A project copied at HEAD with these answers, the user's requirements and build step, locked."""
+    needs_engine(strategy)
     result = copier("copy", "--trust", "--defaults", "--vcs-ref=HEAD", *answers(strategy, venv, installer),
                     f"--data=dependencies={USER_DEPENDENCIES}", str(template_repo), str(dst))
     assert result.returncode == 0, result.stderr
@@ -195,42 +209,30 @@ def make_fresh(template_repo: Path, dst: Path, strategy: str, venv: bool, instal
     return dst
 
 
-@pytest.fixture(scope="module")
-def shared(template_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Path]]:
-    """The projects the switch tests start from ("old") and compare with ("fresh"), per answers.
+def shared_project(tmp_path_factory: pytest.TempPathFactory, template_repo: Path, kind: str) -> Project:
+    """The projects the switch tests start from ("old") or compare with ("fresh"), per answers:
+    each made once per test run. Shared: ``clone`` one before changing it."""
+    make = {"old": make_old, "fresh": make_fresh}[kind]
 
-    The first request starts all of them at once (a distro lock spends its time waiting
-    for apt in a container), then each request waits for its own. Shared: ``clone`` one
-    before changing it.
-    """
-    futures: dict[tuple[str, str, bool, str], Future[Path]] = {}
-    answer_sets = [(s, v, "uv") for s, v in COMBINATIONS] + [(s, v, "pip") for s, v in INSTALLER_SWITCHES]
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    def get(strategy: str, venv: bool, installer: str = "uv") -> Path:
+        key = f"{kind}-{strategy}-{'venv' if venv else 'novenv'}-{installer}"
+        folder = made_once(tmp_path_factory, key, lambda f: make(template_repo, f / "project", strategy, venv,
+                                                                 installer))
+        return folder / "project"
 
-        def get(kind: str, strategy: str, venv: bool, installer: str = "uv") -> Path:
-            needs_engine(strategy)
-            if not futures:
-                for make, key in [(m, (k, *a)) for k, m in (("old", make_old), ("fresh", make_fresh))
-                                  for a in answer_sets]:
-                    dst = tmp_path_factory.mktemp("-".join(map(str, key))) / "project"
-                    futures[key] = pool.submit(make, template_repo, dst, *key[1:])
-            return futures[kind, strategy, venv, installer].result()
-
-        yield get
-        for future in futures.values():
-            future.cancel()
+    return get
 
 
 @pytest.fixture
-def old_project(shared: Callable[..., Path]) -> Project:
+def old_project(tmp_path_factory: pytest.TempPathFactory, template_repo: Path) -> Project:
     """A project copied at 1.0.0 with these answers, the user's requirement locked and committed (shared)."""
-    return lambda strategy, venv, installer="uv": shared("old", strategy, venv, installer)
+    return shared_project(tmp_path_factory, template_repo, "old")
 
 
 @pytest.fixture
-def fresh_project(shared: Callable[..., Path]) -> Project:
+def fresh_project(tmp_path_factory: pytest.TempPathFactory, template_repo: Path) -> Project:
     """A project copied at HEAD with these answers and the user's requirements, locked (shared)."""
-    return lambda strategy, venv, installer="uv": shared("fresh", strategy, venv, installer)
+    return shared_project(tmp_path_factory, template_repo, "fresh")
 
 
 def clone(project: Path, dst: Path) -> Path:
@@ -275,36 +277,54 @@ def assert_like_fresh(project: Path, fresh: Path) -> None:
     assert build_files(project) == build_files(fresh)
 
 
-SWITCHES = [(a, b) for a in STRATEGIES for b in STRATEGIES if a != b]
+# Each strategy switched from and switched to once, in a cycle; the virtualenv on in some
+# sources, off in others. groups always has one and does not record the answer: a switch away
+# from it takes the default, off. (strategy, virtualenv) before and after.
+SWITCHES = [(("distro", True), ("groups", True)), (("groups", True), ("requirements", False)),
+            (("requirements", False), ("one-by-one", False)), (("one-by-one", False), ("combo", False)),
+            (("combo", False), ("distro", False))]
+assert {old[0] for old, _ in SWITCHES} == {new[0] for _, new in SWITCHES} == set(STRATEGIES)
 
 
-@pytest.mark.parametrize(("old", "new"), SWITCHES, ids=[f"{a}-to-{b}" for a, b in SWITCHES])
+@pytest.mark.parametrize(("old", "new"), [pytest.param(a, b, id=f"{a[0]}-to-{b[0]}", marks=engine_marks(a[0], b[0]))
+                                          for a, b in SWITCHES])
 def test_strategy_switch_matches_a_fresh_project(old_project: Project, fresh_project: Project, tmp_path: Path,
-                                                 old: str, new: str) -> None:
-    project = clone(old_project(old, old == "groups"), tmp_path / "project")  # groups: with its virtualenv
-    result = update(project, f"--data=strategy={new}")
+                                                 old: tuple[str, bool], new: tuple[str, bool]) -> None:
+    project = clone(old_project(*old), tmp_path / "project")
+    result = update(project, f"--data=strategy={new[0]}")
     assert result.returncode == 0, result.stderr
     assert conflict_markers(project) == [] and not list(project.rglob("*.rej"))
     assert git(project, "ls-files", "--unmerged") == ""
     assert EXTRA_REQUIREMENT in (project / "base" / "requirements.in").read_text()
     assert user_step_kept(project)
-    assert_like_fresh(project, fresh_project(new, new == "groups"))
+    assert_like_fresh(project, fresh_project(*new))
 
 
-@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "groups"])  # groups always has one
-@pytest.mark.parametrize("venv", [False, True], ids=["venv-on", "venv-off"])
+# The virtualenv switched on and off (groups always has one): combo (base and app), one-by-one,
+# and distro, whose sidekick virtualenv goes.
+VENV_SWITCHES = [("combo", False), ("one-by-one", True), ("distro", True)]
+
+
+@pytest.mark.parametrize(("strategy", "venv"), [
+    pytest.param(s, v, id=f"{s}-venv-{'off' if v else 'on'}", marks=engine_marks(s)) for s, v in VENV_SWITCHES])
 def test_virtualenv_switch_matches_a_fresh_project(old_project: Project, fresh_project: Project, tmp_path: Path,
                                                    strategy: str, venv: bool) -> None:
-    assert (strategy, venv) in COMBINATIONS
     project = clone(old_project(strategy, venv), tmp_path / "project")
     result = update(project, f"--data=use_virtualenv={str(not venv).lower()}")
     assert result.returncode == 0, result.stderr
     assert conflict_markers(project) == [] and git(project, "ls-files", "--unmerged") == ""
+    assert user_step_kept(project)
     assert_like_fresh(project, fresh_project(strategy, not venv))
 
 
-@pytest.mark.parametrize(("strategy", "venv"), INSTALLER_SWITCHES, ids=["combo", "distro-venv"])
-@pytest.mark.parametrize(("old", "new"), [("uv", "pip"), ("pip", "uv")], ids=["uv-to-pip", "pip-to-uv"])
+# The installer switched where it changes the most, each way once: combo (base and app) and
+# distro's sidekick.
+INSTALLER_SWITCHES = [("combo", False, "uv", "pip"), ("distro", True, "pip", "uv")]
+
+
+@pytest.mark.parametrize(("strategy", "venv", "old", "new"), [
+    pytest.param(*switch, id=f"{switch[0]}-{switch[2]}-to-{switch[3]}", marks=engine_marks(switch[0]))
+    for switch in INSTALLER_SWITCHES])
 def test_installer_switch_matches_a_fresh_project(old_project: Project, fresh_project: Project, tmp_path: Path,
                                                   strategy: str, venv: bool, old: str, new: str) -> None:
     project = clone(old_project(strategy, venv, old), tmp_path / "project")
