@@ -516,8 +516,26 @@ def test_two_platforms_publish_through_buildx_and_a_signed_base_is_verified(imag
     if "sigstore/cosign-installer" not in str(base):
         assert not signs and not verifies
         return
-    assert signs[0]["if"] == "steps.publish.outputs.base-pushed == 'true'"
     assert base.index(signs[0]) > next(i for i, s in enumerate(base) if s.get("id") == "publish")
+    publish_step = next(s for s in base if s.get("id") == "publish")
+    if "--verify" not in publish_step["run"]:
+        assert signs[0]["if"] == "steps.publish.outputs.base-pushed == 'true'"  # never a base it found
+    else:  # a base it pushed, or found and rebuilt bit for bit, is signed unless this workflow signed it
+        assert "if" not in signs[0]
+        for pushed, signed, expected in (("true", 0, True), ("false", 1, True), ("false", 0, False)):
+            fake = Path(os.environ.get("TMPDIR", "/tmp")) / f"cosign-{os.getpid()}"
+            fake.mkdir(exist_ok=True)
+            (fake / "cosign").write_text(f'#!/bin/sh\necho "$@" >> {fake}/log\n'
+                                         f'[ "$1" = verify ] && exit {signed}\nexit 0\n')
+            (fake / "cosign").chmod(0o755)
+            (fake / "log").write_text("")
+            env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "BASE_PUSHED": pushed,
+                   "BASE_IMAGE": "ghcr.io/o/b:deps-1", "BASE_DIGEST": "sha256:" + "a" * 64,
+                   "REPOSITORY": "o/r", "DEFAULT_BRANCH": "main"}
+            done = subprocess.run(["bash", "-e", "-c", signs[0]["run"]], env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+            calls = (fake / "log").read_text()
+            assert ("sign --yes ghcr.io/o/b@sha256:" in calls) == expected, (pushed, signed, calls)
     assert "--certificate-oidc-issuer https://token.actions.githubusercontent.com" in verifies[0]["run"]
     # The identity: this repository's images.yml on the default branch or a v* tag, the names escaped.
     script = verifies[0]["run"].split("cosign verify")[0]

@@ -269,8 +269,9 @@ def test_an_app_that_fails_its_smoke_test_is_never_pushed(registry: Registry, tm
         assert "did not get healthy and answer /healthz within 90 s (its log is above): nothing was pushed" in out
         assert not [line for line in out.splitlines() if line.startswith("+ ") and line.endswith("--push app")]
         assert "rehearsal/smoky" not in registry.catalog()
-        leftover = subprocess.run([DOCKER, "ps", "--all", "--quiet", "--filter", "name=linked-smoke-"],
+        # This app's smoke container (other tests' may be running beside it): removed whatever happened.
+        leftover = subprocess.run([DOCKER, "ps", "--all", "--quiet", "--filter", f"ancestor={image}:t1"],
                                   capture_output=True, text=True)
-        assert leftover.stdout == ""  # the smoke container is removed whatever happened
+        assert leftover.stdout == ""
     finally:
         remove_local(base_ref, f"{image}:t1")

@@ -219,7 +219,7 @@ def platforms_in(raw: bytes, ref: str) -> dict[str, str] | None:
             raise TypeError
         if "manifests" not in index:
             return None
-        listed = [(entry.get("platform") or {}, entry["digest"]) for entry in index["manifests"] or []]
+        listed = [(entry.get("platform") or {}, entry.get("digest", "")) for entry in index["manifests"] or []]
         return {f"{p['os']}/{p['architecture']}": d for p, d in listed if p.get("os", "unknown") != "unknown"}
     except (ValueError, AttributeError, KeyError, TypeError):
         raise LinkError(f"{ref}: the registry answered an index that is not JSON of the OCI image spec") from None
