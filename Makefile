@@ -8,10 +8,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 # In parallel, a worker per core (pytest-xdist). The engine tests that share a registry, a
-# port or built images carry one xdist_group (tests/conftest.py) and run on one worker. The
+# port or built images carry one xdist_group and run on one worker, in the order
+# tests/conftest.py sets (the benchmark first, beside the tests that need no engine). The
 # generated projects' makes the tests run see no trace of this one (make[1]:, its flags).
 PYTEST := env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS PATH="$(abspath $(BIN)):$$PATH" \
-	$(BIN)/python -m pytest -n auto --dist loadgroup
+	$(BIN)/python -m pytest -n auto --dist loadgroup --no-loadscope-reorder
 
 .PHONY: demo test test-fast lint bench
 

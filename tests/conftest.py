@@ -87,14 +87,48 @@ def pytest_runtest_protocol(item: pytest.Item) -> Any:
         return (yield)
 
 
+# Each test's time in the last run that ran it (setup, call and teardown), kept in pytest's cache:
+# the engine groups are handed out longest first.
+DURATIONS = "linked-builds/durations"
+TIMES: dict[str, float] = {}
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under `--dist loadgroup`, a module's engine tests run on one worker (they share its
-    registry, its images, its ports) unless a test names a group of its own; the rest spread."""
+    registry, its images, its ports) unless a test names a group of its own; the rest spread.
+
+    The order (pytest-xdist hands the groups out in it with --no-loadscope-reorder): the tests
+    marked alone first, while the other workers take the tests that need no engine, then the
+    engine groups, the longest first (by the last run's times), so the last to start are short."""
+    last = config.cache.get(DURATIONS, {}) if config.cache else {}
+    groups: dict[str, float] = {}
     for item in items:
         if item.get_closest_marker("engine") and not item.get_closest_marker("xdist_group"):
             module = item.nodeid.split("::")[0]
             item.add_marker(pytest.mark.xdist_group("publish" if module in PUBLISHING else module))
+        if marker := item.get_closest_marker("xdist_group"):
+            name = marker.args[0]
+            groups[name] = groups.get(name, 0) + last.get(item.nodeid, last.get(f"{item.nodeid}@{name}", 30.0))
+
+    def rank(item: pytest.Item) -> tuple[int, float]:
+        marker = item.get_closest_marker("xdist_group")
+        if item.get_closest_marker("alone"):
+            return (0, 0)
+        return (2, -groups[marker.args[0]] if marker else 0) if item.get_closest_marker("engine") else (1, 0)
+
+    items.sort(key=rank)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    TIMES[report.nodeid] = TIMES.get(report.nodeid, 0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The controller (or a run without workers) keeps this run's times."""
+    if session.config.cache and not hasattr(session.config, "workerinput") and TIMES:
+        session.config.cache.set(DURATIONS, {**session.config.cache.get(DURATIONS, {}), **TIMES})
+
 
 Render = Callable[..., Path]
 
