@@ -1,37 +1,39 @@
 #!/usr/bin/env python3
-"""Benchmark the strategies on real builds: every strategy x virtualenv against the baselines.
+"""Benchmark the strategies on real builds, against the strongest single Dockerfiles.
 
 Needs the engine set-up of `scripts/engine-up` (a Docker engine with BuildKit and the
 python:3.13-slim-trixie / debian:trixie-slim stand-ins), PyPI, and uv (on PATH or next to
-this Python; else the projects' `lock` runs uv's image). Every project takes the 28 pins of
-bench/requirements.txt as its base/requirements.in and is locked by its own
-`base/linked.py lock`. For each scenario and run: a cold build of base and app, a rebuild
-after a code-only change, after adding one requirement, after bumping one pin in the
-middle of the list (both made in requirements.in, then locked again) and after a weekly
-refresh (five pins loosened, then `make lock UPGRADE=1`, which moves them and every pin
-not held by an ==; how many moved is recorded); image sizes. The lock is not part of the
-build times: its own time is recorded per phase as "lock_s". Baselines on the same
-machine, engine and upstream image, installing the same lock: "naive" (code copied, then
-pip install --require-hashes -r), the strongest single Dockerfiles a user could write,
-"single, pyproject first" (dependencies from the lock with a cache mount, then the app's
-metadata, then the code) and "uv-docker-example" (the same in the pattern of
-astral-sh/uv-docker-example, installed by uv from its image), and "floor" (copying the
-code onto a ready image).
+this Python; else the projects' `lock` runs uv's image). Two locks: the 28 pins of
+bench/requirements.txt (44 locked packages) and the 61 of bench/requirements-large.txt
+(150), each a project's base/requirements.in, locked by its own `base/linked.py lock`. For
+each scenario and run: a cold build of base and app, a code-only change (`make image`, the
+median of five), adding one requirement, bumping one pin in the middle of the list (both
+made in requirements.in, then locked again), a weekly refresh (five pins loosened, then
+`make lock UPGRADE=1`, which moves them and every pin not held by an ==; how many moved is
+recorded), a fresh CI runner (the base in a registry, an empty engine, a code change);
+image sizes. The lock is not part of the build times: its own time is recorded per phase as
+"lock_s". Baselines on the same machine, engine and upstream image, installing the same
+lock: "leanest single" (uv's binary, one hash-checked --no-deps install into the system
+Python with a cache mount and the lock bind-mounted, then the code: the yardstick of the
+default's goals, GOALS), "uv-docker-example" (astral-sh/uv-docker-example's pattern),
+"single, pyproject first" (pip, the same order), "naive" (code copied, then pip install) and
+"floor" (copying the code onto a ready image).
 
 Every run is cold without pruning anything it did not make: it builds FROM its own copy
 of the upstream image (one small layer naming the run), so no cached layer of any other
-build matches, and passes BUILDKIT_CACHE_MOUNT_NS so that its pip and apt cache mounts
+build matches, and passes BUILDKIT_CACHE_MOUNT_NS so that its pip, uv and apt cache mounts
 are its own and start empty; uv gets a cache folder of its own too. Afterwards it removes
 the images it tagged and, by id, the build-cache records it made; the engine's other
 images and build cache (other projects, their cache mounts) are left as they were.
 
-    python bench/run.py              # the full run: medians of 3, results in docs/
-    python bench/run.py --quick      # CI: one strategy, once; checks the JSON's shape
-    python bench/run.py --only distro --only naive --runs 1   # some scenarios only
-    python bench/run.py --installer pip --installer uv        # the template's both installers
+    python bench/run.py              # the record: both locks, medians of 3, results in docs/
+    python bench/run.py --quick      # CI: one strategy, once, small lock; checks the JSON's shape
+    python bench/run.py --lock large --only "groups + uv" --only "leanest single" --runs 1
+    python bench/run.py --all-strategies --installer pip --installer uv   # every strategy too
 
-The template's installer answer is pip unless --installer says otherwise; "naive" and
-"single, pyproject first" install with pip, "uv-docker-example" with uv.
+The default runs the default project (groups + uv) and requirements + uv; --all-strategies
+adds every strategy and virtualenv answer on the small lock, with the --installer answers
+(pip unless given).
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = os.environ.get("LINKED_BUILDS_DOCKER", "/usr/bin/docker")
 UPSTREAM = "python:3.13-slim-trixie"
 DISTRO_UPSTREAM = "debian:trixie-slim"
-REQUIREMENTS = (ROOT / "bench" / "requirements.txt").read_text()
+# The two locks: 28 pins (44 locked packages) and a real stack of 61 pins (150 locked packages).
+LOCKS = {"small": ROOT / "bench" / "requirements.txt", "large": ROOT / "bench" / "requirements-large.txt"}
+REQUIREMENTS = LOCKS["small"].read_text()
 BUMP = ("attrs==25.4.0", "attrs==26.1.0")
 DISTRO_BUMP = ("attrs", "attrs>=25")  # under distro requirements.in names, Debian's versions decide
 ADD = "tabulate==0.9.0"
@@ -109,8 +113,25 @@ COPY pyproject.toml ./
 ENV PYTHONPATH=/app/src
 COPY src/ src/
 """
+# The leanest single Dockerfile: uv's binary, one hash-checked --no-deps install of the lock
+# (cache mount, lock bind-mounted) into the system Python, then the code. The yardstick of the goals.
+LEANEST = """FROM {uv_image} AS uv
+FROM {upstream}
+COPY --from=uv /uv /bin/uv
+ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
+WORKDIR /app
+RUN --mount=type=cache,target=/root/.cache/uv \\
+    --mount=type=bind,source=base/requirements.txt,target=/tmp/req.txt \\
+    uv pip install --system --no-deps --require-hashes -r /tmp/req.txt
+ENV PYTHONPATH=/app/src
+COPY src/ src/
+"""
 UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.9"
-BASELINES = {"naive": NAIVE, "single, pyproject first": SINGLE, "uv-docker-example": UV_EXAMPLE}
+BASELINES = {"leanest single": LEANEST, "uv-docker-example": UV_EXAMPLE, "single, pyproject first": SINGLE,
+             "naive": NAIVE}
+YARDSTICK = "leanest single"
+# The default's goals against the leanest single Dockerfile, phase by phase (at most this ratio).
+GOALS = {"cold": 1.0, "code": 2.0, "add": 0.5, "bump": 0.5, "refresh": 1.0, "fresh": 0.8}
 
 
 # ------------------------------------------------------------ the engine, kept apart
@@ -304,6 +325,24 @@ class Isolation:
         self.remove_images()
         prune_records(owned_records(cache_records(), self.before, self.token))
 
+    def make_image(self, project: Path, tag: str) -> tuple[float, list[str]]:
+        """`make image` in ``project`` (the base there already): its checks, then the app's build
+        with this run's options; (seconds, names of the steps that ran)."""
+        self.images.append(tag)
+        image, _, version = tag.rpartition(":")
+        options = f"--network host --progress plain --build-arg BUILDKIT_CACHE_MOUNT_NS={self.namespace}"
+        start = time.perf_counter()
+        result = subprocess.run(["make", "--no-print-directory", "image", f"DOCKER={DOCKER}", f"IMAGE={image}",
+                                 f"TAG={version}", f"BUILD_ARGS={options}"], cwd=project, capture_output=True,
+                                text=True, env=ENV)
+        seconds = time.perf_counter() - start
+        if result.returncode != 0:
+            raise SystemExit(f"bench: make image failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
+        self.built.append(image_id(tag))  # not timed
+        ran = [s.name for s in buildkit_steps(result.stderr + result.stdout)
+               if s.ran and not s.name.startswith("FROM ")]
+        return seconds, ran
+
     def build(self, context: Path, tag: str, dockerfile: Path | None = None,
               extra: list[str] | None = None) -> tuple[float, list[str]]:
         """Build with BuildKit; (seconds, names of the steps that ran)."""
@@ -485,12 +524,13 @@ def locked_packages(project: Path) -> int:
     return len(re.findall(r"^[A-Za-z0-9][A-Za-z0-9._-]*==\S+", text, re.M))
 
 
-def requirements_for(strategy: str) -> str:
+def requirements_for(strategy: str, lock: str = "small") -> str:
     """requirements.in; under distro the names alone (Debian's versions decide)."""
+    text = LOCKS[lock].read_text()
     if strategy != "distro":
-        return REQUIREMENTS
+        return text
     lines = [line.split("==")[0] if "==" in line and not line.startswith("#") else line
-             for line in REQUIREMENTS.splitlines()]
+             for line in text.splitlines()]
     return "\n".join(lines) + "\n"
 
 
@@ -529,7 +569,7 @@ def touch_code(project: Path) -> None:
     app.write_text(app.read_text() + f"\n# bench edit {uuid.uuid4().hex}\n")
 
 
-def render(strategy: str, venv: bool, dst: Path, upstream: str, installer: str = "pip") -> Path:
+def render(strategy: str, venv: bool, dst: Path, upstream: str, installer: str = "pip", lock: str = "small") -> Path:
     """A project on the run's upstream copy, not locked yet: the bench locks it, timed."""
     from copier import run_copy
     from plumbum import local
@@ -538,7 +578,7 @@ def render(strategy: str, venv: bool, dst: Path, upstream: str, installer: str =
         run_copy(str(ROOT), str(dst), data={
             "strategy": strategy, "use_virtualenv": venv, "project_slug": "bench-app",
             "image_namespace": "linked-builds-bench", "upstream_image": upstream, "installer": installer,
-            "dependencies": requirements_for(strategy).strip()},
+            "dependencies": requirements_for(strategy, lock).strip()},
             defaults=True, unsafe=True, vcs_ref="HEAD", quiet=True)
     return dst
 
@@ -552,11 +592,11 @@ def scenario_name(strategy: str, venv: bool, installer: str) -> str:
     return f"{strategy}{' + venv' if named else ''}{' + uv' if uv else ''}"
 
 
-def template_run(strategy: str, venv: bool, installer: str, work: Path) -> dict[str, Any]:
-    """One run of a template scenario: cold, code, add, bump."""
+def template_run(strategy: str, venv: bool, installer: str, lock_name: str, work: Path) -> dict[str, Any]:
+    """One run of a template scenario: cold, code (`make image`), add, bump, refresh, fresh."""
     out: dict[str, Any] = {"steps": {}, "lock_s": {}}
     with Isolation(DISTRO_UPSTREAM if strategy == "distro" else UPSTREAM) as iso:
-        project = render(strategy, venv, work / "project", iso.upstream, installer)
+        project = render(strategy, venv, work / "project", iso.upstream, installer, lock_name)
         env = lock_env(work)
         out["lock_s"]["cold"] = lock(project, env)
         out["locked_packages"] = locked_packages(project)
@@ -566,7 +606,8 @@ def template_run(strategy: str, venv: bool, installer: str, work: Path) -> dict[
         app_s, _ = iso.build(project, app)
         out["cold"] = base_s + app_s
         out["size"] = {"base": image_size(base), "app_adds": image_size(app) - image_size(base)}
-        out["code"], out["steps"]["code"] = code_change(project, lambda: iso.build(project, app))
+        # What a user runs after a code change: `make image` (its checks, then the app's build).
+        out["code"], out["steps"]["code"] = code_change(project, lambda: iso.make_image(project, app))
         for phase in ("add", "bump", "refresh"):
             if phase == "refresh":
                 refresh(project, strategy, env, out)
@@ -583,11 +624,11 @@ def template_run(strategy: str, venv: bool, installer: str, work: Path) -> dict[
     return out
 
 
-def baseline_run(name: str, work: Path) -> dict[str, Any]:
+def baseline_run(name: str, lock_name: str, work: Path) -> dict[str, Any]:
     """One run of a single-Dockerfile baseline over the same app, requirements.in and lock."""
     out: dict[str, Any] = {"steps": {}, "lock_s": {}}
     with Isolation(UPSTREAM) as iso:
-        project = render("one-by-one", False, work / "project", iso.upstream)
+        project = render("one-by-one", False, work / "project", iso.upstream, lock=lock_name)
         env = lock_env(work)
         out["lock_s"]["cold"] = lock(project, env)
         out["locked_packages"] = locked_packages(project)
@@ -649,15 +690,27 @@ def measure(name: str, kind: str, runs: int, once: Callable[[Path], dict[str, An
 
 
 def add_ratios(scenarios: list[dict[str, Any]]) -> None:
-    by_name = {s["name"]: s for s in scenarios}
-    naive = by_name.get("naive", {}).get("code", {}).get("median")
-    floor = by_name.get("floor", {}).get("code", {}).get("median")
+    """Per scenario: naive's and the floor's code-only times over its own, and each phase over the
+    leanest single Dockerfile's on the same lock (``vs_leanest``)."""
+    by_name = {(s["name"], s.get("lock")): s for s in scenarios}
+    floor = by_name.get(("floor", None), {}).get("code", {}).get("median")
     for s in scenarios:
         code = s.get("code", {}).get("median")
+        naive = by_name.get(("naive", s.get("lock")), {}).get("code", {}).get("median")
+        yardstick = by_name.get((YARDSTICK, s.get("lock")), {})
         s["ratios"] = {
             "naive_over_code": round(naive / code, 1) if naive and code else None,
             "code_over_floor": round(code / floor, 2) if floor and code else None,
         }
+        s["vs_leanest"] = {phase: round(s[phase]["median"] / yardstick[phase]["median"], 2)
+                           for phase in PHASES if phase in s and yardstick.get(phase, {}).get("median")}
+
+
+def image_store() -> str:
+    """The engine's image store: containerd's (the default of new installs) or a graph driver's."""
+    out = subprocess.run([DOCKER, "info", "--format", "{{json .DriverStatus}} {{.Driver}}"], capture_output=True,
+                         text=True).stdout
+    return "containerd" if "io.containerd.snapshotter" in out else f"classic ({out.split()[-1] if out else '?'})"
 
 
 def engine_version() -> str:
@@ -675,29 +728,50 @@ def markdown(data: dict[str, Any]) -> str:
         return " / ".join(f"{p[phase]['median']:.1f}" for phase in ("cold", "add", "bump", "refresh")
                           if phase in p) if p else "-"
 
-    rows = ["| scenario | cold build s | code-only rebuild s | naive ÷ code | code ÷ floor | add one requirement s "
-            "| bump one mid-list pin s | weekly refresh s (pins moved) | fresh CI runner, code change s "
-            "| lock s (cold / add / bump / refresh) | base MB | app adds kB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for s in data["scenarios"]:
-        r = s["ratios"]
-        size = s.get("size")
-        rows.append("| " + " | ".join([
-            s["name"], cell(s, "cold"), cell(s, "code"),
-            f"{r['naive_over_code']}x" if r["naive_over_code"] else "-",
-            f"{r['code_over_floor']}x" if r["code_over_floor"] else "-",
-            cell(s, "add"), cell(s, "bump"),
-            cell(s, "refresh") + (f" ({s['pins_moved']})" if "pins_moved" in s else ""), cell(s, "fresh"), locks(s),
-            f"{size['base'] / 1e6:.0f}" if size else "-",
-            f"{size['app_adds'] / 1e3:.0f}" if size else "-",
-        ]) + " |")
     meta = data["meta"]
+    sections = []
+    for lock_name in dict.fromkeys(s.get("lock", "small") for s in data["scenarios"] if s.get("lock")):
+        rows = [f"#### {meta.get('locks', {}).get(lock_name, '?')} pins, "
+                f"{meta.get('locked', {}).get(lock_name, '?')} locked packages ({lock_name})", "",
+                "| scenario | cold build s | code-only rebuild s | naive ÷ code | code ÷ floor | add one requirement s "
+                "| bump one mid-list pin s | weekly refresh s (pins moved) | fresh CI runner, code change s "
+                "| lock s (cold / add / bump / refresh) | base MB | app adds kB |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for s in data["scenarios"]:
+            if s.get("lock", lock_name) != lock_name or (s["name"] == "floor" and lock_name != "small"):
+                continue
+            r = s.get("ratios", {})
+            size = s.get("size")
+            rows.append("| " + " | ".join([
+                s["name"], cell(s, "cold"), cell(s, "code"),
+                f"{r['naive_over_code']}x" if r.get("naive_over_code") else "-",
+                f"{r['code_over_floor']}x" if r.get("code_over_floor") else "-",
+                cell(s, "add"), cell(s, "bump"),
+                cell(s, "refresh") + (f" ({s['pins_moved']})" if "pins_moved" in s else ""), cell(s, "fresh"),
+                locks(s), f"{size['base'] / 1e6:.0f}" if size else "-",
+                f"{size['app_adds'] / 1e3:.0f}" if size else "-",
+            ]) + " |")
+        goals = [s for s in data["scenarios"] if s.get("lock") == lock_name and s.get("vs_leanest")
+                 and s["name"] != YARDSTICK]
+        if goals:
+            rows += ["", f"Each phase over the {YARDSTICK} Dockerfile's (goal for the default, groups + uv: "
+                     "at most the ratio in the header; ✓ met, ✗ missed):", "",
+                     "| scenario | " + " | ".join(f"{phase} ≤ {goal}x" for phase, goal in GOALS.items()) + " |",
+                     "|---|" + "---|" * len(GOALS)]
+            for s in goals:
+                marks = []
+                for phase, goal in GOALS.items():
+                    ratio = s["vs_leanest"].get(phase)
+                    mark = "" if ratio is None or s["name"] != "groups + uv" else (" ✓" if ratio <= goal else " ✗")
+                    marks.append(f"{ratio:.2f}x{mark}" if ratio is not None else "-")
+                rows.append(f"| {s['name']} | " + " | ".join(marks) + " |")
+        sections.append("\n".join(rows))
     return (f"Medians of {meta['runs']} runs (min-max), seconds, on {meta['cores']} cores, Docker engine "
-            f"{meta['engine']}, upstream {meta['upstream']}, installer {' and '.join(meta.get('installers', ['pip']))}"
-            f" (baselines: pip, uv-docker-example uv), {meta['requirements']} pinned requirements "
-            f"({meta.get('locked_packages', '?')} locked packages); build times exclude `make lock` "
-            f"({meta.get('uv', 'uv')}), whose medians are in the lock column.\n\n"
-            + "\n".join(rows) + "\n")
+            f"{meta['engine']} ({meta.get('image_store', '?')} image store), upstream {meta['upstream']}; "
+            f"the template's scenarios install with {' and '.join(meta.get('installers', ['pip']))} where the name "
+            f"says no uv; builds exclude `make lock` ({meta.get('uv', 'uv')}), whose medians are in the lock "
+            f"column; the code-only rebuild of the template's scenarios is `make image`.\n\n"
+            + "\n\n".join(sections) + "\n")
 
 
 def chart(data: dict[str, Any], path: Path) -> None:
@@ -707,7 +781,8 @@ def chart(data: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = [s for s in data["scenarios"] if "code" in s]
-    names = [s["name"] for s in scenarios]
+    several = len({s.get("lock") for s in scenarios if s.get("lock")}) > 1
+    names = [f"{s['name']} ({s['lock']})" if several and s.get("lock") else s["name"] for s in scenarios]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 1.8))
     height = 0.38
     for offset, phase, color in ((-height / 2, "code", "#2b7bba"), (height / 2, "add", "#e8923a")):
@@ -721,7 +796,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("seconds (log scale; median, whiskers min-max)")
-    ax.set_title(f"Rebuild times, {data['meta']['requirements']} pinned requirements")
+    ax.set_title("Rebuild times" + ("" if several else f", {data['meta']['requirements']} pinned requirements"))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)  # below, over no bar
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.tight_layout()
@@ -736,6 +811,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the template's installer answer (repeatable; default pip, like the baselines)")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help="run this scenario only (repeatable), e.g. 'combo + venv' or naive")
+    parser.add_argument("--lock", action="append", choices=sorted(LOCKS), default=[],
+                        help="the lock to build (repeatable; default both, small alone with --quick)")
+    parser.add_argument("--all-strategies", action="store_true",
+                        help="every strategy and virtualenv answer on the small lock, beside the default")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default docs/, bench/results/ quick)")
     parser.add_argument("--from-json", type=Path, help="only redraw the table and chart of an earlier run")
     args = parser.parse_args(argv)
@@ -749,22 +828,33 @@ def main(argv: list[str] | None = None) -> int:
     runs = 1 if args.quick else args.runs
     installers = list(dict.fromkeys(args.installer or ["pip"]))
     # The baselines first, distro (the slowest) last: an interrupted run still has what the others compare with.
-    plan: list[tuple[str, str, Callable[[Path], dict[str, Any]], dict[str, Any]]] = [
-        (n, "baseline", functools.partial(baseline_run, n), {}) for n in BASELINES
-    ]
-    plan.append(("floor", "baseline", floor_run, {}))
-    plan += [
-        (scenario_name(s, v, i), "template", functools.partial(template_run, s, v, i),
-         {"strategy": s, "venv": v, "installer": i})
-        for s in ("groups", "requirements", "combo", "one-by-one", "distro") for v in (False, True) for i in installers
-        # distro without a virtualenv installs nothing with pip or uv: once is enough; groups always has one
-        if (s != "distro" or v or i == installers[0]) and (s != "groups" or v)
-    ]
+    locks = list(dict.fromkeys(args.lock or (["small"] if args.quick else list(LOCKS))))
+    # Per lock: the baselines, the default (groups + uv) and requirements + uv; with --all-strategies,
+    # every strategy and virtualenv answer (with each --installer) on the small lock too.
+    combos = [("groups", True, "uv"), ("requirements", False, "uv")]
+    every = [(s, v, i) for s in ("groups", "requirements", "combo", "one-by-one", "distro") for v in (False, True)
+             for i in installers
+             # distro without a virtualenv installs nothing with pip or uv: once is enough; groups always has one
+             if (s != "distro" or v or i == installers[0]) and (s != "groups" or v)]
+    plan: list[tuple[str, str, Callable[[Path], dict[str, Any]], dict[str, Any]]] = []
+    for lock_name in locks:
+        plan += [(n, "baseline", functools.partial(baseline_run, n, lock_name), {"lock": lock_name})
+                 for n in BASELINES]
+        extra = every if args.all_strategies and lock_name == "small" else []
+        plan += [(scenario_name(s, v, i), "template", functools.partial(template_run, s, v, i, lock_name),
+                  {"strategy": s, "venv": v, "installer": i, "lock": lock_name})
+                 for s, v, i in dict.fromkeys([*combos, *extra])]
+    plan.insert(len(BASELINES), ("floor", "baseline", floor_run, {}))  # the code-only floor, once
     wanted = args.only or ([scenario_name("one-by-one", False, installers[0])] if args.quick
                            else [p[0] for p in plan])
+    if args.quick and not args.only:
+        quick = functools.partial(template_run, "one-by-one", False, installers[0], "small")
+        plan.append((wanted[0], "template", quick,
+                     {"strategy": "one-by-one", "venv": False, "installer": installers[0], "lock": "small"}))
     unknown = set(wanted) - {p[0] for p in plan}
     if unknown:
-        parser.error(f"no scenario {', '.join(sorted(unknown))}: pick from {', '.join(p[0] for p in plan)}")
+        names = ", ".join(dict.fromkeys(p[0] for p in plan))
+        parser.error(f"no scenario {', '.join(sorted(unknown))}: pick from {names}")
     plan = [p for p in plan if p[0] in wanted]
     out.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
@@ -773,6 +863,9 @@ def main(argv: list[str] | None = None) -> int:
                  "runs": runs, "quick": args.quick,
                  "requirements": sum(1 for line in REQUIREMENTS.splitlines()
                                      if "==" in line and not line.lstrip().startswith("#")),
+                 "locks": {name: sum(1 for line in LOCKS[name].read_text().splitlines()
+                                     if "==" in line and not line.lstrip().startswith("#")) for name in locks},
+                 "image_store": image_store(),
                  "added": ADD, "bumped": list(BUMP), "code_edits": CODE_EDITS, "installers": installers,
                  "uv": uv_version(),
                  "isolation": "each run builds FROM its own copy of the upstream image with its own "
@@ -785,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
         data["scenarios"].append(measure(name, kind, runs, once, **fields))
         if "locked_packages" in data["scenarios"][-1] and fields.get("strategy") != "distro":
             data["meta"].setdefault("locked_packages", data["scenarios"][-1]["locked_packages"])
+            data["meta"].setdefault("locked", {}).setdefault(fields.get("lock", "small"),
+                                                             data["scenarios"][-1]["locked_packages"])
         # Written after every scenario, so an interrupted run keeps what it measured.
         (out / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
     data["meta"]["complete"] = True
