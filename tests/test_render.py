@@ -17,7 +17,7 @@ import yaml
 
 from conftest import COMBINATION_PARAMS, COPIER_YML, WITH_INSTALLER_PARAMS, linked
 
-GROUPS = 3  # the groups strategy's count of groups, set in base/Dockerfile.jinja
+GROUPS = 5  # the groups strategy's count of groups, set in base/Dockerfile.jinja
 PIN = re.compile(r"^BASE_IMAGE=(?P<repo>.+):(?P<tag>deps-[0-9a-f]{16})$")
 Rendered = Callable[..., Path]
 
