@@ -35,8 +35,9 @@ from linked import LinkError, Project, base_settings, image_froms, run
 LABELS = ("org.linked-builds.content-tag", "org.linked-builds.lock")
 ABSENT = 4  # `exists`: the registry clearly has no such image (2 is any error's)
 DEADLINE = 120  # seconds for one registry question, whatever the registry does
-# The smoke test's service runs with no network and no published port.
-SMOKE = "services:\n  app:\n    network_mode: none\n    ports: !reset []\n"
+# The smoke test's service: no network, no published port, and its image's own HEALTHCHECK
+# probed each second (not each 30 s), so the verdict comes in seconds either way.
+SMOKE = "services:\n  app:\n    network_mode: none\n    ports: !reset []\n    healthcheck:\n      interval: 1s\n"
 HEALTHZ = "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['PORT'] + '/healthz')"
 
 
