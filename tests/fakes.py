@@ -136,6 +136,7 @@ class TricklingServer:
 
                 def trickle(conn: socket.socket = conn) -> None:
                     try:
+                        conn.recv(65536)  # the request first: an answer before it is a protocol error, not slowness
                         for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 10000:
                             conn.send(bytes([byte]))
                             time.sleep(every)
