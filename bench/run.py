@@ -346,34 +346,30 @@ class Isolation:
     def make_image(self, project: Path, tag: str) -> tuple[float, list[str]]:
         """`make image` in ``project`` (the base there already): its checks, then the app's build
         with this run's options; (seconds, names of the steps that ran)."""
-        self.images.append(tag)
         image, _, version = tag.rpartition(":")
         options = f"--network host --progress plain --build-arg BUILDKIT_CACHE_MOUNT_NS={self.namespace}"
-        seconds, result = timed(["make", "--no-print-directory", "image", f"DOCKER={DOCKER}", f"IMAGE={image}",
-                                 f"TAG={version}", f"BUILD_ARGS={options}"], cwd=project)
-        if result.returncode != 0:
-            raise SystemExit(f"bench: make image failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
-        self.built.append(image_id(tag))  # not timed
-        ran = [s.name for s in buildkit_steps(result.stderr + result.stdout)
-               if s.ran and not s.name.startswith("FROM ")]
-        return seconds, ran
+        return self._timed(tag, ["make", "--no-print-directory", "image", f"DOCKER={DOCKER}", f"IMAGE={image}",
+                                 f"TAG={version}", f"BUILD_ARGS={options}"], project, "make image")
 
     def build(self, context: Path, tag: str, dockerfile: Path | None = None,
               extra: list[str] | None = None) -> tuple[float, list[str]]:
         """Build with BuildKit; (seconds, names of the steps that ran)."""
-        self.images.append(tag)
         args = [DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag,
                 "--build-arg", f"BUILDKIT_CACHE_MOUNT_NS={self.namespace}", *(extra or [])]
         if dockerfile:
             args += ["--file", str(dockerfile)]
-        seconds, result = timed([*args, str(context)])
+        return self._timed(tag, [*args, str(context)], None, f"build of {tag}")
+
+    def _timed(self, tag: str, argv: list[str], cwd: Path | None, what: str) -> tuple[float, list[str]]:
+        """Run a build of ``tag`` (timed), keep its image for cleanup; (seconds, steps that ran)."""
+        self.images.append(tag)
+        seconds, result = timed(argv, cwd=cwd)
         if result.returncode != 0:
-            raise SystemExit(f"bench: build of {tag} failed:\n{result.stderr[-3000:]}")
+            raise SystemExit(f"bench: {what} failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
         self.built.append(image_id(tag))  # not timed
         ran = [s.name for s in buildkit_steps(result.stderr + result.stdout)
                if s.ran and not s.name.startswith("FROM ")]
         return seconds, ran
-
 
 # ------------------------------------------------------------ a fresh CI runner
 
