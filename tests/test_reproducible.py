@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -53,12 +54,21 @@ def second_engine() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def default_project(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default answers, FROM the amd64 + arm64 stand-ins in the local registry."""
+def standins(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The amd64 + arm64 stand-ins, pushed to the local registry."""
     require_engine("podman", ARM64)
-    standins = push_standins(registry, podman_environment(registry, tmp_path_factory.mktemp("podman")))
-    return render_project(tmp_path_factory.mktemp("repro") / "p", registry=registry.host, image_namespace="repro",
-                          project_slug="same", upstream_image=standins["python"], uv_image=standins["uv"])
+    return push_standins(registry, podman_environment(registry, tmp_path_factory.mktemp("podman")))
+
+
+def render_default(dst: Path, registry: Registry, standins: dict[str, str], namespace: str) -> Path:
+    """The default answers, FROM the stand-ins in the local registry, published under ``namespace``."""
+    return render_project(dst, registry=registry.host, image_namespace=namespace, project_slug="same",
+                          upstream_image=standins["python"], uv_image=standins["uv"])
+
+
+@pytest.fixture(scope="module")
+def default_project(registry: Registry, standins: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return render_default(tmp_path_factory.mktemp("repro") / "p", registry, standins, "repro")
 
 
 def oci_images(layout: Path) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -102,13 +112,16 @@ def test_two_cold_builds_on_engines_that_share_nothing_give_the_same_base(
 
 @pytest.mark.engine
 def test_verify_passes_the_pushed_base_and_names_the_layer_of_a_planted_one(
-        default_project: Path, registry: Registry, second_engine: dict[str, str], tmp_path: Path) -> None:
+        registry: Registry, standins: dict[str, str], second_engine: dict[str, str], tmp_path: Path) -> None:
     """`make publish` pushes the base from this machine's engine (Docker's own builder: its
     timestamp-rewritten OCI export, loaded and pushed); `make verify` on the second engine
     rebuilds it and finds each platform the same, bit for bit. An image planted under the
     content tag (the base and one more layer, its labels with it) is named by that layer, and
-    publish --verify refuses to build the app on it."""
-    ref, app = linked(default_project, "ref").stdout.strip(), f"{registry.host}/repro/same"
+    publish --verify refuses to build the app on it. A namespace of its own: a rerun starts
+    from a registry without the base its first attempt pushed."""
+    namespace = f"verify-{secrets.token_hex(4)}"
+    default_project = render_default(tmp_path / "p", registry, standins, namespace)
+    ref, app = linked(default_project, "ref").stdout.strip(), f"{registry.host}/{namespace}/same"
     started = time.monotonic()
     try:
         out = make(default_project, "publish", "PUBLISH_ARGS=--tag t1").stdout
@@ -139,7 +152,7 @@ def test_verify_passes_the_pushed_base_and_names_the_layer_of_a_planted_one(
         assert said == (f"error: verify: {ref} linux/amd64 is {amd64}, not its rebuild {pushed['linux/amd64']}: they "
                         f"differ first in layer {len(layers)} ({layers[-1]['digest']}, rebuilt none: a layer the "
                         "rebuild lacks)"), refused.stderr[-2000:]
-        assert "t2" not in registry.tags("repro/same")
+        assert "t2" not in registry.tags(f"{namespace}/same")
     finally:
         print(f"publish, verify, a planted base refused: {time.monotonic() - started:.0f} s")
         subprocess.run([DOCKER, "rmi", "--force", ref, f"{app}:t1", f"{app}:t2"], capture_output=True)
