@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -58,6 +59,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     import engine
 
     engine.CURRENT.update(test=item.nodeid, marked=item.get_closest_marker("engine") is not None)
+    # A grouped test runs on its group's worker only if pytest-xdist could suffix its id with the
+    # group (it cannot under pytest 9.2): else tests sharing a registry or images run at once.
+    config = item.config
+    if hasattr(config, "workerinput") and config.getvalue("loadgroup") and "@" not in item.nodeid \
+            and item.get_closest_marker("xdist_group"):
+        pytest.fail("pytest-xdist could not group this test with the others of its xdist_group: install "
+                    "requirements-dev.txt's pytest and pytest-xdist (`make test` does)", pytrace=False)
 
 
 # The modules whose engine tests publish on Docker: publish's smoke test runs a container named
@@ -88,9 +96,17 @@ def pytest_runtest_protocol(item: pytest.Item) -> Any:
 
 
 # Each test's time in the last run that ran it (setup, call and teardown), kept in pytest's cache:
-# the engine groups are handed out longest first.
+# the engine groups are handed out longest first. A clone has no cache yet: it takes the engine
+# tests' times of tests/durations.json (`make test PYTEST_ARGS=--store-durations` renews them).
 DURATIONS = "linked-builds/durations"
+DURATIONS_FILE = Path(__file__).with_name("durations.json")
 TIMES: dict[str, float] = {}
+ENGINE_TIMES: dict[str, float] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--store-durations", action="store_true",
+                     help="keep this run's engine test times in tests/durations.json (a clone's first order)")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -101,7 +117,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     The order (pytest-xdist hands the groups out in it with --no-loadscope-reorder): the tests
     marked alone first, while the other workers take the tests that need no engine, then the
     engine groups, the longest first (by the last run's times), so the last to start are short."""
-    last = config.cache.get(DURATIONS, {}) if config.cache else {}
+    stored = json.loads(DURATIONS_FILE.read_text(encoding="utf-8")) if DURATIONS_FILE.exists() else {}
+    last = {**stored, **(config.cache.get(DURATIONS, {}) if config.cache else {})}
     groups: dict[str, float] = {}
     for item in items:
         if item.get_closest_marker("engine") and not item.get_closest_marker("xdist_group"):
@@ -122,12 +139,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     TIMES[report.nodeid] = TIMES.get(report.nodeid, 0) + report.duration
+    if "engine" in report.keywords:
+        ENGINE_TIMES[report.nodeid] = TIMES[report.nodeid]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """The controller (or a run without workers) keeps this run's times."""
-    if session.config.cache and not hasattr(session.config, "workerinput") and TIMES:
+    if hasattr(session.config, "workerinput") or not TIMES:
+        return
+    if session.config.cache:
         session.config.cache.set(DURATIONS, {**session.config.cache.get(DURATIONS, {}), **TIMES})
+    if session.config.getoption("store_durations"):
+        stored = json.loads(DURATIONS_FILE.read_text(encoding="utf-8")) if DURATIONS_FILE.exists() else {}
+        times = {**stored, **{test: round(seconds) for test, seconds in ENGINE_TIMES.items()}}
+        new = DURATIONS_FILE.with_suffix(".tmp")
+        new.write_text(json.dumps(dict(sorted(times.items())), indent=0) + "\n", encoding="utf-8")
+        new.replace(DURATIONS_FILE)
 
 
 Render = Callable[..., Path]
