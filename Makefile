@@ -7,7 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
-# In parallel, a worker per core (pytest-xdist). The engine tests that share a registry, a
+WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+# In parallel (pytest-xdist), a worker more than the cores: an engine test spends much of its
+# time waiting on the engine's own processes. The engine tests that share a registry, a
 # port or built images carry one xdist_group and run on one worker, in the order
 # tests/conftest.py sets (the benchmark first, beside the tests that need no engine). The
 # generated projects' makes the tests run see no trace of this one (make[1]:, its flags).
@@ -17,7 +19,7 @@ PYTEST_ARGS ?=
 ENGINE_FLAKES := --reruns 1 --only-rerun 'failed to prepare extraction snapshot' \
 	--only-rerun 'locked for [0-9.]+m?s .*unavailable' --only-rerun 'identifier is not a container'
 PYTEST := env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS PATH="$(abspath $(BIN)):$$PATH" \
-	$(BIN)/python -m pytest -n auto --dist loadgroup --no-loadscope-reorder $(ENGINE_FLAKES)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder $(ENGINE_FLAKES)
 
 .PHONY: demo test test-fast lint bench
 
