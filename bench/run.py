@@ -209,9 +209,9 @@ def prunes_by_id() -> bool:
 @functools.cache
 def prune_spares_siblings() -> bool:
     """Whether pruning a build-cache record leaves the cache of the other builds alone. Not on
-    Docker's containerd image store (seen with Docker 26.1): pruning one record by id made a
-    sibling's step, on the same base image but of another build, miss the cache, though its
-    record was still listed. There the bench prunes nothing and says so."""
+    Docker's containerd image store (seen with Docker 26.1): pruning one record by id, even one
+    of an unrelated build, made other builds' steps miss the cache, though their records were
+    still listed. There the bench prunes nothing and says so."""
     out = subprocess.run([DOCKER, "info", "--format", "{{json .DriverStatus}}"], capture_output=True, text=True)
     return "io.containerd.snapshotter" not in out.stdout
 

@@ -107,8 +107,8 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
     lock = locked(project)
     if strategy == "groups":
         assert [" ".join(i.value[0].split()) for i in pip_steps] == [
-            f"mkdir -p /opt/group && {tool} install --no-deps --require-hashes --prefix /opt/group"
-            f" -r /opt/base/groups/{n}.txt"
+            f"mkdir -p /opt/group/linked-builds && cp /opt/base/groups/{n}.txt /opt/group/linked-builds/ && {tool}"
+            f" install --no-deps --require-hashes --prefix /opt/group -r /opt/base/groups/{n}.txt"
             for n in range(GROUPS)]
         split = next(i for i in instructions if i.cmd == "RUN" and "groups.py" in i.value[0])
         assert split.value[0] == f"python3 -I /opt/base/groups.py {GROUPS} /opt/base/requirements.txt /opt/base/groups"
