@@ -151,7 +151,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.config.cache.set(DURATIONS, {**session.config.cache.get(DURATIONS, {}), **TIMES})
     if session.config.getoption("store_durations"):
         stored = json.loads(DURATIONS_FILE.read_text(encoding="utf-8")) if DURATIONS_FILE.exists() else {}
-        times = {**stored, **{test: round(seconds) for test, seconds in ENGINE_TIMES.items()}}
+        times = {**stored, **{test.split("@")[0]: round(seconds) for test, seconds in ENGINE_TIMES.items()}}
         new = DURATIONS_FILE.with_suffix(".tmp")
         new.write_text(json.dumps(dict(sorted(times.items())), indent=0) + "\n", encoding="utf-8")
         new.replace(DURATIONS_FILE)
