@@ -104,6 +104,10 @@ TIMES: dict[str, float] = {}
 ENGINE_TIMES: dict[str, float] = {}
 
 
+def stored_durations() -> dict[str, float]:
+    return json.loads(DURATIONS_FILE.read_text(encoding="utf-8")) if DURATIONS_FILE.exists() else {}
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--store-durations", action="store_true",
                      help="keep this run's engine test times in tests/durations.json (a clone's first order)")
@@ -117,8 +121,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     The order (pytest-xdist hands the groups out in it with --no-loadscope-reorder): the tests
     marked alone first, while the other workers take the tests that need no engine, then the
     engine groups, the longest first (by the last run's times), so the last to start are short."""
-    stored = json.loads(DURATIONS_FILE.read_text(encoding="utf-8")) if DURATIONS_FILE.exists() else {}
-    last = {**stored, **(config.cache.get(DURATIONS, {}) if config.cache else {})}
+    last = {**stored_durations(), **(config.cache.get(DURATIONS, {}) if config.cache else {})}
     groups: dict[str, float] = {}
     for item in items:
         if item.get_closest_marker("engine") and not item.get_closest_marker("xdist_group"):
@@ -150,8 +153,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if session.config.cache:
         session.config.cache.set(DURATIONS, {**session.config.cache.get(DURATIONS, {}), **TIMES})
     if session.config.getoption("store_durations"):
-        stored = json.loads(DURATIONS_FILE.read_text(encoding="utf-8")) if DURATIONS_FILE.exists() else {}
-        times = {**stored, **{test.split("@")[0]: round(seconds) for test, seconds in ENGINE_TIMES.items()}}
+        times = {**stored_durations(), **{test.split("@")[0]: round(s) for test, s in ENGINE_TIMES.items()}}
         new = DURATIONS_FILE.with_suffix(".tmp")
         new.write_text(json.dumps(dict(sorted(times.items())), indent=0) + "\n", encoding="utf-8")
         new.replace(DURATIONS_FILE)
