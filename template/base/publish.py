@@ -243,41 +243,45 @@ def verify(engine: Engine, platforms: list[str]) -> None:
     repository, content_tag = ref.rsplit(":", 1)
     theirs = platforms_in(found[1], ref) or ({platforms[0]: found[0]} if len(platforms) == 1 else {})
     bake = {"BASE_REPOSITORY": repository, "BASE_TAG": content_tag, "LOCK": lock, "PLATFORMS": ",".join(platforms)}
-    for attempt in (1, 2):  # a difference is judged on a second rebuild (see the README's limits)
-        with tempfile.TemporaryDirectory(prefix="linked-verify-") as folder:
-            output = f"--set=base.output=type=oci,dest={folder},tar=false,rewrite-timestamp=true"
-            engine.bake("base", {**bake, "CACHE": "", "SBOM": "false"}, "--no-cache", output)
 
-            def blob(digest: str) -> Any:
-                return json.loads(Path(folder, "blobs", *digest.split(":")).read_bytes())
+    def blob(layout: Path, digest: str) -> Any:
+        return json.loads(layout.joinpath("blobs", *digest.split(":")).read_bytes())
 
-            entries = [] if engine.dry_run else json.loads(Path(folder, "index.json").read_bytes())["manifests"]
-            if entries and entries[0]["mediaType"].endswith("index.v1+json"):  # the platforms and their attestations
-                entries = blob(entries[0]["digest"])["manifests"]
-            ours = platforms_in(json.dumps({"manifests": entries}).encode(), ref) or {}
-            differs = [p for p in platforms if entries and ours[p] != theirs.get(p)]
-            if differs and attempt == 1:
-                why = "Docker 26's containerd store can write a layer two ways"
-                print(f"verify: {ref} {differs[0]} differs from its rebuild: building again ({why})", file=sys.stderr)
+    def rebuild(layout: Path) -> dict[str, str]:
+        """Each platform's manifest digest of a rebuild into the OCI layout ``layout`` (made here)."""
+        layout.mkdir()
+        output = f"--set=base.output=type=oci,dest={layout},tar=false,rewrite-timestamp=true"
+        engine.bake("base", {**bake, "CACHE": "", "SBOM": "false"}, "--no-cache", output)
+        entries = [] if engine.dry_run else json.loads((layout / "index.json").read_bytes())["manifests"]
+        if entries and entries[0]["mediaType"].endswith("index.v1+json"):  # the platforms and their attestations
+            entries = blob(layout, entries[0]["digest"])["manifests"]
+        return platforms_in(json.dumps({"manifests": entries}).encode(), ref) or {}
+
+    with tempfile.TemporaryDirectory(prefix="linked-verify-") as folder:
+        layout = Path(folder, "first")
+        ours = rebuild(layout)
+        if differs := [p for p in platforms if ours and ours[p] != theirs.get(p)]:  # judged on a second rebuild
+            why = "Docker 26's containerd store can write a layer two ways"
+            print(f"verify: {ref} {differs[0]} differs from its rebuild: building again ({why})", file=sys.stderr)
+            layout = Path(folder, "second")
+            ours = rebuild(layout)
+        for platform in platforms if ours else []:
+            if (mine := ours[platform]) == (got := theirs.get(platform)):
+                print(f"verify: {ref} {platform} is {got}, bit for bit its rebuild", flush=True)
                 continue
-            for platform in platforms if entries else []:
-                if (mine := ours[platform]) == (got := theirs.get(platform)):
-                    print(f"verify: {ref} {platform} is {got}, bit for bit its rebuild", flush=True)
-                    continue
-                held = json.loads(((got and manifest(f"{repository}@{got}", engine.command, False)) or ("", b"{}"))[1])
-                rebuilt = blob(mine)
-                history = blob(rebuilt["config"]["digest"])["history"]
-                steps = [h.get("created_by", "") for h in history if not h.get("empty_layer")]  # one a layer
-                pairs: Any = itertools.zip_longest(held.get("layers", []), rebuilt["layers"], fillvalue={})
-                what = "its config (labels, environment, history)"
-                for n, (a, b) in enumerate(pairs):
-                    if a.get("digest") != b.get("digest"):
-                        step = " ".join(steps[n].split())[:90] if n < len(steps) else "a layer the rebuild lacks"
-                        what = f"layer {n + 1} ({a.get('digest', 'none')}, rebuilt {b.get('digest', 'none')}: {step})"
-                        break
-                said = f"{ref} {platform} is {got or 'absent'}, not its rebuild {mine}"
-                raise LinkError(f"verify: {said}: they differ first in {what}")
-        return
+            held = json.loads(((got and manifest(f"{repository}@{got}", engine.command, False)) or ("", b"{}"))[1])
+            rebuilt = blob(layout, mine)
+            history = blob(layout, rebuilt["config"]["digest"])["history"]
+            steps = [h.get("created_by", "") for h in history if not h.get("empty_layer")]  # one a layer
+            pairs: Any = itertools.zip_longest(held.get("layers", []), rebuilt["layers"], fillvalue={})
+            what = "its config (labels, environment, history)"
+            for n, (a, b) in enumerate(pairs):
+                if a.get("digest") != b.get("digest"):
+                    step = " ".join(steps[n].split())[:90] if n < len(steps) else "a layer the rebuild lacks"
+                    what = f"layer {n + 1} ({a.get('digest', 'none')}, rebuilt {b.get('digest', 'none')}: {step})"
+                    break
+            said = f"{ref} {platform} is {got or 'absent'}, not its rebuild {mine}"
+            raise LinkError(f"verify: {said}: they differ first in {what}")
 
 
 def output(**values: str) -> None:
