@@ -39,8 +39,11 @@ pytestmark = pytest.mark.engine
 STANDINS = ("debian:trixie-slim", "python:3.13-slim-trixie", "debian:bookworm-slim", "python:3.11-slim-bookworm")
 NEW_REQUIREMENT = "cowsay==6.1"  # small, pure Python, no dependencies, and not packaged by Debian
 PYTHONS = {"3.13": "trixie", "3.11": "bookworm"}
-# Every strategy x virtualenv on both Pythons with uv (the default), and with pip on 3.13.
-MATRIX = [(s, v, i, p) for s, v, i in WITH_INSTALLER for p in PYTHONS if i == "uv" or p == "3.13"]
+# Every pair of answers, not every triple: each strategy x virtualenv with uv on 3.13 (the default)
+# and with pip on 3.11 (distro without a virtualenv takes no installer: uv on 3.11), so each meets
+# each installer and each Python (Debian release); groups with pip on 3.13 too (its group test builds it).
+MATRIX = [(s, v, "uv", "3.13") for s, v, i in WITH_INSTALLER if i == "uv"] + [("groups", True, "pip", "3.13")] + [
+    (s, v, i, "3.11") for s, v, i in WITH_INSTALLER if i == "pip" or (s, v) == ("distro", False)]
 MATRIX_IDS = [f"{s}-{'venv' if v else 'novenv'}-{i}-py{p}" for s, v, i, p in MATRIX]
 BUILD_TOOLS = {"pip", "setuptools", "wheel"}
 # In every name this run gives the engine: other runs (and other users) share it.
