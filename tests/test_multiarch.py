@@ -1,7 +1,7 @@
 """Publish for linux/amd64 and linux/arm64 for real (arm64 under qemu-user-static), to a local
-registry: the default project through docker buildx bake on Docker 26 (manifest lists with
-provenance), and with Podman (build --manifest, manifest push), whose arm64 app answers
-/healthz under emulation.
+registry, with Podman (build --manifest, manifest push): its arm64 app answers /healthz under
+emulation. The default project's Docker path (bake, manifest lists with provenance) is tested
+in test_reproducible, beside the fresh engine's verify of the base it publishes.
 
 Podman's is the smallest honest case, since every arm64 step is emulated: the requirements
 strategy with pip and the default dependencies (Flask, gunicorn: pure-Python wheels). The
@@ -25,11 +25,9 @@ import pytest
 
 from conftest import linked, render_project
 from engine import (
-    DOCKER,
     Registry,
     free_port,
     http_get,
-    make,
     podman_environment,
     push_standins,
     require_engine,
@@ -119,50 +117,3 @@ def test_publish_pushes_manifest_lists_and_the_arm64_app_serves(registry: Regist
         for ref in (base_ref, f"{app}:t1", f"{app}:t2", upstream):
             podman(podman_env, "manifest", "rm", ref, check=False)
             podman(podman_env, "rmi", "--force", ref, check=False)
-
-
-def test_the_default_project_publishes_both_platforms_with_provenance_through_bake(
-        registry: Registry, standins: dict[str, str], tmp_path: Path) -> None:
-    """The default answers (groups, uv, a virtualenv, linux/amd64 and linux/arm64) through `make
-    publish` on Docker 26: bake builds the base for both platforms (arm64 under qemu), pushes a
-    manifest list with provenance, smoke-tests the app and pushes its list; a second publish finds
-    the base and builds only the app. No SBOM here: BuildKit's scanner image cannot be pulled (the
-    bake plan's SBOM attestation is checked in test_ci_files)."""
-    require_engine(DOCKER)
-    project = render_project(tmp_path / "p", registry=registry.host, image_namespace="bake", project_slug="dflt",
-                             upstream_image=standins["python"], uv_image=standins["uv"])
-    text = (project / "base" / "Dockerfile").read_text()
-    assert "platforms=linux/amd64,linux/arm64" in text and f"FROM {standins['uv']}@sha256:" in text
-    base_ref, app = linked(project, "ref").stdout.strip(), f"{registry.host}/bake/dflt"
-    content_tag = base_ref.rsplit(":", 1)[1]
-    started = time.monotonic()
-    try:
-        out = make(project, "publish", "PUBLISH_ARGS=--tag t1 --cache")
-        assert f"base {base_ref} is not in the registry: building it and pushing it" in out.stdout
-        assert f"smoke test: {app}:t1 is healthy and answers /healthz" in out.stdout
-        for repository, tag in (("bake/dfltbase", content_tag), ("bake/dflt", "t1")):
-            assert platforms(registry, repository, tag) == BOTH
-            provenance = json.loads(imagetools(f"{registry.host}/{repository}:{tag}", "{{json .Provenance}}"))
-            assert set(provenance) == BOTH and all(p["SLSA"]["buildType"] for p in provenance.values())
-        labels = json.loads(imagetools(base_ref, "{{json .Image}}"))
-        assert {p: i["config"]["Labels"]["org.linked-builds.content-tag"] for p, i in labels.items()} == {
-            p: content_tag for p in BOTH}
-        assert "buildx-cache" in registry.tags("bake/dfltbase")
-        # The second publish finds the base and builds the app alone, FROM the base's digest.
-        again = make(project, "publish", "PUBLISH_ARGS=--tag t2 --cache").stdout
-        assert f"base {base_ref} is in the registry (sha256:" in again
-        assert not [line for line in again.splitlines() if line.startswith("+ ") and line.endswith(" base")]
-        assert f"BASE_IMAGE={base_ref}@sha256:" in again and platforms(registry, "bake/dflt", "t2") == BOTH
-        # The arm64 app from the registry runs under emulation.
-        machine = subprocess.run([DOCKER, "run", "--rm", "--network", "host", "--platform", "linux/arm64",
-                                  f"{app}:t2", "python3", "-c", "import platform, flask; print(platform.machine())"],
-                                 capture_output=True, text=True)
-        assert machine.stdout.strip() == "aarch64", machine.stderr[-2000:]
-    finally:
-        print(f"default project, both platforms through bake: {time.monotonic() - started:.0f} s")
-        subprocess.run([DOCKER, "rmi", "--force", base_ref, f"{app}:t1", f"{app}:t2"], capture_output=True)
-
-
-def imagetools(ref: str, template: str) -> str:
-    return subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--format", template, ref],
-                          capture_output=True, text=True, check=True).stdout

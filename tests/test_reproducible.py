@@ -1,12 +1,12 @@
 """Same lock, same bits: the base is reproducible, and `make verify` checks the registry's.
 
-The engine tests build the default project (groups, uv, a virtualenv, linux/amd64 and
-linux/arm64 under qemu) from stand-ins in a local registry, on this machine's engine and on a
-second engine started for the module (its own dockerd, containerd, build cache and cache
-mounts): `make publish` builds the base with no cache on the first and pushes it, `make verify`
-on the second rebuilds it, sharing nothing, and finds the same image digest for each platform;
-then it names the layer of a base planted under the same content tag. The other tests read the plan:
-the bake file, the dry runs, and the CI files the `verify` answer switches.
+The engine tests publish the default project (groups, uv, a virtualenv, linux/amd64 and
+linux/arm64 under qemu) through bake from stand-ins in a local registry: the base built with no
+cache on this machine's engine, then rebuilt by `make verify` on a second engine started for the
+module (its own dockerd, containerd, build cache and cache mounts), sharing nothing, which finds
+the same image digest for each platform. A base planted under the same content tag is named by
+its layer. The other tests read the plan: the bake file, the dry runs, and the CI files the
+`verify` answer switches.
 """
 
 from __future__ import annotations
@@ -68,69 +68,123 @@ def config_of(ref: str, digest: str) -> dict[str, Any]:
     return config
 
 
+def index_of(ref: str) -> dict[str, str]:
+    """{platform: manifest digest} of ``ref`` in the registry: an index's platforms (attestations
+    left out), or one image's."""
+    index = json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--raw", ref],
+                                      capture_output=True, text=True, check=True).stdout)
+    if "manifests" not in index:
+        image = json.loads(imagetools(ref, "{{json .Image}}"))
+        return {f"{image['os']}/{image['architecture']}": json.loads(imagetools(ref, "{{json .Manifest}}"))["digest"]}
+    return {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"] for m in index["manifests"]
+            if m["platform"]["os"] != "unknown"}
+
+
+def raced(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The engine's known race (two writes of one layer), should it hit a publish: said with any
+    failure, so that the Makefile's ENGINE_FLAKES rerun the test like the races they name."""
+    return [line for line in (result.stdout + result.stderr).splitlines() if "locked for" in line]
+
+
 @pytest.mark.engine
-def test_a_cold_publish_and_a_fresh_engines_verify_agree_and_a_planted_base_is_named(
+def test_the_default_project_publishes_both_platforms_through_bake_and_a_fresh_engines_verify_agrees(
         registry: Registry, standins: dict[str, str], second_engine: dict[str, str], tmp_path: Path) -> None:
-    """`make publish` builds the base with no cache on this machine's engine and pushes it
-    (Docker's own builder: its timestamp-rewritten OCI export, loaded and pushed); `make verify`
-    on a second engine that shares nothing with this one (no layer, no cache mount, no
-    downloaded wheel) rebuilds it and finds each platform, amd64 and arm64 under qemu, the
-    same bit for bit, dated by SOURCE_DATE_EPOCH. An image planted under the content tag (the
-    base and one more layer, its labels with it) is named by that layer, and publish --verify
-    refuses to build the app on it. A namespace of its own: a rerun starts from a registry
-    without the base its first attempt pushed."""
-    namespace = f"verify-{secrets.token_hex(4)}"
-    default_project = render_project(tmp_path / "p", registry=registry.host, image_namespace=namespace,
-                                     project_slug="same", upstream_image=standins["python"], uv_image=standins["uv"])
-    ref, app = linked(default_project, "ref").stdout.strip(), f"{registry.host}/{namespace}/same"
+    """The default answers (groups, uv, a virtualenv, linux/amd64 and linux/arm64 under qemu)
+    through `make publish` on Docker 26, the base built with no cache: bake pushes the base's
+    manifest list with provenance, its configs dated by SOURCE_DATE_EPOCH and labelled with the
+    content tag, and the registry cache; the app is smoke-tested and pushed. A second publish
+    finds the base and builds only the app, FROM the base's digest; its arm64 app runs. Then
+    `make verify` on a second engine that shares nothing with this one (no layer, no cache
+    mount, no downloaded wheel) rebuilds the base and finds each platform the same bit for bit.
+    No SBOM here: BuildKit's scanner image cannot be pulled (the bake plan's SBOM attestation is
+    checked in test_ci_files). A namespace of its own: a rerun starts from a registry without
+    the base its first attempt pushed."""
+    namespace = f"bake-{secrets.token_hex(4)}"
+    project = render_project(tmp_path / "p", registry=registry.host, image_namespace=namespace,
+                             project_slug="dflt", upstream_image=standins["python"], uv_image=standins["uv"])
+    text = (project / "base" / "Dockerfile").read_text()
+    assert "platforms=linux/amd64,linux/arm64" in text and f"FROM {standins['uv']}@sha256:" in text
+    ref, app = linked(project, "ref").stdout.strip(), f"{registry.host}/{namespace}/dflt"
+    content_tag = ref.rsplit(":", 1)[1]
     cold = {"BAKE_ARGS": f"{bake_env(tmp_path)['BAKE_ARGS']} --no-cache"}
     started = time.monotonic()
     try:
-        published = make(default_project, "publish", "PUBLISH_ARGS=--tag t1", env=cold)
-        out = published.stdout
-        # The engine's known race (two writes of one layer), should it hit the publish: said with any
-        # failure below, so that the Makefile's ENGINE_FLAKES rerun it like the races they name.
-        raced = [line for line in (out + published.stderr).splitlines() if "locked for" in line]
+        published = make(project, "publish", "PUBLISH_ARGS=--tag t1 --cache", env=cold)
+        out, races = published.stdout, raced(published)
         assert f"base {ref} is not in the registry: building it and pushing it" in out
         assert " load --input " in out and f" push {ref}\n" in out
-        index = json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--raw", ref],
-                                          capture_output=True, text=True, check=True).stdout)
-        pushed = {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"] for m in index["manifests"]
-                  if m["platform"]["os"] != "unknown"}
-        assert set(pushed) == BOTH
+        assert f"smoke test: {app}:t1 is healthy and answers /healthz" in out
+        pushed = index_of(ref)
+        assert set(pushed) == BOTH and set(index_of(f"{app}:t1")) == BOTH
+        for image in (ref, f"{app}:t1"):
+            provenance = json.loads(imagetools(image, "{{json .Provenance}}"))
+            assert set(provenance) == BOTH and all(p["SLSA"]["buildType"] for p in provenance.values())
         for digest in pushed.values():
             config = config_of(ref, digest)
             assert config["created"] == "1970-01-01T00:00:00Z"
-            assert config["config"]["Labels"]["org.linked-builds.content-tag"] == ref.rsplit(":", 1)[1]
-        verified = make(default_project, "verify", env=second_engine, check=False)
-        assert verified.returncode == 0, f"{verified.stdout[-3000:]}\n{verified.stderr[-3000:]}\n{raced}"
+            assert config["config"]["Labels"]["org.linked-builds.content-tag"] == content_tag
+        assert "buildx-cache" in registry.tags(f"{namespace}/dfltbase")
+        # The second publish finds the base and builds the app alone, FROM the base's digest.
+        again = make(project, "publish", "PUBLISH_ARGS=--tag t2 --cache").stdout
+        assert f"base {ref} is in the registry (sha256:" in again
+        assert not [line for line in again.splitlines() if line.startswith("+ ") and line.endswith(" base")]
+        assert f"BASE_IMAGE={ref}@sha256:" in again and set(index_of(f"{app}:t2")) == BOTH
+        # The arm64 app from the registry runs under emulation.
+        machine = subprocess.run([DOCKER, "run", "--rm", "--network", "host", "--platform", "linux/arm64",
+                                  f"{app}:t2", "python3", "-c", "import platform, flask; print(platform.machine())"],
+                                 capture_output=True, text=True)
+        assert machine.stdout.strip() == "aarch64", machine.stderr[-2000:]
+        verified = make(project, "verify", env=second_engine, check=False)
+        assert verified.returncode == 0, f"{verified.stdout[-3000:]}\n{verified.stderr[-3000:]}\n{races}"
         for platform in BOTH:
             assert f"verify: {ref} {platform} is {pushed[platform]}, bit for bit its rebuild" in verified.stdout
+    finally:
+        print(f"publish both platforms, publish again, verify on a second engine: {time.monotonic() - started:.0f} s")
+        subprocess.run([DOCKER, "rmi", "--force", ref, f"{app}:t1", f"{app}:t2"], capture_output=True)
 
-        # Someone with push access plants another image under the content tag.
+
+@pytest.mark.engine
+def test_a_base_planted_under_the_content_tag_is_named_by_its_layer_and_no_app_is_built_on_it(
+        registry: Registry, standins: dict[str, str], tmp_path: Path) -> None:
+    """Someone with push access plants another image under the content tag (the base and one
+    more layer, its labels with it): `publish --verify` rebuilds the base with no cache, twice
+    (a race of two layer writes can make one rebuild differ), names the planted layer and
+    builds no app on it. One platform, amd64: the judgement is the same for each platform."""
+    namespace = f"plant-{secrets.token_hex(4)}"
+    project = render_project(tmp_path / "p", registry=registry.host, image_namespace=namespace,
+                             project_slug="same", platforms=["linux/amd64"], upstream_image=standins["python"],
+                             uv_image=standins["uv"])
+    ref, app = linked(project, "ref").stdout.strip(), f"{registry.host}/{namespace}/same"
+    started = time.monotonic()
+    try:
+        published = make(project, "publish", "PUBLISH_ARGS=--tag t1")
+        genuine, races = index_of(ref)["linux/amd64"], raced(published)
         (tmp_path / "plant").mkdir()
         (tmp_path / "plant" / "Dockerfile").write_text(f"FROM {ref}\nRUN echo planted > /etc/planted\n")
-        subprocess.run([DOCKER, "buildx", "build", "--network", "host", "--platform", "linux/amd64,linux/arm64",
+        subprocess.run([DOCKER, "buildx", "build", "--network", "host", "--platform", "linux/amd64",
                         "--provenance=false", "--output", f"type=image,name={ref},push=true", str(tmp_path / "plant")],
                        capture_output=True, check=True)
-        planted = json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--raw", ref],
-                                            capture_output=True, text=True, check=True).stdout)["manifests"]
-        amd64 = next(m["digest"] for m in planted if m["platform"]["architecture"] == "amd64")
+        planted = index_of(ref)["linux/amd64"]
         layers = json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--raw",
-                                            f"{ref.rsplit(':', 1)[0]}@{amd64}"],
+                                            f"{ref.rsplit(':', 1)[0]}@{planted}"],
                                            capture_output=True, text=True, check=True).stdout)["layers"]
-        refused = make(default_project, "publish", "PUBLISH_ARGS=--tag t2 --verify", check=False)
+        refused = make(project, "publish", "PUBLISH_ARGS=--tag t2 --verify", check=False)
         assert refused.returncode != 0
         # judged on a second rebuild, not the first (a race of two layer writes can make one differ)
         assert f"verify: {ref} linux/amd64 differs from its rebuild: building again (" in refused.stderr
         said = refused.stderr.strip().splitlines()[-2]
-        assert said == (f"error: verify: {ref} linux/amd64 is {amd64}, not its rebuild {pushed['linux/amd64']}: they "
+        assert said == (f"error: verify: {ref} linux/amd64 is {planted}, not its rebuild {genuine}: they "
                         f"differ first in layer {len(layers)} ({layers[-1]['digest']}, rebuilt none: a layer the "
-                        "rebuild lacks)"), f"{refused.stderr[-2000:]}\n{raced}"
+                        "rebuild lacks)"), f"{refused.stderr[-2000:]}\n{races}"
         assert "t2" not in registry.tags(f"{namespace}/same")
     finally:
-        print(f"publish, verify, a planted base refused: {time.monotonic() - started:.0f} s")
+        print(f"publish, plant, publish --verify refused: {time.monotonic() - started:.0f} s")
         subprocess.run([DOCKER, "rmi", "--force", ref, f"{app}:t1", f"{app}:t2"], capture_output=True)
+
+
+def imagetools(ref: str, template: str) -> str:
+    return subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--format", template, ref],
+                          capture_output=True, text=True, check=True).stdout
 
 
 def publish_tool(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
