@@ -41,9 +41,11 @@ NEW_REQUIREMENT = "cowsay==6.1"  # small, pure Python, no dependencies, and not 
 PYTHONS = {"3.13": "trixie", "3.11": "bookworm"}
 # Every pair of answers, not every triple: each strategy x virtualenv with uv on 3.13 (the default)
 # and with pip on 3.11 (distro without a virtualenv takes no installer: uv on 3.11), so each meets
-# each installer and each Python (Debian release); groups with pip on 3.13 too (its group test builds it).
+# each installer and each Python (Debian release); groups with pip on 3.13 (its group test builds
+# it) and with uv on 3.11, where uv installs on bookworm.
 MATRIX = [(s, v, "uv", "3.13") for s, v, i in WITH_INSTALLER if i == "uv"] + [("groups", True, "pip", "3.13")] + [
-    (s, v, i, "3.11") for s, v, i in WITH_INSTALLER if i == "pip" or (s, v) == ("distro", False)]
+    (s, v, "uv" if s == "groups" else i, "3.11")
+    for s, v, i in WITH_INSTALLER if i == "pip" or (s, v) == ("distro", False)]
 MATRIX_IDS = [f"{s}-{'venv' if v else 'novenv'}-{i}-py{p}" for s, v, i, p in MATRIX]
 BUILD_TOOLS = {"pip", "setuptools", "wheel"}
 # In every name this run gives the engine: other runs (and other users) share it.
@@ -443,7 +445,7 @@ def test_distro_lock_keeps_apts_lists_for_the_day(engine: None, tmp_path: Path) 
     subprocess.run([DOCKER, "tag", "debian:trixie-slim", image], check=True)
     project = render_project(tmp_path / "project", lock=False, strategy="distro", upstream_image=image)
     volume = tool_module(project, "debian").lists_volume(image)
-    lists = "/cache/amd64"
+    lists = "/cache/v2/amd64"
 
     def in_volume(script: str) -> str:
         return subprocess.run([DOCKER, "run", "--rm", f"--volume={volume}:/cache", "debian:trixie-slim", "sh", "-c",
@@ -458,6 +460,7 @@ def test_distro_lock_keeps_apts_lists_for_the_day(engine: None, tmp_path: Path) 
         lock = (project / "base" / "requirements.txt").read_text()
         assert re.search(r"^# apt: .*python3-flask=", lock, re.M), lock
         assert in_volume(f"ls {lists}/debs").count("python3-packaging_") == 1
+        assert "srcpkgcache.bin" in in_volume(f"ls {lists}")  # the lists as apt parsed them
         in_volume(f"touch {lists}/lists/planted")  # apt's update drops a file it did not fetch
         locks(project)
         assert (project / "base" / "requirements.txt").read_text() == lock
