@@ -60,22 +60,25 @@ def standins(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> di
     return push_standins(registry, podman_environment(registry, tmp_path_factory.mktemp("podman")))
 
 
+def imagetools(ref: str, *args: str) -> Any:
+    """`docker buildx imagetools inspect` of ``ref`` with ``args`` (a JSON --format, or --raw), read as JSON."""
+    return json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", *args, ref],
+                                     capture_output=True, text=True, check=True).stdout)
+
+
 def config_of(ref: str, digest: str) -> dict[str, Any]:
     """The image config of the manifest ``digest`` of ``ref``'s repository, read from the registry."""
-    image = subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--format", "{{json .Image}}",
-                            f"{ref.rsplit(':', 1)[0]}@{digest}"], capture_output=True, text=True, check=True)
-    config: dict[str, Any] = json.loads(image.stdout)
+    config: dict[str, Any] = imagetools(f"{ref.rsplit(':', 1)[0]}@{digest}", "--format", "{{json .Image}}")
     return config
 
 
 def index_of(ref: str) -> dict[str, str]:
     """{platform: manifest digest} of ``ref`` in the registry: an index's platforms (attestations
     left out), or one image's."""
-    index = json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--raw", ref],
-                                      capture_output=True, text=True, check=True).stdout)
+    index = imagetools(ref, "--raw")
     if "manifests" not in index:
-        image = json.loads(imagetools(ref, "{{json .Image}}"))
-        return {f"{image['os']}/{image['architecture']}": json.loads(imagetools(ref, "{{json .Manifest}}"))["digest"]}
+        image = imagetools(ref, "--format", "{{json .Image}}")
+        return {f"{image['os']}/{image['architecture']}": imagetools(ref, "--format", "{{json .Manifest}}")["digest"]}
     return {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"] for m in index["manifests"]
             if m["platform"]["os"] != "unknown"}
 
@@ -117,7 +120,7 @@ def test_the_default_project_publishes_both_platforms_through_bake_and_a_fresh_e
         pushed = index_of(ref)
         assert set(pushed) == BOTH and set(index_of(f"{app}:t1")) == BOTH
         for image in (ref, f"{app}:t1"):
-            provenance = json.loads(imagetools(image, "{{json .Provenance}}"))
+            provenance = imagetools(image, "--format", "{{json .Provenance}}")
             assert set(provenance) == BOTH and all(p["SLSA"]["buildType"] for p in provenance.values())
         for digest in pushed.values():
             config = config_of(ref, digest)
@@ -167,9 +170,7 @@ def test_a_base_planted_under_the_content_tag_is_named_by_its_layer_and_no_app_i
                         "--provenance=false", "--output", f"type=image,name={ref},push=true", str(tmp_path / "plant")],
                        capture_output=True, check=True)
         planted = index_of(ref)["linux/amd64"]
-        layers = json.loads(subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--raw",
-                                            f"{ref.rsplit(':', 1)[0]}@{planted}"],
-                                           capture_output=True, text=True, check=True).stdout)["layers"]
+        layers = imagetools(f"{ref.rsplit(':', 1)[0]}@{planted}", "--raw")["layers"]
         refused = make(project, "publish", "PUBLISH_ARGS=--tag t2 --verify", check=False)
         assert refused.returncode != 0
         # judged on a second rebuild, not the first (a race of two layer writes can make one differ)
@@ -184,11 +185,6 @@ def test_a_base_planted_under_the_content_tag_is_named_by_its_layer_and_no_app_i
         subprocess.run([DOCKER, "rmi", "--force", ref, f"{app}:t1", f"{app}:t2"], capture_output=True)
         if loaded:
             subprocess.run([DOCKER, "rmi", "--force", loaded], capture_output=True)
-
-
-def imagetools(ref: str, template: str) -> str:
-    return subprocess.run([DOCKER, "buildx", "imagetools", "inspect", "--format", template, ref],
-                          capture_output=True, text=True, check=True).stdout
 
 
 def publish_tool(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
