@@ -114,7 +114,7 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
         assert split.value[0] == f"python3 -I /opt/base/groups.py {GROUPS} /opt/base/requirements.txt /opt/base/groups"
         last = max(n for n, i in enumerate(instructions) if i.cmd == "FROM")
         assert [(i.cmd, i.flags, i.value) for i in instructions[last + 1:]] == [
-            ("COPY", (f"--from=group-{n}",), ("/opt/group/", "/opt/venv/")) for n in range(GROUPS)]
+            ("COPY", ("--link", f"--from=group-{n}"), ("/opt/group/", "/opt/venv/")) for n in range(GROUPS)]
         assert (project / "base" / "groups.py").is_file()
         assert "!groups.py" in (project / "base" / ".dockerignore").read_text().splitlines()
         assert {"flask==", "gunicorn=="} <= {pin.split("==")[0] + "==" for pin, _ in lock}

@@ -179,7 +179,16 @@ class Engine:
         if push:
             run([*self.command, "manifest", "rm", ref], quiet=True)  # --manifest adds to a list of that name
             build[-2:] = [f"--platform={','.join(platforms)}", f"--manifest={ref}"]
-        self.must("build", *build, context)
+        self.build(context, *build)
+
+    def build(self, context: str, *args: str) -> None:
+        """Build ``context`` (its Dockerfile) with ``args``. Podman before 5.6 refuses `COPY --link`,
+        which only tells BuildKit a copy's layer stands alone: Podman reads the Dockerfile without it."""
+        text = (self.project.root / context / "Dockerfile").read_text(encoding="utf-8")
+        unlinked = re.sub(r"(?m)^(COPY\b.*?) --link(?= )", r"\1", text) if self.podman else text
+        if unlinked == text:
+            return self.must("build", *args, context)
+        self.must("build", "--file", "-", *args, context, stdin=unlinked)
 
     def smoke(self, ref: str, seconds: int = 90) -> None:
         """Start the app image as compose.yaml's service (no network, no port), wait for its own
@@ -400,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                 return print(f"base image {ref} is present") or 0
             labels = [f"--label={k}={v}" for k, v in zip(LABELS, (ref.rsplit(":", 1)[1], lock))]
             build_args = shlex.split(os.environ.get("BUILD_ARGS", ""))
-            engine.must("build", *build_args, *labels, "--tag", ref, "base")
+            engine.build("base", *build_args, *labels, "--tag", ref)
         elif args.command == "verify":
             verify(engine, locked_platforms(engine))
         else:
