@@ -831,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         out.mkdir(parents=True, exist_ok=True)
         earlier = json.loads(args.from_json.read_text())
+        add_ratios(earlier["scenarios"])  # an interrupted run's file was written before its ratios
         (out / "bench.md").write_text(markdown(earlier))
         chart(earlier, out / "bench.png")
         return 0
