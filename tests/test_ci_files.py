@@ -413,6 +413,30 @@ def test_the_workflow_test_step_runs_the_apps_tests(images: Path, tmp_path: Path
     assert re.search(r"\b4 passed\b", result.stdout), result.stdout[-2000:]
 
 
+def test_podman_gets_the_base_dockerfile_without_copy_link(project: Path, tmp_path: Path) -> None:
+    """Podman before 5.6 refuses `COPY --link`: `make base` hands it base/Dockerfile on stdin with the
+    flag taken out of every COPY (the groups' copies and one of the user's own, spelled another way)."""
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy)
+    dockerfile = copy / "base" / "Dockerfile"
+    own = "copy --link=true --chmod=644 requirements.in /opt/own/\n"
+    dockerfile.write_text(dockerfile.read_text().replace("# <<< your build steps\n", own + "# <<< your build steps\n"))
+    assert linked(copy, "sync").returncode == 0
+    engine = tmp_path / "podman"
+    engine.write_text(f'#!/bin/sh\n[ "$1" = --version ] && echo "podman version 4.3.1" && exit 0\n'
+                      f'[ "$1" = build ] && printf "%s\\n" "$*" > {tmp_path}/args && cat > {tmp_path}/stdin\nexit 0\n')
+    engine.chmod(0o755)
+    result = linked(copy, "base", "--engine", str(engine))
+    assert result.returncode == 0, result.stderr
+    text = dockerfile.read_text()
+    assert text.count("COPY --link --from=group-") == 5
+    args = (tmp_path / "args").read_text().split()
+    assert args[:3] == ["build", "--file", "-"] and args[-1] == "base"
+    unlinked = [line.replace(" --link=true", "").replace(" --link ", " ") if line.lower().startswith("copy ") else line
+                for line in text.splitlines(keepends=True)]
+    assert (tmp_path / "stdin").read_text() == "".join(unlinked) and "\ncopy --chmod=644 " in "".join(unlinked)
+
+
 @pytest.fixture
 def two_platforms(project: Path, tmp_path: Path,
                   monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, FakeRegistry]]:

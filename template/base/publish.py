@@ -185,7 +185,7 @@ class Engine:
         """Build ``context`` (its Dockerfile) with ``args``. Podman before 5.6 refuses `COPY --link`,
         which only tells BuildKit a copy's layer stands alone: Podman reads the Dockerfile without it."""
         text = (self.project.root / context / "Dockerfile").read_text(encoding="utf-8")
-        unlinked = re.sub(r"(?m)^(COPY\b.*?) --link(?= )", r"\1", text) if self.podman else text
+        unlinked = re.sub(r"(?im)^(COPY\b.*?) --link(=\S*)?(?= )", r"\1", text) if self.podman else text
         if unlinked == text:
             return self.must("build", *args, context)
         self.must("build", "--file", "-", *args, context, stdin=unlinked)
