@@ -39,6 +39,8 @@ DEADLINE = 120  # seconds for one registry question, whatever the registry does
 # probed each second (not each 30 s), so the verdict comes in seconds either way.
 SMOKE = "services:\n  app:\n    network_mode: none\n    ports: !reset []\n    healthcheck:\n      interval: 1s\n"
 HEALTHZ = "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['PORT'] + '/healthz')"
+# A COPY's or ADD's --link flag (any spelling, on a continued line too), which Podman refuses before 5.6.
+LINK = re.compile(r"(?im)^([ \t]*(?:COPY|ADD)(?:[ \t]+--(?!link\b)\S+|[ \t]*\\\n)*)[ \t]+--link(?:=\w+)?(?=[ \t\\]|$)")
 
 
 def manifest(ref: str, engine: list[str], podman: bool, config: bool = False) -> tuple[str, bytes] | None:
@@ -185,7 +187,7 @@ class Engine:
         """Build ``context`` (its Dockerfile) with ``args``. Podman before 5.6 refuses `COPY --link`,
         which only tells BuildKit a copy's layer stands alone: Podman reads the Dockerfile without it."""
         text = (self.project.root / context / "Dockerfile").read_text(encoding="utf-8")
-        unlinked = re.sub(r"(?im)^(COPY\b.*?) --link(=\S*)?(?= )", r"\1", text) if self.podman else text
+        unlinked = LINK.sub(r"\1", text) if self.podman else text
         if unlinked == text:
             return self.must("build", *args, context)
         self.must("build", "--file", "-", *args, context, stdin=unlinked)
