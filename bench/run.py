@@ -677,9 +677,25 @@ def summary(values: list[float]) -> dict[str, Any]:
             "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
+# Free space a run starts with, at least (a bound, not a measure of what a run writes): a disk
+# that fills during a build fails it half-way, in the engine's own words, and the runs after it.
+MIN_FREE_GB = 10
+
+
+def room(minimum: float = MIN_FREE_GB) -> None:
+    """Stop the bench, in one line, when the engine's disk has less than ``minimum`` GB free.
+    A remote engine (its folder not on this machine) is not checked."""
+    info = subprocess.run([DOCKER, "info", "--format", "{{.DockerRootDir}}"], capture_output=True, text=True, env=ENV)
+    root = Path(info.stdout.strip() or "/nonexistent")
+    if root.is_dir() and (free := shutil.disk_usage(root).free / 1e9) < minimum:
+        raise SystemExit(f"bench: {free:.1f} GB free under {root}, less than the {minimum} GB a run starts with: "
+                         "`docker builder prune` frees the engine's build cache (the results so far are kept)")
+
+
 def measure(name: str, kind: str, runs: int, once: Callable[[Path], dict[str, Any]], **fields: Any) -> dict[str, Any]:
     results = []
     for n in range(runs):
+        room()
         print(f"bench: {name} run {n + 1}/{runs}", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="linked-builds-bench-") as work:
             results.append(once(Path(work)))

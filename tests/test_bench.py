@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -103,6 +104,22 @@ def test_the_prune_never_takes_all(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert not [line for line in prunes if "--all" in line.split()], prunes
     assert prunes[0].startswith("builder prune --force --filter id=^("), prunes  # a batch first
     assert prunes[-1] == "builder prune --force --filter id=^abc$", prunes  # then the one record still there
+
+
+@pytest.mark.engine
+def test_a_run_stops_in_one_line_when_the_engines_disk_is_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before each run the bench reads the engine's folder's free space (a disk that fills mid-build
+    fails the build half-way): under the bound it stops naming the fix; over it, it goes on."""
+    require_engine(DOCKER, ())
+    bench = bench_module()
+    root = subprocess.run([DOCKER, "info", "--format", "{{.DockerRootDir}}"], capture_output=True, text=True)
+    free = shutil.disk_usage(root.stdout.strip()).free / 1e9
+    bench.room(minimum=free / 2)
+    with pytest.raises(SystemExit) as stopped:
+        bench.room(minimum=free * 2)
+    said = str(stopped.value)
+    assert said.startswith("bench: ") and "\n" not in said and "docker builder prune" in said, said
+    assert root.stdout.strip() in said
 
 
 @pytest.mark.engine
