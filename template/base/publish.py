@@ -186,11 +186,11 @@ class Engine:
     def build(self, context: str, *args: str) -> None:
         """Build ``context`` (its Dockerfile) with ``args``. Podman before 5.6 refuses `COPY --link`,
         which only tells BuildKit a copy's layer stands alone: Podman reads the Dockerfile without it."""
-        text = (self.project.root / context / "Dockerfile").read_text(encoding="utf-8")
-        unlinked = LINK.sub(r"\1", text) if self.podman else text
-        if unlinked == text:
-            return self.must("build", *args, context)
-        self.must("build", "--file", "-", *args, context, stdin=unlinked)
+        if self.podman:
+            text = (self.project.root / context / "Dockerfile").read_text(encoding="utf-8")
+            if (unlinked := LINK.sub(r"\1", text)) != text:
+                return self.must("build", "--file", "-", *args, context, stdin=unlinked)
+        self.must("build", *args, context)
 
     def smoke(self, ref: str, seconds: int = 90) -> None:
         """Start the app image as compose.yaml's service (no network, no port), wait for its own
