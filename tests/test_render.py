@@ -102,8 +102,13 @@ def test_base_dockerfile_installs_the_lock_per_strategy(rendered: Rendered, stra
     if uv:
         assert {"UV_LINK_MODE": "copy", "UV_COMPILE_BYTECODE": "1", "UV_PYTHON_DOWNLOADS": "never"}.items() <= \
             env.items()
-        assert any(i.cmd == "COPY" and i.value == ("/uv", "/usr/local/bin/uv") and "--from=uv" in i.flags
-                   for i in instructions)
+        copied = any(i.cmd == "COPY" and i.value == ("/uv", "/usr/local/bin/uv") and "--from=uv" in i.flags
+                     for i in instructions)
+        # groups mounts uv's binary in the steps that run it: the base image carries none
+        assert copied == (strategy != "groups")
+        mount = "--mount=type=bind,from=uv,source=/uv,target=/usr/local/bin/uv"
+        uses = [i for i in instructions if i.cmd == "RUN" and re.search(r"\buv (pip|venv)\b", i.value[0])]
+        assert uses and all((mount in i.flags) == (strategy == "groups") for i in uses)
     lock = locked(project)
     if strategy == "groups":
         assert [" ".join(i.value[0].split()) for i in pip_steps] == [
