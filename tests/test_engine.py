@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from uv import find_uv_bin
 
 from buildkit import buildkit_steps
 from conftest import (
@@ -141,8 +142,11 @@ def built(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ca
     subprocess.run([DOCKER, "rmi", "--force", *refs], capture_output=True)
 
 
-def run_in(image: str, *command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DOCKER, "run", "--rm", "--network", "host", image, *command],
+def run_in(image: str, *command: str, own_uv: bool = False) -> subprocess.CompletedProcess[str]:
+    """``command`` in a container of ``image``; ``own_uv``: the tests' uv (the version the lock names)
+    mounted in, for an image that carries none (groups: its install steps mount uv's binary)."""
+    uv = ["--volume", f"{find_uv_bin()}:/usr/local/bin/uv:ro"] if own_uv else []
+    return subprocess.run([DOCKER, "run", "--rm", "--network", "host", *uv, image, *command],
                           capture_output=True, text=True)
 
 
@@ -157,7 +161,10 @@ def test_image_serves_as_non_root_and_holds_exactly_the_lock(built: Callable[...
     assert f'"org.linked-builds.content-tag":"{b.base_ref.rsplit(":", 1)[1]}"' in labels
     pins = locked_pins(b.project)
     if strategy != "distro":
-        freeze = run_in(b.base_ref, *(("uv", "pip", "freeze") if uv else ("python3", "-m", "pip", "freeze", "--all")))
+        if strategy == "groups":  # its base carries no uv: its install steps mount uv's binary
+            assert run_in(b.base_ref, "sh", "-c", "command -v uv").stdout == ""
+        freeze = run_in(b.base_ref, *(("uv", "pip", "freeze") if uv else ("python3", "-m", "pip", "freeze", "--all")),
+                        own_uv=strategy == "groups")
         # name==version, or `name @ file://...` for a build tool the image brought from a local wheel
         entries = [re.split(r"==| @ ", line, maxsplit=1) for line in freeze.stdout.splitlines() if line]
         installed = {n.lower().replace("_", "-"): v for n, v in entries if n.lower() not in BUILD_TOOLS}
@@ -177,7 +184,8 @@ def test_image_serves_as_non_root_and_holds_exactly_the_lock(built: Callable[...
         assert c.wait_healthy(30) == "healthy", c.logs()
         assert "[ERROR]" not in c.logs() and "Traceback" not in c.logs(), c.logs()
         if strategy != "distro" or venv:
-            check = run_in(b.base_ref, *(("uv", "pip", "check") if uv else ("python3", "-m", "pip", "check")))
+            check = run_in(b.base_ref, *(("uv", "pip", "check") if uv else ("python3", "-m", "pip", "check")),
+                           own_uv=strategy == "groups")
             assert check.returncode == 0, check.stdout + check.stderr
         where = c.exec("python3", "-c", "import flask, sys; print(flask.__file__, sys.prefix, sys.version)")
         assert where.returncode == 0, where.stderr
