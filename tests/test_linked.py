@@ -227,6 +227,26 @@ def test_user_lines_inside_a_block_are_replaced(project: Path) -> None:
     assert "RUN echo stray" not in dockerfile.read_text()
 
 
+def test_a_block_marker_left_alone_stops_sync_in_one_line(project: Path, rendered: Rendered, tmp_path: Path) -> None:
+    """A block whose start line went is named, not skipped; a groups project (no base/steps.py,
+    no blocks) with a block line added by hand says what to do, exit 2 either way."""
+    dockerfile = project / "base" / "Dockerfile"
+    dockerfile.write_text("\n".join(line for line in dockerfile.read_text().splitlines()
+                                    if not line.startswith("# >>> linked-builds:pip")) + "\n")
+    for command in ("check", "sync"):
+        result = linked(project, command)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "end of block 'pip' without its start" in result.stderr
+    groups = tmp_path / "groups"
+    shutil.copytree(rendered("groups", True), groups)
+    assert not (groups / "base" / "steps.py").exists()
+    dockerfile = groups / "base" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "# >>> linked-builds:pip\n# <<< linked-builds:pip\n")
+    result = linked(groups, "check")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "base/steps.py is missing: one-by-one, combo and distro have it" in result.stderr
+
+
 def test_tag_ignores_files_outside_the_context(project: Path) -> None:
     tag = linked(project, "tag").stdout
     (project / "base" / "NOTES.md").write_text("not part of the build context\n")
@@ -358,7 +378,7 @@ def test_install_order_follows_requirements_in_with_dependencies_first(project: 
         + "".join(f"{name}==1.0 \\\n    --hash=sha256:{'a' * 64}\n    # via {via}\n" for name, via in [
             ("alpha", "zulu"), ("beta", "-r requirements.in"), ("shared", "\n    #   beta\n    #   zulu"),
             ("zulu", "-r requirements.in")]))
-    names = [name for name, _, _ in lock.ordered(["zulu", "beta"])]
+    names = [name for name, _, _ in tool_module(project, "steps").ordered(lock, ["zulu", "beta"])]
     assert names == ["alpha", "shared", "zulu", "beta"]
 
 

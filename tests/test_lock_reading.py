@@ -91,9 +91,10 @@ def test_a_package_locked_twice_for_two_markers_gets_both_steps(project: Path) -
     module = tool_module(project)
     lock = module.Lock(LOCK_HEAD + f"numpy==2.0 ; python_full_version < '3.14' \\\n    {HASH}\n    # via -r x\n"
                        f"numpy==2.3 ; python_full_version >= '3.14' \\\n    {HASH}\n    # via -r x\n")
-    assert [r for _, r, _ in lock.ordered(["numpy"])] == ["numpy==2.0 ; python_full_version < '3.14'",
-                                                          "numpy==2.3 ; python_full_version >= '3.14'"]
-    step = module.pip_step(lock.entries[0][1], lock.entries[0][2], "uv")
+    steps = tool_module(project, "steps")
+    assert [r for _, r, _ in steps.ordered(lock, ["numpy"])] == ["numpy==2.0 ; python_full_version < '3.14'",
+                                                                 "numpy==2.3 ; python_full_version >= '3.14'"]
+    step = steps.pip_step(lock.entries[0][1], lock.entries[0][2], "uv")
     assert "echo 'numpy==2.0 ; python_full_version < \"3.14\" \\\n" in step
 
 

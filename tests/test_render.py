@@ -197,6 +197,8 @@ def test_generated_project_checks_tests_and_stays_clean(
     assert os.access(project / "base" / "linked.py", os.X_OK)  # the tool; base/publish.py is a module it imports
     assert not (project / "base" / "registry.py").exists()  # folded into base/publish.py
     assert (project / "base" / "debian.py").exists() == (strategy == "distro")
+    # the generated blocks' writer, only where base/Dockerfile has blocks
+    assert (project / "base" / "steps.py").exists() == (strategy not in ("groups", "requirements"))
     assert len((project / "base" / "linked.py").read_text().splitlines()) <= 600  # one sitting's read
     leftover = re.compile(r"\{%|\{\{-?\s*(" + "|".join(k for k in COPIER_YML if not k.startswith("_")) + r")\b")
     for path in project.rglob("*"):
