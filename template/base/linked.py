@@ -326,9 +326,9 @@ class Project:
         python, target = settings.get("python", ""), lock_target(texts["base/Dockerfile"])
         requirements_in, new_base = self.read("base/requirements.in"), texts["base/Dockerfile"]
         stale = lock.problems(requirements_in, python, target)
-        top_level_names(requirements_in, "base/requirements.in")  # pip options refused, whatever the lock says
+        top = top_level_names(requirements_in, "base/requirements.in")  # pip options refused, whatever the lock says
         if FENCED.search(new_base):  # one-by-one, combo, distro: base/steps.py writes the blocks
-            new_base = steps().blocks(new_base, lock, requirements_in)
+            new_base = steps().blocks(new_base, lock, top)
         writes: dict[str, str] = {}
         if new_base != texts["base/Dockerfile"]:
             writes["base/Dockerfile"] = new_base
