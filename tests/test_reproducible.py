@@ -92,16 +92,16 @@ def raced(result: subprocess.CompletedProcess[str]) -> list[str]:
 @pytest.mark.engine
 def test_the_default_project_publishes_both_platforms_through_bake_and_a_fresh_engines_verify_agrees(
         registry: Registry, standins: dict[str, str], second_engine: dict[str, str], tmp_path: Path) -> None:
-    """The default answers (groups, uv, a virtualenv, linux/amd64 and linux/arm64 under qemu)
-    through `make publish` on Docker 26, the base built with no cache: bake pushes the base's
-    manifest list with provenance, its configs dated by SOURCE_DATE_EPOCH and labelled with the
-    content tag, and the registry cache; the app is smoke-tested and pushed. A second publish
-    finds the base and builds only the app, FROM the base's digest; its arm64 app runs. Then
-    `make verify` on a second engine that shares nothing with this one (no layer, no cache
-    mount, no downloaded wheel) rebuilds the base and finds each platform the same bit for bit.
-    No SBOM here: BuildKit's scanner image cannot be pulled (the bake plan's SBOM attestation is
-    checked in test_ci_files). A namespace of its own: a rerun starts from a registry without
-    the base its first attempt pushed."""
+    """The default answers (groups, uv, a virtualenv, linux/amd64 and linux/arm64 under qemu) through
+    `make publish` on Docker 26, the base built with no cache: bake pushes the base's manifest
+    list with provenance, its configs dated by SOURCE_DATE_EPOCH and labelled with the content
+    tag, every layer zstd (the upstream's too), and the registry cache; the app is smoke-tested
+    and pushed. A second publish finds the base and builds only the app, FROM the base's digest;
+    its arm64 app runs. Then `make verify` on a second engine that shares nothing with this one
+    (no layer, no cache mount, no downloaded wheel) rebuilds the base and finds each platform
+    the same bit for bit. No SBOM here: BuildKit's scanner image cannot be pulled (the bake
+    plan's SBOM attestation is checked in test_ci_files). A namespace of its own: a rerun starts
+    from a registry without the base its first attempt pushed."""
     namespace = f"bake-{secrets.token_hex(4)}"
     project = render_project(tmp_path / "p", registry=registry.host, image_namespace=namespace,
                              project_slug="dflt", upstream_image=standins["python"], uv_image=standins["uv"])
@@ -123,6 +123,8 @@ def test_the_default_project_publishes_both_platforms_through_bake_and_a_fresh_e
             provenance = imagetools(image, "--format", "{{json .Provenance}}")
             assert set(provenance) == BOTH and all(p["SLSA"]["buildType"] for p in provenance.values())
         for digest in pushed.values():
+            layers = imagetools(f"{ref.rsplit(':', 1)[0]}@{digest}", "--raw")["layers"]
+            assert {layer["mediaType"] for layer in layers} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
             config = config_of(ref, digest)
             assert config["created"] == "1970-01-01T00:00:00Z"
             assert config["config"]["Labels"]["org.linked-builds.content-tag"] == content_tag
@@ -210,7 +212,7 @@ def test_the_base_takes_its_date_from_the_dockerfile_and_rewrites_file_times(pro
     assert plan.returncode == 0, plan.stderr
     base = json.loads(plan.stdout)["target"]["base"]
     assert base["args"] == {"SOURCE_DATE_EPOCH": "0"}
-    assert base["output"] == ["type=image,rewrite-timestamp=true,store=false"]
+    assert base["output"] == ["type=image,store=false,rewrite-timestamp=true,compression=zstd,force-compression=true"]
 
 
 def test_verify_and_publish_verify_dry_runs_rebuild_with_no_cache(project: Path, tmp_path: Path) -> None:
@@ -241,8 +243,8 @@ def test_verify_and_publish_verify_dry_runs_rebuild_with_no_cache(project: Path,
     (step,) = engine_steps(verify.stdout)
     assert "PLATFORMS=linux/amd64,linux/arm64 CACHE='' SBOM=false " in step  # every platform the lock names
     assert f"BASE_TAG={ref.rsplit(':', 1)[1]} " in step
-    assert " buildx bake --file docker-bake.hcl --print --no-cache --set=base.output=type=oci,dest=" in step
-    assert step.endswith(",tar=false,rewrite-timestamp=true base")
+    assert " SBOM=false BASE_OUTPUT=type=oci,dest=" in step and ",tar=false " in step
+    assert step.endswith(" buildx bake --file docker-bake.hcl --print --no-cache base")
     assert found.returncode == 0, found.stderr
     steps = engine_steps(found.stdout)
     assert "--no-cache" in steps[0] and steps[1].endswith("--load app")  # verified before the app is built on it

@@ -170,8 +170,7 @@ class Engine:
         if not self.docker_driver:
             return self.bake("base", variables, "--push")
         with tempfile.TemporaryDirectory(prefix="linked-base-") as folder:
-            output = f"type=oci,dest={folder}/base.tar,rewrite-timestamp=true,name={ref}"
-            self.bake("base", variables, f"--set=base.output={output}")
+            self.bake("base", {**variables, "BASE_OUTPUT": f"type=oci,dest={folder}/base.tar,name={ref}"})
             self.must("load", "--input", f"{folder}/base.tar")
             self.must("push", ref)
 
@@ -261,8 +260,8 @@ def verify(engine: Engine, platforms: list[str]) -> None:
     def rebuild(layout: Path) -> dict[str, str]:
         """Each platform's manifest digest of a rebuild into the OCI layout ``layout`` (made here)."""
         layout.mkdir()
-        output = f"--set=base.output=type=oci,dest={layout},tar=false,rewrite-timestamp=true"
-        engine.bake("base", {**bake, "CACHE": "", "SBOM": "false"}, "--no-cache", output)
+        output = {"CACHE": "", "SBOM": "false", "BASE_OUTPUT": f"type=oci,dest={layout},tar=false"}
+        engine.bake("base", {**bake, **output}, "--no-cache")
         entries = [] if engine.dry_run else json.loads((layout / "index.json").read_bytes())["manifests"]
         if entries and entries[0]["mediaType"].endswith("index.v1+json"):  # the platforms and their attestations
             entries = blob(layout, entries[0]["digest"])["manifests"]
