@@ -154,7 +154,11 @@ def test_a_base_planted_under_the_content_tag_is_named_by_its_layer_and_no_app_i
     """Someone with push access plants another image under the content tag (the base and one
     more layer, its labels with it): `publish --verify` rebuilds the base with no cache, twice
     (a race of two layer writes can make one rebuild differ), names the planted layer and
-    builds no app on it. One platform, amd64: the judgement is the same for each platform."""
+    builds no app on it. One platform, amd64: the judgement is the same for each platform.
+    The base is published in gzip (`LAYERS=gzip`, as before zstd), and so is the plant (without
+    force-compression BuildKit may reuse a zstd copy of a layer it holds): verify, with no LAYERS
+    of its own, rebuilds in the compression of the registry's first layer, gzip, and finds the
+    genuine layers its own."""
     namespace = f"plant-{secrets.token_hex(4)}"
     project = render_project(tmp_path / "p", registry=registry.host, image_namespace=namespace,
                              project_slug="same", platforms=["linux/amd64"], upstream_image=standins["python"],
@@ -162,14 +166,18 @@ def test_a_base_planted_under_the_content_tag_is_named_by_its_layer_and_no_app_i
     ref, app = linked(project, "ref").stdout.strip(), f"{registry.host}/{namespace}/same"
     started, loaded = time.monotonic(), ""
     try:
-        published = make(project, "publish", "PUBLISH_ARGS=--tag t1")
+        published = make(project, "publish", "PUBLISH_ARGS=--tag t1", env={"LAYERS": "gzip"})
         genuine, races = index_of(ref)["linux/amd64"], raced(published)
+        held = imagetools(f"{ref.rsplit(':', 1)[0]}@{genuine}", "--raw")["layers"]
+        assert {layer["mediaType"] for layer in held} == {"application/vnd.oci.image.layer.v1.tar+gzip"}
         loaded = subprocess.run([DOCKER, "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
                                 text=True, check=True).stdout.strip()  # untagged by the plant: removed after
         (tmp_path / "plant").mkdir()
         (tmp_path / "plant" / "Dockerfile").write_text(f"FROM {ref}\nRUN echo planted > /etc/planted\n")
         subprocess.run([DOCKER, "buildx", "build", "--network", "host", "--platform", "linux/amd64",
-                        "--provenance=false", "--output", f"type=image,name={ref},push=true", str(tmp_path / "plant")],
+                        "--provenance=false", "--output",
+                        f"type=image,name={ref},push=true,compression=gzip,force-compression=true",
+                        str(tmp_path / "plant")],
                        capture_output=True, check=True)
         planted = index_of(ref)["linux/amd64"]
         layers = imagetools(f"{ref.rsplit(':', 1)[0]}@{planted}", "--raw")["layers"]

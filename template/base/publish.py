@@ -253,6 +253,12 @@ def verify(engine: Engine, platforms: list[str]) -> None:
     repository, content_tag = ref.rsplit(":", 1)
     theirs = platforms_in(found[1], ref) or ({platforms[0]: found[0]} if len(platforms) == 1 else {})
     bake = {"BASE_REPOSITORY": repository, "BASE_TAG": content_tag, "LOCK": lock, "PLATFORMS": ",".join(platforms)}
+    if first := next(iter(theirs.values()), None):  # rebuilt in the compression of the registry's first layer
+        try:
+            held = json.loads((manifest(f"{repository}@{first}", engine.command, False) or ("", b"{}"))[1])
+            bake["LAYERS"] = "zstd" if held["layers"][0]["mediaType"].endswith("zstd") else "gzip"
+        except (ValueError, LookupError, AttributeError, TypeError):
+            pass  # no image manifest there: the comparison below names what differs
 
     def blob(layout: Path, digest: str) -> Any:
         return json.loads(layout.joinpath("blobs", *digest.split(":")).read_bytes())
