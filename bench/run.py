@@ -70,7 +70,7 @@ BUMP = ("attrs==25.4.0", "attrs==26.1.0")
 DISTRO_BUMP = ("attrs", "attrs>=25")  # under distro requirements.in names, Debian's versions decide
 ADD = "tabulate==0.9.0"
 ANCHOR = "linked-builds-bench-anchor"  # names the step whose parent every layer of a run descends from
-PHASES = ("cold", "code", "add", "bump", "refresh", "fresh")
+PHASES = ("cold", "code", "add", "bump", "refresh", "fresh", "fresh_zstd")
 CODE_EDITS = 5  # code-only rebuilds per run, of which the run keeps the median
 # The weekly refresh: these lines of requirements.in go from == to >=, then `make lock UPGRADE=1`
 # moves them, and every pin that is not held by an ==, to the newest release allowed.
@@ -314,10 +314,10 @@ class Isolation:
         self.report = {"images_removed": len(set(self.images)), "cache_records_removed": len(mine - left),
                        "cache_records_left": len(left), "new_cache_records_kept": len(kept)}
 
-    def _build_stdin(self, tag: str, dockerfile: str) -> None:
+    def _build_stdin(self, tag: str, dockerfile: str, extra: tuple[str, ...] = ()) -> None:
         self.images.append(tag)
-        result = subprocess.run([DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag, "-"],
-                                input=dockerfile, capture_output=True, text=True, env=ENV)
+        argv = [DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag, *extra, "-"]
+        result = subprocess.run(argv, input=dockerfile, capture_output=True, text=True, env=ENV)
         if result.returncode != 0:
             raise SystemExit(f"bench: build of {tag} failed:\n{result.stderr[-3000:]}")
         self.built.append(image_id(tag))
@@ -418,20 +418,45 @@ def push(iso: Isolation, local: str, remote: str) -> None:
     docker("push", remote)
 
 
+def push_base(iso: Isolation, project: Path, remote: str) -> None:
+    """Push the base as `make publish` does on Docker's own builder (not timed): bake's OCI export
+    of the base target (every layer in the template's compression, zstd unless LAYERS says), loaded
+    into the engine, then pushed."""
+    repository, tag = remote.rsplit(":", 1)
+    iso.images.append(remote)
+    variables = {"BASE_REPOSITORY": repository, "BASE_TAG": tag, "SBOM": "false", "PLATFORMS": native_platform()}
+    with tempfile.TemporaryDirectory(prefix="bench-base-") as folder:
+        variables["BASE_OUTPUT"] = f"type=oci,dest={folder}/base.tar,name={remote}"
+        host = Path(folder, "host-network.compose.yaml")  # bake's way to the host's network (no --set network)
+        host.write_text("services:\n  base:\n    build:\n      context: base\n      network: host\n")
+        result = subprocess.run([DOCKER, "buildx", "bake", "--file", "docker-bake.hcl", "--file", str(host),
+                                 "--set", f"base.args.BUILDKIT_CACHE_MOUNT_NS={iso.namespace}", "base"],
+                                cwd=project, capture_output=True, text=True, env={**ENV, **variables})
+        if result.returncode != 0:
+            raise SystemExit(f"bench: bake of the base failed:\n{result.stderr[-3000:]}")
+        docker("load", "--input", f"{folder}/base.tar")
+    iso.built.append(image_id(remote))
+    docker("push", remote)
+
+
+def native_platform() -> str:
+    return "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
 def fresh_template(iso: Isolation, project: Path, work: Path) -> tuple[float, list[str]]:
     """A CI runner with an empty engine, the base in the registry: the app job after a code change.
 
     What `publish --only app --cache inline` does there: pull the pinned base, build the app
     FROM it with the inline cache of the app's last image. Pushes (not timed) put the base
-    and the app's last image in a registry of the run's own; then the run's local images and
-    build cache go, and the timed part starts from nothing.
+    (as `make publish` writes it) and the app's last image in a registry of the run's own; then
+    the run's local images and build cache go, and the timed part starts from nothing.
     """
     registry = LocalRegistry(work)
     try:
         # The run's token in every name: the records of what is pulled and built on it are the run's.
         remote_base = f"{registry.host}/bench/base-{iso.token}:{tool(project, 'tag')}"
         remote_app = f"{registry.host}/bench/app-{iso.token}:main"
-        push(iso, tool(project, "ref"), remote_base)
+        push_base(iso, project, remote_base)
         inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1", "--build-arg", f"BASE_IMAGE={remote_base}"]
         iso.build(project, remote_app, extra=inline)
         docker("push", remote_app)
@@ -447,23 +472,37 @@ def fresh_template(iso: Isolation, project: Path, work: Path) -> tuple[float, li
         registry.stop()
 
 
-def fresh_baseline(iso: Isolation, project: Path, dockerfile: Path, work: Path) -> tuple[float, list[str]]:
+def fresh_baseline(iso: Isolation, project: Path, dockerfile: Path, work: Path,
+                   variants: tuple[str, ...] = ("gzip",)) -> dict[str, tuple[float, list[str]]]:
     """The same CI runner for a single Dockerfile: the registry cache it can have on this engine
-    (BuildKit's inline cache, from its last image, and the upstream image from the registry)."""
+    (BuildKit's inline cache, from its last image, and the upstream image from the registry).
+    Per variant: "gzip", as `docker push` sends it; "zstd", the upstream and the image pushed with
+    every layer in zstd, as the template's base is (BuildKit re-encodes them as it pushes)."""
     registry = LocalRegistry(work)
+    inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
+    pushing = ("--output", "type=image,push=true,compression=zstd,force-compression=true")
     try:
-        remote_upstream = f"{registry.host}/bench/upstream:{iso.token}"
-        remote = f"{registry.host}/bench/single-{iso.token}:main"
-        push(iso, iso.upstream, remote_upstream)
-        dockerfile.write_text(dockerfile.read_text().replace(iso.upstream, remote_upstream))
-        inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
-        iso.build(project, remote, dockerfile, extra=inline)
-        docker("push", remote)
-        iso.forget()
-        touch_code(project)
-        result = iso.build(project, remote, dockerfile, extra=[*inline, "--cache-from", remote])
-        iso.claim(remote_upstream)  # after the timing
-        return result
+        pushed = []
+        for layers in variants:  # every variant pushed while the run's upstream is at hand
+            remote_upstream = f"{registry.host}/bench/upstream-{layers}:{iso.token}"
+            remote = f"{registry.host}/bench/single-{iso.token}:{layers}"
+            fresh = dockerfile.with_suffix(f".{layers}")
+            fresh.write_text(dockerfile.read_text().replace(iso.upstream, remote_upstream))
+            if layers == "zstd":
+                iso._build_stdin(remote_upstream, f"FROM {iso.upstream}\n", pushing)
+                iso.build(project, remote, fresh, extra=[*inline, *pushing])
+            else:
+                push(iso, iso.upstream, remote_upstream)
+                iso.build(project, remote, fresh, extra=inline)
+                docker("push", remote)
+            pushed.append((layers, remote_upstream, remote, fresh))
+        results = {}
+        for layers, remote_upstream, remote, fresh in pushed:
+            iso.forget()
+            touch_code(project)
+            results[layers] = iso.build(project, remote, fresh, extra=[*inline, "--cache-from", remote])
+            iso.claim(remote_upstream)  # after the timing
+        return results
     finally:
         registry.stop()
 
@@ -655,7 +694,11 @@ def baseline_run(name: str, lock_name: str, work: Path) -> dict[str, Any]:
                 edit_requirements(project, "one-by-one", phase)
                 out["lock_s"][phase] = lock(project, env)
             out[phase], out["steps"][phase] = iso.build(project, tag, dockerfile)
-        out["fresh"], out["steps"]["fresh"] = fresh_baseline(iso, project, dockerfile, work)
+        # The template's base is pushed in zstd: the yardstick pushed so too, beside it.
+        fresh = fresh_baseline(iso, project, dockerfile, work, ("gzip", "zstd") if name == YARDSTICK else ("gzip",))
+        out["fresh"], out["steps"]["fresh"] = fresh["gzip"]
+        if "zstd" in fresh:
+            out["fresh_zstd"] = fresh["zstd"][0]
     out["cleanup"] = iso.report
     return out
 
@@ -729,6 +772,8 @@ def add_ratios(scenarios: list[dict[str, Any]]) -> None:
         }
         s["vs_leanest"] = {phase: round(s[phase]["median"] / yardstick[phase]["median"], 2)
                            for phase in PHASES if phase in s and yardstick.get(phase, {}).get("median")}
+        if "fresh" in s and yardstick.get("fresh_zstd", {}).get("median"):  # against the yardstick pushed in zstd
+            s["vs_leanest"]["fresh_zstd"] = round(s["fresh"]["median"] / yardstick["fresh_zstd"]["median"], 2)
 
 
 def image_store() -> str:
@@ -772,7 +817,8 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{r['naive_over_code']}x" if r.get("naive_over_code") else "-",
                 f"{r['code_over_floor']}x" if r.get("code_over_floor") else "-",
                 cell(s, "add"), cell(s, "bump"),
-                cell(s, "refresh") + (f" ({s['pins_moved']})" if "pins_moved" in s else ""), cell(s, "fresh"),
+                cell(s, "refresh") + (f" ({s['pins_moved']})" if "pins_moved" in s else ""),
+                cell(s, "fresh") + (f"; zstd: {cell(s, 'fresh_zstd')}" if "fresh_zstd" in s else ""),
                 locks(s), f"{size['base'] / 1e6:.0f}" if size else "-",
                 f"{size['app_adds'] / 1e3:.0f}" if size else "-",
             ]) + " |")
@@ -781,15 +827,16 @@ def markdown(data: dict[str, Any]) -> str:
         if goals:
             rows += ["", f"Each phase over the {YARDSTICK} Dockerfile's (goal for the default, groups + uv: "
                      "at most the ratio in the header; ✓ met, ✗ missed):", "",
-                     "| scenario | " + " | ".join(f"{phase} ≤ {goal}x" for phase, goal in GOALS.items()) + " |",
-                     "|---|" + "---|" * len(GOALS)]
+                     "| scenario | " + " | ".join(f"{phase} ≤ {goal}x" for phase, goal in GOALS.items())
+                     + " | fresh over the yardstick pushed in zstd |", "|---|" + "---|" * (len(GOALS) + 1)]
             for s in goals:
                 marks = []
                 for phase, goal in GOALS.items():
                     ratio = s["vs_leanest"].get(phase)
                     mark = "" if ratio is None or s["name"] != "groups + uv" else (" ✓" if ratio <= goal else " ✗")
                     marks.append(f"{ratio:.2f}x{mark}" if ratio is not None else "-")
-                rows.append(f"| {s['name']} | " + " | ".join(marks) + " |")
+                zstd = s["vs_leanest"].get("fresh_zstd")
+                rows.append(f"| {s['name']} | " + " | ".join(marks) + (f" | {zstd:.2f}x |" if zstd else " | - |"))
         sections.append("\n".join(rows))
     return (f"Medians of {meta['runs']} runs (min-max), seconds, on {meta['cores']} cores, Docker engine "
             f"{meta['engine']} ({meta.get('image_store', '?')} image store), upstream {meta['upstream']}; "
