@@ -770,8 +770,11 @@ def add_ratios(scenarios: list[dict[str, Any]]) -> None:
         }
         s["vs_leanest"] = {phase: round(s[phase]["median"] / yardstick[phase]["median"], 2)
                            for phase in PHASES if phase in s and yardstick.get(phase, {}).get("median")}
-        if "fresh" in s and yardstick.get("fresh_zstd", {}).get("median"):  # against the yardstick pushed in zstd
-            s["vs_leanest"]["fresh_zstd"] = round(s["fresh"]["median"] / yardstick["fresh_zstd"]["median"], 2)
+        # The fresh runner's goal is judged against the yardstick's faster push (zstd), the gzip one kept beside.
+        if "fresh" in s and yardstick.get("fresh_zstd", {}).get("median"):
+            s["vs_leanest"]["fresh_gzip"] = s["vs_leanest"]["fresh"]
+            best = min(yardstick["fresh"]["median"], yardstick["fresh_zstd"]["median"])
+            s["vs_leanest"]["fresh"] = round(s["fresh"]["median"] / best, 2)
 
 
 def image_store() -> str:
@@ -824,17 +827,18 @@ def markdown(data: dict[str, Any]) -> str:
                  and s["name"] != YARDSTICK]
         if goals:
             rows += ["", f"Each phase over the {YARDSTICK} Dockerfile's (goal for the default, groups + uv: "
-                     "at most the ratio in the header; ✓ met, ✗ missed):", "",
+                     "at most the ratio in the header; ✓ met, ✗ missed; fresh: over its faster push, "
+                     "every layer in zstd, as the template's base):", "",
                      "| scenario | " + " | ".join(f"{phase} ≤ {goal}x" for phase, goal in GOALS.items())
-                     + " | fresh over the yardstick pushed in zstd |", "|---|" + "---|" * (len(GOALS) + 1)]
+                     + " | fresh over the yardstick's `docker push` (gzip) |", "|---|" + "---|" * (len(GOALS) + 1)]
             for s in goals:
                 marks = []
                 for phase, goal in GOALS.items():
                     ratio = s["vs_leanest"].get(phase)
                     mark = "" if ratio is None or s["name"] != "groups + uv" else (" ✓" if ratio <= goal else " ✗")
                     marks.append(f"{ratio:.2f}x{mark}" if ratio is not None else "-")
-                zstd = s["vs_leanest"].get("fresh_zstd")
-                rows.append(f"| {s['name']} | " + " | ".join(marks) + (f" | {zstd:.2f}x |" if zstd else " | - |"))
+                gzip = s["vs_leanest"].get("fresh_gzip")
+                rows.append(f"| {s['name']} | " + " | ".join(marks) + (f" | {gzip:.2f}x |" if gzip else " | - |"))
         sections.append("\n".join(rows))
     return (f"Medians of {meta['runs']} runs (min-max), seconds, on {meta['cores']} cores, Docker engine "
             f"{meta['engine']} ({meta.get('image_store', '?')} image store), upstream {meta['upstream']}; "

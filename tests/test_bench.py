@@ -106,6 +106,27 @@ def test_the_prune_never_takes_all(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert prunes[-1] == "builder prune --force --filter id=^abc$", prunes  # then the one record still there
 
 
+def test_the_fresh_runner_is_judged_against_the_yardsticks_faster_push() -> None:
+    """The template's base is pushed in zstd: its fresh runner is judged against the yardstick
+    pushed in zstd too when that is the faster push, the gzip push's ratio kept beside it."""
+    bench = bench_module()
+
+    def phase(median: float) -> dict[str, float]:
+        return {"median": median, "min": median, "max": median}
+
+    yardstick = {"name": bench.YARDSTICK, "lock": "small", "fresh": phase(3.0), "fresh_zstd": phase(1.5)}
+    default = {"name": "groups + uv", "lock": "small", "fresh": phase(1.35), "cold": phase(5.0)}
+    bench.add_ratios([yardstick, default])
+    assert default["vs_leanest"] == {"fresh": 0.9, "fresh_gzip": 0.45}  # cold: the yardstick has none here
+    table = bench.markdown({"meta": {"runs": 1, "cores": 2, "engine": "26", "upstream": "u"},
+                            "scenarios": [yardstick, default]})
+    assert "| 3.00 (3.00-3.00); zstd: 1.50 (1.50-1.50) |" in table
+    assert "| groups + uv | - | - | - | - | - | 0.90x ✗ | 0.45x |" in table
+    slower = {"name": "groups + uv", "lock": "large", "fresh": phase(1.5)}
+    bench.add_ratios([{**yardstick, "lock": "large", "fresh_zstd": phase(4.0)}, slower])
+    assert slower["vs_leanest"] == {"fresh": 0.5, "fresh_gzip": 0.5}  # gzip was the faster push there
+
+
 @pytest.mark.engine
 def test_a_run_stops_in_one_line_when_the_engines_disk_is_short(monkeypatch: pytest.MonkeyPatch) -> None:
     """Before each run the bench reads the engine's folder's free space (a disk that fills mid-build
