@@ -232,10 +232,11 @@ def prune_records(ids: set[str]) -> set[str]:
         print(f"bench: {DOCKER} is not Docker's own engine, whose prune honours an id filter: "
               f"{len(pending)} build-cache records of this run are left in place", file=sys.stderr)
         return pending
-    if pending and not prune_spares_siblings():
+    if pending and not RECLAIM and not prune_spares_siblings():
         print(f"bench: on the containerd image store a prune by id costs other builds their cache: "
               f"{len(pending)} build-cache records of this run are left in place (`docker builder prune` "
-              "takes them, and every other unused record, when you choose)", file=sys.stderr)
+              "takes them, and every other unused record, when you choose; --reclaim prunes them)",
+              file=sys.stderr)
         return pending
     for attempt in range(3):
         if not pending:
@@ -248,6 +249,10 @@ def prune_records(ids: set[str]) -> set[str]:
         pending &= set(cache_records())
     return pending
 
+
+# --reclaim: prune each run's own records by id even where that costs other builds their cache
+# (an engine of the bench's own): a run on the large lock leaves gigabytes.
+RECLAIM = False
 
 # An intermittent failure of the containerd image store when it unpacks a new image (moby/buildkit#6521,
 # open): the build itself went through; the bench runs it again, once, and times the second run.
@@ -889,9 +894,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="the lock to build (repeatable; default both, small alone with --quick)")
     parser.add_argument("--all-strategies", action="store_true",
                         help="every strategy and virtualenv answer on the small lock, beside the default")
+    parser.add_argument("--reclaim", action="store_true",
+                        help="prune each run's own build-cache records even where that costs other builds "
+                             "their cache (containerd image store): for an engine the bench has to itself")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default docs/, bench/results/ quick)")
     parser.add_argument("--from-json", type=Path, help="only redraw the table and chart of an earlier run")
     args = parser.parse_args(argv)
+    global RECLAIM
+    RECLAIM = args.reclaim
     out = args.out or (ROOT / "bench" / "results" if args.quick or args.only else ROOT / "docs")
     if args.from_json:
         out.mkdir(parents=True, exist_ok=True)
@@ -940,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
                                      if "==" in line and not line.lstrip().startswith("#")),
                  "locks": {name: sum(1 for line in LOCKS[name].read_text().splitlines()
                                      if "==" in line and not line.lstrip().startswith("#")) for name in locks},
-                 "image_store": image_store(),
+                 "image_store": image_store(), "reclaim": args.reclaim,
                  "added": ADD, "bumped": list(BUMP), "code_edits": CODE_EDITS, "installers": installers,
                  "uv": uv_version(),
                  "isolation": "each run builds FROM its own copy of the upstream image with its own "
