@@ -806,6 +806,9 @@ def markdown(data: dict[str, Any]) -> str:
 
     meta = data["meta"]
     sections = []
+    # On the containerd store a run's forget() leaves snapshots a fresh runner would not have
+    # (see prune_records): the fresh runner's times there are not those of an empty engine.
+    unclean = meta.get("image_store") == "containerd"
     for lock_name in dict.fromkeys(s.get("lock", "small") for s in data["scenarios"] if s.get("lock")):
         rows = [f"#### {meta.get('locks', {}).get(lock_name, '?')} pins, "
                 f"{meta.get('locked', {}).get(lock_name, '?')} locked packages ({lock_name})", "",
@@ -841,6 +844,7 @@ def markdown(data: dict[str, Any]) -> str:
                 for phase, goal in GOALS.items():
                     ratio = s["vs_leanest"].get(phase)
                     mark = "" if ratio is None or s["name"] != "groups + uv" else (" ✓" if ratio <= goal else " ✗")
+                    mark = " (not judged)" if mark and phase == "fresh" and unclean else mark
                     marks.append(f"{ratio:.2f}x{mark}" if ratio is not None else "-")
                 gzip = s["vs_leanest"].get("fresh_gzip")
                 rows.append(f"| {s['name']} | " + " | ".join(marks) + (f" | {gzip:.2f}x |" if gzip else " | - |"))
