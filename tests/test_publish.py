@@ -185,6 +185,12 @@ def run_file(ref: str, path: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True)
 
 
+def push(ref: str) -> None:
+    """`docker push` that names the engine's reason when it fails."""
+    pushed = subprocess.run([DOCKER, "push", ref], capture_output=True, text=True)
+    assert pushed.returncode == 0, f"docker push {ref} failed:\n{pushed.stdout[-1500:]}{pushed.stderr[-1500:]}"
+
+
 def test_upstream_pinned_by_digest_moves_only_with_make_lock(registry: Registry, tmp_path: Path) -> None:
     """A security fix pushed under the same upstream tag reaches the base through `make lock`, and only so."""
     upstream = f"{registry.host}/library/python:3.13-slim-trixie"
@@ -192,7 +198,7 @@ def test_upstream_pinned_by_digest_moves_only_with_make_lock(registry: Registry,
     fixed_ctx.mkdir()
     (fixed_ctx / "Dockerfile").write_text(f"FROM {upstream}\nRUN echo patched > /etc/upstream-fix\n")
     subprocess.run([DOCKER, "tag", "python:3.13-slim-trixie", upstream], check=True)
-    subprocess.run([DOCKER, "push", upstream], check=True, capture_output=True)
+    push(upstream)
     # pip: uv's image would come from ghcr.io, which cannot be reached here to pin it by digest.
     project = new_project(registry, tmp_path / "p", project_slug="moving", upstream_image=upstream, installer="pip")
     first = registry_digest(registry, "library/python", "3.13-slim-trixie")
@@ -209,7 +215,7 @@ def test_upstream_pinned_by_digest_moves_only_with_make_lock(registry: Registry,
         env = {**os.environ, "DOCKER_BUILDKIT": "1"}
         subprocess.run([DOCKER, "build", "--network", "host", "--tag", upstream, str(fixed_ctx)], check=True,
                        capture_output=True, env=env)
-        subprocess.run([DOCKER, "push", upstream], check=True, capture_output=True)
+        push(upstream)
         second = registry_digest(registry, "library/python", "3.13-slim-trixie")
         assert second != first
         assert linked(project, "check").returncode == 0 and linked(project, "ref").stdout.strip() == base_ref
