@@ -259,11 +259,12 @@ RECLAIM = False
 UNPACK_FLAKE = "failed to prepare extraction snapshot"
 
 
-def timed(args: list[str], cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+def timed(args: list[str], cwd: Path | None = None,
+          env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Run a build (``args``), once more if it hit UNPACK_FLAKE; the seconds of the run kept."""
     for attempt in (1, 2):
         start = time.perf_counter()
-        result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=ENV)
+        result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env={**ENV, **(env or {})})
         seconds = time.perf_counter() - start
         if result.returncode == 0 or UNPACK_FLAKE not in result.stdout + result.stderr or attempt == 2:
             return seconds, result
@@ -335,19 +336,6 @@ class Isolation:
         if built:
             subprocess.run([DOCKER, "rmi", *built], capture_output=True)
 
-    def claim(self, image: str) -> None:
-        """Build the run's anchor step on ``image`` too: the record BuildKit made when it took
-        ``image`` as a base (pulled after forget()) becomes the anchor's parent, so it and every
-        layer built on it count as the run's at cleanup."""
-        self._build_stdin(f"localhost/{ANCHOR}:{self.token}-{len(self.images)}",
-                          f"FROM {image}\nRUN : {ANCHOR} {self.token}\n")
-
-    def forget(self) -> None:
-        """Empty the engine of what the run made so far (images, build cache, cache mounts), as
-        a fresh CI runner has it; the images stay listed for the final cleanup."""
-        self.remove_images()
-        prune_records(owned_records(cache_records(), self.before, self.token))
-
     def make_image(self, project: Path, tag: str) -> tuple[float, list[str]]:
         """`make image` in ``project`` (the base there already): its checks, then the app's build
         with this run's options; (seconds, names of the steps that ran)."""
@@ -356,11 +344,15 @@ class Isolation:
         return self._timed(tag, ["make", "--no-print-directory", "image", f"DOCKER={DOCKER}", f"IMAGE={image}",
                                  f"TAG={version}", f"BUILD_ARGS={options}"], project, "make image")
 
+    @property
+    def args(self) -> list[str]:
+        """What every build of the run passes (the same build arguments give the same cache keys)."""
+        return ["--build-arg", f"BUILDKIT_CACHE_MOUNT_NS={self.namespace}"]
+
     def build(self, context: Path, tag: str, dockerfile: Path | None = None,
               extra: list[str] | None = None) -> tuple[float, list[str]]:
         """Build with BuildKit; (seconds, names of the steps that ran)."""
-        args = [DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag,
-                "--build-arg", f"BUILDKIT_CACHE_MOUNT_NS={self.namespace}", *(extra or [])]
+        args = [DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag, *self.args, *(extra or [])]
         if dockerfile:
             args += ["--file", str(dockerfile)]
         return self._timed(tag, [*args, str(context)], None, f"build of {tag}")
@@ -416,11 +408,60 @@ def docker(*args: str) -> None:
         raise SystemExit(f"bench: docker {' '.join(args[:2])} failed:\n{result.stderr[-3000:]}")
 
 
-def push(iso: Isolation, local: str, remote: str) -> None:
-    """Tag ``local`` as ``remote`` and push it (not timed)."""
+def push(iso: Isolation, local: str, remote: str, zstd: bool = False) -> None:
+    """Push ``local`` as ``remote`` (not timed): tagged and `docker push`ed (gzip), or with ``zstd``
+    rebuilt by BuildKit, which pushes it with every layer re-encoded in zstd."""
+    if zstd:
+        return iso._build_stdin(remote, f"FROM {local}\n", ZSTD_PUSH)
     iso.images.append(remote)
     docker("tag", local, remote)
     docker("push", remote)
+
+
+FRESH_RUNNER = "an empty engine: a second dockerd with a data root of its own"
+ZSTD_PUSH = ("--output", "type=image,push=true,compression=zstd,force-compression=true")
+
+
+class EmptyEngine:
+    """A fresh CI runner's engine: a second dockerd (containerd image store) with an empty data root
+    of its own, on a socket of its own, for one timed build; stopped and deleted after. It sees the
+    run's local registry (127.0.0.0/8 is an insecure registry to Docker) and nothing else."""
+
+    def __enter__(self) -> dict[str, str]:
+        if os.geteuid() != 0 or not shutil.which("dockerd"):
+            raise SystemExit("bench: the fresh runner starts an empty dockerd of its own: run the bench as root")
+        self.folder = Path(tempfile.mkdtemp(prefix="lb-runner-", dir="/tmp"))  # short: containerd's socket paths
+        (self.folder / "daemon.json").write_text('{"features": {"containerd-snapshotter": true}}\n')
+        env = {"DOCKER_HOST": f"unix://{self.folder / 'docker.sock'}"}
+        with (self.folder / "dockerd.log").open("w") as log:
+            self.process = subprocess.Popen(
+                ["dockerd", f"--config-file={self.folder / 'daemon.json'}", f"--data-root={self.folder / 'data'}",
+                 f"--exec-root={self.folder / 'exec'}", f"--pidfile={self.folder / 'dockerd.pid'}",
+                 f"--host={env['DOCKER_HOST']}", "--bridge=none", "--iptables=false"],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while subprocess.run([DOCKER, "info"], capture_output=True, env={**ENV, **env}).returncode:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise SystemExit("bench: the fresh runner's dockerd did not start")
+            time.sleep(0.5)
+        return env
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=120)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def fresh_build(context: Path, tag: str, extra: list[str], dockerfile: Path | None = None) -> tuple[float, list[str]]:
+    """The timed build of a fresh CI runner, on an EmptyEngine: (seconds, steps that ran)."""
+    argv = [DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag, *extra]
+    with EmptyEngine() as runner:
+        seconds, result = timed([*argv, *(["--file", str(dockerfile)] if dockerfile else []), str(context)],
+                                env=runner)
+    if result.returncode != 0:
+        raise SystemExit(f"bench: the fresh runner's build of {tag} failed:\n{result.stderr[-3000:]}")
+    return seconds, [s.name for s in buildkit_steps(result.stderr) if s.ran and not s.name.startswith("FROM ")]
 
 
 def push_base(iso: Isolation, project: Path, remote: str) -> None:
@@ -454,23 +495,18 @@ def fresh_template(iso: Isolation, project: Path, work: Path) -> tuple[float, li
     What `publish --only app --cache` does there: build the app FROM the pinned base, which
     BuildKit pulls as it builds, with the cache of the app's last image (here its inline cache,
     as the single's). Pushes (not timed) put the base (as `make publish` writes it) and the app's
-    last image in a registry of the run's own; then the run's local images and build cache go,
-    and the timed part starts from nothing.
+    last image in a registry of the run's own; the timed build runs on an EmptyEngine.
     """
     registry = LocalRegistry(work)
     try:
-        # The run's token in every name: the records of what is pulled and built on it are the run's.
         remote_base = f"{registry.host}/bench/base-{iso.token}:{tool(project, 'tag')}"
         remote_app = f"{registry.host}/bench/app-{iso.token}:main"
         push_base(iso, project, remote_base)
         inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1", "--build-arg", f"BASE_IMAGE={remote_base}"]
         iso.build(project, remote_app, extra=inline)
         docker("push", remote_app)
-        iso.forget()
         touch_code(project)
-        result = iso.build(project, remote_app, extra=[*inline, "--cache-from", remote_app])
-        iso.claim(remote_base)  # after the timing
-        return result
+        return fresh_build(project, remote_app, [*inline, *iso.args, "--cache-from", remote_app])
     finally:
         registry.stop()
 
@@ -478,33 +514,30 @@ def fresh_template(iso: Isolation, project: Path, work: Path) -> tuple[float, li
 def fresh_baseline(iso: Isolation, project: Path, dockerfile: Path, work: Path,
                    variants: tuple[str, ...] = ("gzip",)) -> dict[str, tuple[float, list[str]]]:
     """The same CI runner for a single Dockerfile: the registry cache it can have on this engine
-    (BuildKit's inline cache, from its last image, and the upstream image from the registry).
-    Per variant: "gzip", as `docker push` sends it; "zstd", the upstream and the image pushed with
-    every layer in zstd, as the template's base is (BuildKit re-encodes them as it pushes)."""
+    (BuildKit's inline cache, from its last image, and the upstream and uv images from the registry).
+    Per variant: "gzip", as `docker push` sends it; "zstd", every image pushed with every layer in
+    zstd, as the template's base is (BuildKit re-encodes them as it pushes)."""
     registry = LocalRegistry(work)
     inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
-    pushing = ("--output", "type=image,push=true,compression=zstd,force-compression=true")
     try:
-        pushed = []
-        for layers in variants:  # every variant pushed while the run's upstream is at hand
-            remote_upstream = f"{registry.host}/bench/upstream-{layers}:{iso.token}"
-            remote = f"{registry.host}/bench/single-{iso.token}:{layers}"
-            fresh = dockerfile.with_suffix(f".{layers}")
-            fresh.write_text(dockerfile.read_text().replace(iso.upstream, remote_upstream))
-            if layers == "zstd":
-                iso._build_stdin(remote_upstream, f"FROM {iso.upstream}\n", pushing)
-                iso.build(project, remote, fresh, extra=[*inline, *pushing])
-            else:
-                push(iso, iso.upstream, remote_upstream)
-                iso.build(project, remote, fresh, extra=inline)
-                docker("push", remote)
-            pushed.append((layers, remote_upstream, remote, fresh))
         results = {}
-        for layers, remote_upstream, remote, fresh in pushed:
-            iso.forget()
+        for layers in variants:
+            zstd = layers == "zstd"
+            remote_upstream = f"{registry.host}/bench/upstream-{layers}:{iso.token}"
+            remote_uv = f"{registry.host}/bench/uv-{layers}:{iso.token}"
+            remote = f"{registry.host}/bench/single-{iso.token}:{layers}"
+            push(iso, iso.upstream, remote_upstream, zstd)
+            text = dockerfile.read_text().replace(iso.upstream, remote_upstream)
+            if UV_IMAGE in text:
+                push(iso, UV_IMAGE, remote_uv, zstd)
+                text = text.replace(UV_IMAGE, remote_uv)
+            fresh = dockerfile.with_suffix(f".{layers}")
+            fresh.write_text(text)
+            iso.build(project, remote, fresh, extra=[*inline, *(ZSTD_PUSH if zstd else ())])
+            if not zstd:
+                docker("push", remote)
             touch_code(project)
-            results[layers] = iso.build(project, remote, fresh, extra=[*inline, "--cache-from", remote])
-            iso.claim(remote_upstream)  # after the timing
+            results[layers] = fresh_build(project, remote, [*inline, *iso.args, "--cache-from", remote], fresh)
         return results
     finally:
         registry.stop()
@@ -806,9 +839,10 @@ def markdown(data: dict[str, Any]) -> str:
 
     meta = data["meta"]
     sections = []
-    # On the containerd store a run's forget() leaves snapshots a fresh runner would not have
-    # (see prune_records): the fresh runner's times there are not those of an empty engine.
-    unclean = meta.get("image_store") == "containerd"
+    # Runs before the fresh runner had an engine of its own (EmptyEngine) timed it on the bench's engine,
+    # emptied of the run's images and records: on the containerd store the records stayed (see
+    # prune_records), or went with the cache the single's build needed. Their fresh goal is not judged.
+    unclean = meta.get("fresh_runner") != FRESH_RUNNER
     for lock_name in dict.fromkeys(s.get("lock", "small") for s in data["scenarios"] if s.get("lock")):
         rows = [f"#### {meta.get('locks', {}).get(lock_name, '?')} pins, "
                 f"{meta.get('locked', {}).get(lock_name, '?')} locked packages ({lock_name})", "",
@@ -954,7 +988,7 @@ def main(argv: list[str] | None = None) -> int:
                                      if "==" in line and not line.lstrip().startswith("#")),
                  "locks": {name: sum(1 for line in LOCKS[name].read_text().splitlines()
                                      if "==" in line and not line.lstrip().startswith("#")) for name in locks},
-                 "image_store": image_store(), "reclaim": args.reclaim,
+                 "image_store": image_store(), "reclaim": args.reclaim, "fresh_runner": FRESH_RUNNER,
                  "added": ADD, "bumped": list(BUMP), "code_edits": CODE_EDITS, "installers": installers,
                  "uv": uv_version(),
                  "isolation": "each run builds FROM its own copy of the upstream image with its own "

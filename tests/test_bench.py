@@ -118,12 +118,12 @@ def test_the_fresh_runner_is_judged_against_the_yardsticks_faster_push() -> None
     default = {"name": "groups + uv", "lock": "small", "fresh": phase(1.35), "cold": phase(5.0)}
     bench.add_ratios([yardstick, default])
     assert default["vs_leanest"] == {"fresh": 0.9, "fresh_gzip": 0.45}  # cold: the yardstick has none here
-    table = bench.markdown({"meta": {"runs": 1, "cores": 2, "engine": "26", "upstream": "u"},
-                            "scenarios": [yardstick, default]})
+    meta = {"runs": 1, "cores": 2, "engine": "26", "upstream": "u", "fresh_runner": bench.FRESH_RUNNER}
+    table = bench.markdown({"meta": meta, "scenarios": [yardstick, default]})
     assert "| 3.00 (3.00-3.00); zstd: 1.50 (1.50-1.50) |" in table
     assert "| groups + uv | - | - | - | - | - | 0.90x ✗ | 0.45x |" in table
-    # On the containerd store a run cannot empty the engine for its fresh runner: that goal is not judged.
-    meta = {"runs": 1, "cores": 2, "engine": "26", "upstream": "u", "image_store": "containerd"}
+    # A run from before the fresh runner had an empty engine of its own: that goal is not judged.
+    del meta["fresh_runner"]
     table = bench.markdown({"meta": meta, "scenarios": [yardstick, default]})
     assert "| 0.90x (not judged) | 0.45x |" in table and "0.90x ✗" not in table
     slower = {"name": "groups + uv", "lock": "large", "fresh": phase(1.5)}
@@ -309,9 +309,12 @@ def test_quick_bench_writes_json_table_and_chart(quick: QuickRun) -> None:
     assert "tabulate==0.9.0" in added and "--require-hashes" in added
     bumped = scenario["steps_executed"]["bump"]
     assert "attrs==26.1.0" in bumped[0] and 1 < len(bumped) < scenario["locked_packages"]
-    # A fresh CI runner: the base pulled from the registry, the app's layers from its inline cache;
-    # only the changed code is copied again.
-    assert scenario["steps_executed"]["fresh"] == ["COPY src/ src/"]
+    # A fresh CI runner, an empty engine of its own: the base pulled from the registry, never built
+    # there; the app's steps alone run (its inline cache from the registry does not spare WORKDIR
+    # on that engine: the steps that ran are recorded as they are).
+    assert scenario["steps_executed"]["fresh"][-1] == "COPY src/ src/"
+    assert set(scenario["steps_executed"]["fresh"]) <= {"WORKDIR /app", "COPY src/ src/"}
+    assert data["meta"]["fresh_runner"] == bench_module().FRESH_RUNNER
     assert set(scenario["ratios"]) == {"naive_over_code", "code_over_floor"}
     assert (tmp_path / "bench.md").read_text().startswith("Medians of 1 runs")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
