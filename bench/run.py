@@ -344,26 +344,25 @@ class Isolation:
         return self._timed(tag, ["make", "--no-print-directory", "image", f"DOCKER={DOCKER}", f"IMAGE={image}",
                                  f"TAG={version}", f"BUILD_ARGS={options}"], project, "make image")
 
-    @property
-    def args(self) -> list[str]:
-        """What every build of the run passes (the same build arguments give the same cache keys)."""
-        return ["--build-arg", f"BUILDKIT_CACHE_MOUNT_NS={self.namespace}"]
-
-    def build(self, context: Path, tag: str, dockerfile: Path | None = None,
-              extra: list[str] | None = None) -> tuple[float, list[str]]:
-        """Build with BuildKit; (seconds, names of the steps that ran)."""
-        args = [DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag, *self.args, *(extra or [])]
+    def build(self, context: Path, tag: str, dockerfile: Path | None = None, extra: list[str] | None = None,
+              engine: dict[str, str] | None = None) -> tuple[float, list[str]]:
+        """Build with BuildKit (on ``engine``, e.g. an EmptyEngine's, else the bench's); (seconds,
+        names of the steps that ran)."""
+        args = [DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag,
+                "--build-arg", f"BUILDKIT_CACHE_MOUNT_NS={self.namespace}", *(extra or [])]
         if dockerfile:
             args += ["--file", str(dockerfile)]
-        return self._timed(tag, [*args, str(context)], None, f"build of {tag}")
+        return self._timed(tag, [*args, str(context)], None, f"build of {tag}", engine)
 
-    def _timed(self, tag: str, argv: list[str], cwd: Path | None, what: str) -> tuple[float, list[str]]:
+    def _timed(self, tag: str, argv: list[str], cwd: Path | None, what: str,
+               engine: dict[str, str] | None = None) -> tuple[float, list[str]]:
         """Run a build of ``tag`` (timed), keep its image for cleanup; (seconds, steps that ran)."""
         self.images.append(tag)
-        seconds, result = timed(argv, cwd=cwd)
+        seconds, result = timed(argv, cwd=cwd, env=engine)
         if result.returncode != 0:
             raise SystemExit(f"bench: {what} failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
-        self.built.append(image_id(tag))  # not timed
+        if engine is None:  # another engine's image goes with that engine
+            self.built.append(image_id(tag))  # not timed
         ran = [s.name for s in buildkit_steps(result.stderr + result.stdout)
                if s.ran and not s.name.startswith("FROM ")]
         return seconds, ran
@@ -453,17 +452,6 @@ class EmptyEngine:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def fresh_build(context: Path, tag: str, extra: list[str], dockerfile: Path | None = None) -> tuple[float, list[str]]:
-    """The timed build of a fresh CI runner, on an EmptyEngine: (seconds, steps that ran)."""
-    argv = [DOCKER, "build", "--network", "host", "--progress", "plain", "--tag", tag, *extra]
-    with EmptyEngine() as runner:
-        seconds, result = timed([*argv, *(["--file", str(dockerfile)] if dockerfile else []), str(context)],
-                                env=runner)
-    if result.returncode != 0:
-        raise SystemExit(f"bench: the fresh runner's build of {tag} failed:\n{result.stderr[-3000:]}")
-    return seconds, [s.name for s in buildkit_steps(result.stderr) if s.ran and not s.name.startswith("FROM ")]
-
-
 def push_base(iso: Isolation, project: Path, remote: str) -> None:
     """Push the base as `make publish` does on Docker's own builder (not timed): bake's OCI export
     of the base target (every layer in the template's compression, zstd unless LAYERS says), loaded
@@ -506,7 +494,8 @@ def fresh_template(iso: Isolation, project: Path, work: Path) -> tuple[float, li
         iso.build(project, remote_app, extra=inline)
         docker("push", remote_app)
         touch_code(project)
-        return fresh_build(project, remote_app, [*inline, *iso.args, "--cache-from", remote_app])
+        with EmptyEngine() as runner:
+            return iso.build(project, remote_app, extra=[*inline, "--cache-from", remote_app], engine=runner)
     finally:
         registry.stop()
 
@@ -537,7 +526,8 @@ def fresh_baseline(iso: Isolation, project: Path, dockerfile: Path, work: Path,
             if not zstd:
                 docker("push", remote)
             touch_code(project)
-            results[layers] = fresh_build(project, remote, [*inline, *iso.args, "--cache-from", remote], fresh)
+            with EmptyEngine() as runner:
+                results[layers] = iso.build(project, remote, fresh, [*inline, "--cache-from", remote], runner)
         return results
     finally:
         registry.stop()
