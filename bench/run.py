@@ -417,7 +417,7 @@ def push(iso: Isolation, local: str, remote: str, zstd: bool = False) -> None:
     docker("push", remote)
 
 
-FRESH_RUNNER = "an empty engine: a second dockerd with a data root of its own"
+FRESH_RUNNER = "an empty engine (a second dockerd with a data root of its own) and a registry cache, mode=max"
 ZSTD_PUSH = ("--output", "type=image,push=true,compression=zstd,force-compression=true")
 
 
@@ -477,37 +477,56 @@ def native_platform() -> str:
     return "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
 
+def registry_cache(ref: str, write: bool = False, zstd: bool = False) -> list[str]:
+    """A registry cache at ``ref``, as a CI keeps one: read, or written with every layer of every
+    stage (mode=max), in zstd when asked."""
+    if not write:
+        return ["--cache-from", f"type=registry,ref={ref}"]
+    return ["--cache-to", f"type=registry,ref={ref},mode=max" + (",compression=zstd,force-compression=true" * zstd)]
+
+
+def app_cache(project: Path, image: str) -> tuple[list[str], list[str]]:
+    """The app's registry cache as the project's docker-bake.hcl writes and reads it (`publish
+    --cache`), for ``image``: (the arguments of the build that writes it, of the one that reads it)."""
+    result = subprocess.run([DOCKER, "buildx", "bake", "--file", "docker-bake.hcl", "--print", "app"], cwd=project,
+                            capture_output=True, text=True, env={**ENV, "IMAGE": image, "CACHE": "write"})
+    if result.returncode != 0:
+        raise SystemExit(f"bench: bake --print of the app failed:\n{result.stderr[-3000:]}")
+    app = json.loads(result.stdout)["target"]["app"]
+    return [f"--cache-to={c}" for c in app["cache-to"]], [f"--cache-from={c}" for c in app["cache-from"]]
+
+
 def fresh_template(iso: Isolation, project: Path, work: Path) -> tuple[float, list[str]]:
     """A CI runner with an empty engine, the base in the registry: the app job after a code change.
 
     What `publish --only app --cache` does there: build the app FROM the pinned base, which
-    BuildKit pulls as it builds, with the cache of the app's last image (here its inline cache,
-    as the single's). Pushes (not timed) put the base (as `make publish` writes it) and the app's
-    last image in a registry of the run's own; the timed build runs on an EmptyEngine.
+    BuildKit pulls as it builds, with the app's registry cache as docker-bake.hcl writes it
+    (<repository>:buildx-cache, every layer in LAYERS: the base's too). Pushes (not timed) put
+    the base (as `make publish` writes it) and that cache in a registry of the run's own; the
+    timed build runs on an EmptyEngine.
     """
     registry = LocalRegistry(work)
     try:
         remote_base = f"{registry.host}/bench/base-{iso.token}:{tool(project, 'tag')}"
         remote_app = f"{registry.host}/bench/app-{iso.token}:main"
+        write, read = app_cache(project, remote_app.rpartition(":")[0])
         push_base(iso, project, remote_base)
-        inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1", "--build-arg", f"BASE_IMAGE={remote_base}"]
-        iso.build(project, remote_app, extra=inline)
-        docker("push", remote_app)
+        base = ["--build-arg", f"BASE_IMAGE={remote_base}"]
+        iso.build(project, remote_app, extra=[*base, *write])
         touch_code(project)
         with EmptyEngine() as runner:
-            return iso.build(project, remote_app, extra=[*inline, "--cache-from", remote_app], engine=runner)
+            return iso.build(project, remote_app, extra=[*base, *read], engine=runner)
     finally:
         registry.stop()
 
 
 def fresh_baseline(iso: Isolation, project: Path, dockerfile: Path, work: Path,
                    variants: tuple[str, ...] = ("gzip",)) -> dict[str, tuple[float, list[str]]]:
-    """The same CI runner for a single Dockerfile: the registry cache it can have on this engine
-    (BuildKit's inline cache, from its last image, and the upstream and uv images from the registry).
-    Per variant: "gzip", as `docker push` sends it; "zstd", every image pushed with every layer in
-    zstd, as the template's base is (BuildKit re-encodes them as it pushes)."""
+    """The same CI runner for a single Dockerfile, with the same registry cache (mode=max, written
+    by the build before) and the upstream and uv images from the registry. Per variant: "gzip",
+    as `docker push` and the cache exporter write them; "zstd", every image and the cache with
+    every layer in zstd, as the template's base is (BuildKit re-encodes them as it pushes)."""
     registry = LocalRegistry(work)
-    inline = ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
     try:
         results = {}
         for layers in variants:
@@ -515,6 +534,7 @@ def fresh_baseline(iso: Isolation, project: Path, dockerfile: Path, work: Path,
             remote_upstream = f"{registry.host}/bench/upstream-{layers}:{iso.token}"
             remote_uv = f"{registry.host}/bench/uv-{layers}:{iso.token}"
             remote = f"{registry.host}/bench/single-{iso.token}:{layers}"
+            cache = f"{registry.host}/bench/single-{iso.token}:buildx-cache-{layers}"
             push(iso, iso.upstream, remote_upstream, zstd)
             text = dockerfile.read_text().replace(iso.upstream, remote_upstream)
             if UV_IMAGE in text:
@@ -522,12 +542,10 @@ def fresh_baseline(iso: Isolation, project: Path, dockerfile: Path, work: Path,
                 text = text.replace(UV_IMAGE, remote_uv)
             fresh = dockerfile.with_suffix(f".{layers}")
             fresh.write_text(text)
-            iso.build(project, remote, fresh, extra=[*inline, *(ZSTD_PUSH if zstd else ())])
-            if not zstd:
-                docker("push", remote)
+            iso.build(project, remote, fresh, extra=registry_cache(cache, write=True, zstd=zstd))
             touch_code(project)
             with EmptyEngine() as runner:
-                results[layers] = iso.build(project, remote, fresh, [*inline, "--cache-from", remote], runner)
+                results[layers] = iso.build(project, remote, fresh, registry_cache(cache), runner)
         return results
     finally:
         registry.stop()

@@ -310,8 +310,7 @@ def test_quick_bench_writes_json_table_and_chart(quick: QuickRun) -> None:
     bumped = scenario["steps_executed"]["bump"]
     assert "attrs==26.1.0" in bumped[0] and 1 < len(bumped) < scenario["locked_packages"]
     # A fresh CI runner, an empty engine of its own: the base pulled from the registry, never built
-    # there; the app's steps alone run (its inline cache from the registry does not spare WORKDIR
-    # on that engine: the steps that ran are recorded as they are).
+    # there; the app's steps alone run, WORKDIR too where its registry cache misses (recorded as is).
     assert scenario["steps_executed"]["fresh"][-1] == "COPY src/ src/"
     assert set(scenario["steps_executed"]["fresh"]) <= {"WORKDIR /app", "COPY src/ src/"}
     assert data["meta"]["fresh_runner"] == bench_module().FRESH_RUNNER
