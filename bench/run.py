@@ -847,9 +847,10 @@ def markdown(data: dict[str, Any]) -> str:
 
     meta = data["meta"]
     sections = []
-    # Runs before the fresh runner had an engine of its own (EmptyEngine) timed it on the bench's engine,
-    # emptied of the run's images and records: on the containerd store the records stayed (see
-    # prune_records), or went with the cache the single's build needed. Their fresh goal is not judged.
+    # Runs whose meta names another fresh runner are not judged on it: before an engine of its own
+    # (EmptyEngine) it was timed on the bench's engine, whose records stayed on the containerd store (see
+    # prune_records); before registry caches, with BuildKit's inline cache, which an empty engine on that
+    # store never matched (the single reinstalled its lock).
     unclean = meta.get("fresh_runner") != FRESH_RUNNER
     for lock_name in dict.fromkeys(s.get("lock", "small") for s in data["scenarios"] if s.get("lock")):
         rows = [f"#### {meta.get('locks', {}).get(lock_name, '?')} pins, "
