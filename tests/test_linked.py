@@ -188,6 +188,21 @@ def test_a_pin_from_another_repository_is_refused(project: Path) -> None:
                                  "-d image_namespace=...` moves both\n")
 
 
+@pytest.mark.parametrize(("image", "tag", "said"), [
+    ("docker.io/example/demo-appbase", "t", "--image docker.io/example/demo-appbase is the base's repository: give "
+     "the app's own (IMAGE); nothing was built"),
+    ("example/demo-appbase", "t", "--image example/demo-appbase is the base's repository: give the app's own (IMAGE); "
+     "nothing was built"),
+    ("docker.io/example/demo-app", "buildx-cache", "the tag buildx-cache holds docker.io/example/demo-app's build "
+     "cache: tag the app otherwise; nothing was built"),
+])
+def test_publish_never_pushes_the_app_over_a_base_or_a_cache(project: Path, image: str, tag: str, said: str) -> None:
+    """The app's image and tags never name the base's repository (its content tags are never overwritten)
+    or the tag its own build cache lives under: refused before the engine is asked anything."""
+    result = linked(project, "publish", "--image", image, "--tag", tag, "--engine", "/nonexistent/docker")
+    assert (result.returncode, result.stderr) == (2, f"error: {said}\n")
+
+
 @pytest.mark.engine  # a distro lock: apt in a container
 def test_a_lock_made_for_another_kind_of_base_fails_check(rendered: Rendered, project: Path) -> None:
     """A pip lock under distro (or the reverse) after a strategy switch: the lock must be made again."""

@@ -275,6 +275,43 @@ def test_verify_and_publish_verify_dry_runs_rebuild_with_no_cache(project: Path,
     assert missing.returncode == 2 and f"error: base {ref} is not in the registry: nothing to verify" in missing.stderr
 
 
+@pytest.mark.parametrize(("written", "said"), [
+    (["amd64"], "made no image for linux/arm64: nothing is verified"),
+    ([], "made no image for linux/amd64, linux/arm64: nothing is verified"),
+    (None, "wrote no OCI layout that names its images"),
+])
+def test_verify_fails_when_the_rebuild_lacks_a_platform(
+    project: Path, tmp_path: Path, written: list[str] | None, said: str
+) -> None:
+    """A rebuild that names fewer platforms than the lock (or writes no layout) verifies nothing:
+    `verify` says so in one line, exit 2, and never reads an empty comparison as a pass."""
+    registry = FakeRegistry()
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy)
+    for path in (copy / "Dockerfile", copy / "base" / "Dockerfile"):
+        path.write_text(path.read_text().replace("docker.io/example/demo-appbase", f"{registry.host}/x/demo-appbase"))
+    assert linked(copy, "sync").returncode == 0
+    entries: list[dict[str, Any]] = [{"digest": "sha256:" + c * 64, "platform": {"os": "linux", "architecture": a},
+                                      "mediaType": "application/vnd.oci.image.manifest.v1+json"}
+                                     for c, a in (("a", "amd64"), ("b", "arm64"))]
+    index = {"manifests": entries}
+    rebuilt = {"manifests": [m for m in entries if m["platform"]["architecture"] in (written or [])]}
+    engine = tmp_path / "engine"  # bake writes the rebuild's index.json where BASE_OUTPUT says
+    layout = "" if written is None else f"printf '%s' '{json.dumps(rebuilt)}' > \"${{dest%%,*}}/index.json\"\n"
+    engine.write_text(f'#!/bin/sh\n[ "$1 $2" = "buildx imagetools" ] && exec {DOCKER} "$@"\n'
+                      f'[ "$1 $2" = "buildx bake" ] || exit 0\ndest="${{BASE_OUTPUT#*dest=}}"\n{layout}')
+    engine.chmod(0o755)
+    try:
+        registry.serve(200, json.dumps(index).encode())
+        result = publish_tool(copy, "verify", "--engine", str(engine))
+    finally:
+        registry.close()
+    assert result.returncode == 2, result.stdout + result.stderr
+    ref = linked(copy, "ref").stdout.strip()
+    assert result.stderr.strip().splitlines()[-1] == f"error: verify: the rebuild of {ref} {said}"
+    assert "bit for bit" not in result.stdout
+
+
 def publish_args(project: Path) -> dict[str, list[str]]:
     """The PUBLISH_ARGS of every `make publish` line of the project's CI files, by file."""
     found: dict[str, list[str]] = {}

@@ -268,20 +268,29 @@ def verify(engine: Engine, platforms: list[str]) -> None:
         layout.mkdir()
         output = {"CACHE": "", "SBOM": "false", "BASE_OUTPUT": f"type=oci,dest={layout},tar=false"}
         engine.bake("base", {**bake, **output}, "--no-cache")
-        entries = [] if engine.dry_run else json.loads((layout / "index.json").read_bytes())["manifests"]
-        if entries and entries[0]["mediaType"].endswith("index.v1+json"):  # the platforms and their attestations
-            entries = blob(layout, entries[0]["digest"])["manifests"]
-        return platforms_in(json.dumps({"manifests": entries}).encode(), ref) or {}
+        if engine.dry_run:
+            return {}
+        try:
+            entries = json.loads((layout / "index.json").read_bytes())["manifests"]
+            if entries and entries[0]["mediaType"].endswith("index.v1+json"):  # the platforms and their attestations
+                entries = blob(layout, entries[0]["digest"])["manifests"]
+            made = platforms_in(json.dumps({"manifests": entries}).encode(), ref)
+            made = made or ({platforms[0]: entries[0]["digest"]} if entries and len(platforms) == 1 else {})
+        except (OSError, ValueError, LookupError, TypeError):
+            raise LinkError(f"verify: the rebuild of {ref} wrote no OCI layout that names its images") from None
+        if missing := sorted(set(platforms) - set(made)):
+            raise LinkError(f"verify: the rebuild of {ref} made no image for {', '.join(missing)}: nothing is verified")
+        return made
 
     with tempfile.TemporaryDirectory(prefix="linked-verify-") as folder:
         layout = Path(folder, "first")
         ours = rebuild(layout)
-        if differs := [p for p in platforms if ours and ours[p] != theirs.get(p)]:  # judged on a second rebuild
+        if differs := [p for p in ours if ours[p] != theirs.get(p)]:  # judged on a second rebuild
             why = "Docker 26's containerd store can write a layer two ways"
             print(f"verify: {ref} {differs[0]} differs from its rebuild: building again ({why})", file=sys.stderr)
             layout = Path(folder, "second")
             ours = rebuild(layout)
-        for platform in platforms if ours else []:
+        for platform in ours:
             if (mine := ours[platform]) == (got := theirs.get(platform)):
                 print(f"verify: {ref} {platform} is {got}, bit for bit its rebuild", flush=True)
                 continue
@@ -324,6 +333,10 @@ def publish(
     platforms = locked_platforms(engine)
     built = platforms if push else [engine.native]  # a build without a push is for this machine alone
     repository, content_tag = ref.rsplit(":", 1)
+    if re.sub(r"^(index\.)?docker\.io/(library/)?", "", image) == re.sub(r"^docker\.io/(library/)?", "", repository):
+        raise LinkError(f"--image {image} is the base's repository: give the app's own (IMAGE); nothing was built")
+    if "buildx-cache" in tags:
+        raise LinkError(f"the tag buildx-cache holds {image}'s build cache: tag the app otherwise; nothing was built")
     bake = {"BASE_REPOSITORY": repository, "BASE_TAG": content_tag, "LOCK": lock, "IMAGE": image}
     bake |= {"TAGS": ",".join(tags), "PLATFORMS": ",".join(built), "CACHE": ("write" if push else "read") * cache}
     labels = [f"--label={k}={v}" for k, v in zip(LABELS, (content_tag, lock))]
