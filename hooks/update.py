@@ -14,12 +14,15 @@ before:
     so ``after`` can tell the lines the user changed from the template's. It is set
     in the project's repository for the update only, where the user set no style.
 after:
+  - A file the update deleted (the template no longer makes it) that the user had
+    changed is put back and named: copier deletes such files whatever they hold.
   - A conflict whose user side changed only lines the project's tool writes (the
     pin, the lock line, an upstream FROM, a fenced block) is settled on the
     template's side: `base/linked.py sync` rewrites those lines. Any other conflict
     is left inline, never dropped.
-  - `base/linked.py sync`, then the update's last lines: every file left with
-    conflict markers, and whether the lock needs `make lock`.
+  - `base/linked.py sync` (unless a conflict is left in the tool itself), then the
+    update's last lines: every file left with conflict markers, and whether the lock
+    needs `make lock`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 CONFLICT = 3  # base/linked.py's exit status for a conflict only the user can resolve
@@ -38,6 +42,7 @@ FENCE = ("# >>> linked-builds:", "# <<< linked-builds:")
 PIN = re.compile(r"ARG BASE_IMAGE=\S+|# linked-builds:lock( .*)?")
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}")
 FROM = re.compile(r"FROM\s+(?:--platform=\S+\s+)?(?P<image>[^\s$]+)(?:\s+AS\s+(?P<stage>\S+))?", re.IGNORECASE)
+LOCK_LINE = "# linked-builds:lock"
 STYLE_MARK = "linked-builds-conflictstyle"  # in the git dir: ``before`` set merge.conflictStyle
 
 UNLOCKED = "# The lock of the base image, not compiled yet: run `make lock`.\n"
@@ -154,6 +159,32 @@ def tool_only(ours: list[str], base: list[str] | None, theirs: list[str], inside
     return True
 
 
+def lock_options(lines: list[str]) -> dict[str, str] | None:
+    """The options of base/Dockerfile's lock line among ``lines`` (None: no such line)."""
+    for line in lines:
+        if line.startswith(LOCK_LINE):
+            return {w.partition("=")[0]: w.partition("=")[2] for w in line.split()[2:]}
+    return None
+
+
+def lock_line(ours: list[str], base: list[str] | None, theirs: list[str]) -> list[str] | None:
+    """The template's side of a conflict with its lock line merged option by option: an option
+    the user changed since the last update (platforms=, say) keeps the user's value unless this
+    update's answers move it too. None when the user's line differs and the last update's lines
+    are unknown (a conflict style of the user's): the block is left to the user."""
+    mine, last, new = lock_options(ours), lock_options(base or []), lock_options(theirs)
+    if mine is None or new is None or mine == new:
+        return theirs
+    if base is None:
+        return None
+    last = last or {}
+    merged = {key: new.get(key) if mine.get(key) == last.get(key) else mine.get(key) for key in {**new, **mine}}
+    merged |= {key: new[key] for key in new if new.get(key) != last.get(key) and key in new}  # the answers moved it
+    words = [f"{key}={value}" if value else key for key, value in merged.items() if value is not None]
+    text = f"{LOCK_LINE} {' '.join(words)}".rstrip()
+    return [text + line[len(line.rstrip("\r\n")) :] if line.startswith(LOCK_LINE) else line for line in theirs]
+
+
 def settle(text: str, label: str) -> tuple[str, list[str]]:
     """Settle each conflict block whose user side changed only generated lines by taking
     the template's side (sync rewrites them); leave every other block as it is."""
@@ -185,10 +216,11 @@ def settle(text: str, label: str) -> tuple[str, list[str]]:
             break
         block.append(lines[i])
         i += 1
-        if tool_only(sides["ours"], sides.get("base"), sides["theirs"], inside, names):
+        merged = lock_line(sides["ours"], sides.get("base"), sides["theirs"])
+        if merged is not None and tool_only(sides["ours"], sides.get("base"), sides["theirs"], inside, names):
             notes.append(f"{label}:{start + 1}: settled a conflict in lines `make sync` writes")
-            out.extend(sides["theirs"])
-            chosen = sides["theirs"]
+            out.extend(merged)
+            chosen = merged
         else:
             out.extend(block)
             chosen = sides["ours"]
@@ -236,22 +268,57 @@ def conflicts(project: Path) -> list[str]:
     return found
 
 
+def keep_edited(project: Path) -> None:
+    """Put back each file the update deleted (the template no longer makes it: an answer moved it,
+    or the template dropped it) that the user had changed, and name it; copier deletes them
+    whatever they hold. What the user had changed is told by rendering the last update again."""
+    listed = git(project, "ls-files", "-z", "--deleted")
+    gone = sorted(filter(None, listed.stdout.split("\0"))) if listed.returncode == 0 else []
+    if not gone:
+        return
+    try:
+        import yaml
+        from copier import run_copy
+
+        answers = yaml.safe_load(git(project, "show", "HEAD:.copier-answers.yml").stdout)
+        data = {key: value for key, value in answers.items() if not key.startswith("_")}
+        with tempfile.TemporaryDirectory(prefix="linked-builds-last-update-") as last:
+            run_copy(answers["_src_path"], last, data=data, vcs_ref=answers["_commit"], defaults=True,
+                     skip_tasks=True, quiet=True, unsafe=True)
+            made = {rel: Path(last, rel).read_bytes() for rel in gone if Path(last, rel).is_file()}
+    except Exception as exc:  # any failure: the files are named, never lost
+        print(f"linked-builds: the update deleted {', '.join(gone)} (the template no longer makes them) and could"
+              f" not tell whether you had changed them ({type(exc).__name__}): `git checkout HEAD -- <file>`"
+              " brings one back", file=sys.stderr)
+        return
+    for rel in gone:
+        held = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=project, capture_output=True, check=False).stdout
+        if rel in made and held.replace(b"\r\n", b"\n") == made[rel].replace(b"\r\n", b"\n"):
+            continue  # as the template made it: gone with the template
+        if git(project, "checkout", "HEAD", "--", rel).returncode == 0:
+            print(f"linked-builds: {rel}: the template no longer makes this file, but you had changed it: kept;"
+                  " carry over what you need, then delete it", file=sys.stderr)
+
+
 def after(project: Path) -> int:
     restore_style(project)
     settle_dockerfiles(project)
+    keep_edited(project)
     tool = project / "base" / "linked.py"
     if not tool.is_file():
         print("linked-builds: base/linked.py is missing: restore it with `git checkout -- base/linked.py`",
               file=sys.stderr)
         return 2
+    left = conflicts(project)
+    if left:
+        print(f"linked-builds: the update left merge conflicts in {', '.join(left)}: keep your lines, the"
+              " template's or both, delete the markers, `git add` each file, then run `make sync`", file=sys.stderr)
+    if any(re.fullmatch(r"base/[^/]+\.py:\d+", where) for where in left):  # the tool itself: it cannot run
+        return 0
     result = subprocess.run([sys.executable, str(tool), "sync"], cwd=project, capture_output=True, text=True)
     stale = [line.removeprefix("still stale: ") for line in result.stdout.splitlines() if "still stale" in line]
     if result.returncode not in (0, CONFLICT):
         sys.stderr.write(result.stderr)
-    if left := conflicts(project):
-        print(f"linked-builds: the update left merge conflicts in {', '.join(left)}: keep your lines, the"
-              " template's or both, delete the markers, `git add` each file, then run `make sync`", file=sys.stderr)
-    if result.returncode not in (0, CONFLICT):
         return result.returncode
     if stale:
         print(f"linked-builds: {'; '.join(stale)}", file=sys.stderr)

@@ -434,6 +434,32 @@ def test_settling_takes_the_template_side_only_over_lines_the_tool_writes(ours: 
     assert out == (text.split("<<<<<<<")[0] + theirs.replace("\n", "\r\n") + "CMD end\r\n" if settled else text)
 
 
+LOCK = "# linked-builds:lock python={} repository=x/base platforms={}\n"
+BOTH = "linux/amd64,linux/arm64"
+
+
+@pytest.mark.parametrize(("ours", "base", "theirs", "settled"), [
+    # The user's platforms=, the update's new Python: both kept.
+    (LOCK.format("3.13", "linux/amd64"), LOCK.format("3.13", BOTH), LOCK.format("3.14", BOTH),
+     LOCK.format("3.14", "linux/amd64")),
+    # The template rewords the comment above the line: the user's platforms= stays.
+    ("# old words\n" + LOCK.format("3.13", "linux/amd64"), "# old words\n" + LOCK.format("3.13", BOTH),
+     "# new words\n" + LOCK.format("3.13", BOTH), "# new words\n" + LOCK.format("3.13", "linux/amd64")),
+    # This update's answers move platforms= too: the answers win.
+    (LOCK.format("3.13", "linux/amd64"), LOCK.format("3.13", BOTH), LOCK.format("3.13", "linux/arm64"),
+     LOCK.format("3.13", "linux/arm64")),
+    # Without the last update's lines, a line of the user's that differs is left to the user.
+    (LOCK.format("3.13", "linux/amd64"), None, LOCK.format("3.14", BOTH), None),
+], ids=["python-moves", "comment-moves", "answers-move-it", "no-base"])
+def test_settling_the_lock_line_keeps_the_options_the_user_changed(ours: str, base: str | None, theirs: str,
+                                                                     settled: str | None) -> None:
+    last = f"||||||| last update\n{base}" if base is not None else ""
+    text = f"<<<<<<< before updating\n{ours}{last}=======\n{theirs}>>>>>>> after updating\nFROM python\n"
+    out, notes = update_module().settle(text, "base/Dockerfile")
+    assert out == (settled + "FROM python\n" if settled else text)
+    assert bool(notes) == bool(settled)
+
+
 def test_settling_keeps_the_rest_of_a_file_with_a_broken_conflict_block() -> None:
     text = "FROM x AS a\n<<<<<<< before updating\nRUN user\n>>>>>>> after updating\nRUN keep-me\nCMD end\n"
     assert update_module().settle(text, "Dockerfile") == (text, [])
@@ -457,6 +483,22 @@ def test_the_update_task_settles_conflicts_in_the_pin_and_the_blocks(project: Pa
     assert "<<<<<<<" not in app.read_text() + base.read_text()
     assert app.read_text().splitlines()[0] == pin and fenced(project) == block
     assert linked(project, "check").returncode == 0
+
+
+@pytest.mark.parametrize("tool", ["linked.py", "publish.py"])
+def test_a_conflict_in_the_tool_itself_is_named_and_sync_is_not_run(project: Path, tool: str) -> None:
+    """The tool cannot run with markers in it: the update names them, in one line, and ends well."""
+    path = project / "base" / tool
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("import "))
+    lines = path.read_text().splitlines(keepends=True)
+    lines[line - 1 : line] = ["<<<<<<< before updating\n", lines[line - 1], "=======\n", "import os\n",
+                              ">>>>>>> after updating\n"]
+    path.write_text("".join(lines))
+    result = update_hook(project)
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr.splitlines() == [
+        f"linked-builds: the update left merge conflicts in base/{tool}:{line}: keep your lines, the template's or "
+        "both, delete the markers, `git add` each file, then run `make sync`"]
 
 
 def test_a_conflict_of_the_users_is_left_but_the_pin_is_settled(project: Path) -> None:

@@ -350,6 +350,26 @@ def test_new_image_names_on_update_move_both_pins(fresh_project: Project, tmp_pa
     assert check.returncode == 0 and only_warnings(check.stderr), check.stderr
 
 
+def test_a_file_the_template_no_longer_makes_is_kept_where_the_user_changed_it(fresh_project: Project,
+                                                                                tmp_path: Path) -> None:
+    """A new package_name moves src/demo_app/ to src/webapp/, and copier deletes the old files whatever
+    they hold: the one the user changed comes back, named; the ones as the template made them stay gone."""
+    project = clone(fresh_project("requirements", False), tmp_path / "project")
+    git(project, "init", "-q")
+    app = project / "src" / "demo_app" / "app.py"
+    app.write_text(app.read_text() + "\n# the user's own route\n")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "copied, and a route of the user's")
+    result = update(project, "--data=package_name=webapp")
+    assert result.returncode == 0, result.stderr
+    assert app.read_text().endswith("\n# the user's own route\n")
+    assert not (project / "src" / "demo_app" / "__init__.py").exists()
+    assert (project / "src" / "webapp" / "app.py").exists()
+    assert [line for line in result.stderr.splitlines() if "no longer makes" in line] == [
+        "linked-builds: src/demo_app/app.py: the template no longer makes this file, but you had changed it: kept;"
+        " carry over what you need, then delete it"]
+
+
 def test_update_refused_on_a_dirty_tree_changes_nothing(old_project: Project, tmp_path: Path) -> None:
     project = clone(old_project("combo", False), tmp_path / "project")
     (project / "README.md").write_text((project / "README.md").read_text() + "uncommitted\n")
