@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import resource
@@ -640,6 +641,77 @@ def test_the_platforms_of_a_registry_index_or_one_line(project: Path, body: byte
     else:
         listed = module.platforms_in(body, ref)  # {platform: its image's digest}
         assert (None if listed is None else set(listed)) == (None if expected == "one image" else expected)
+
+
+def answering_engine(folder: Path, raw: str, config: str) -> Path:
+    """An engine client whose registry answers are ``raw`` (`imagetools inspect --raw`) and ``config``
+    (`--format`): every other command succeeds and does nothing."""
+    script = folder / "engine"
+    (folder / "raw").write_text(raw)
+    (folder / "config").write_text(config)
+    script.write_text(f'#!/bin/sh\ncase " $* " in\n  *" --raw "*) cat {folder / "raw"} ;;\n'
+                      f'  *" --format "*) cat {folder / "config"} ;;\nesac\nexit 0\n')
+    script.chmod(0o755)
+    return script
+
+
+def labelled(platform: str, labels: dict[str, str] | list[str]) -> dict[str, object]:
+    os_, arch = platform.split("/")
+    return {"os": os_, "architecture": arch, "config": {"Labels": labels}}
+
+
+@pytest.mark.parametrize(("raw", "config", "said"), [
+    # Labels of no platform: nothing was compared.
+    ("index", {}, "has no image for linux/amd64, linux/arm64: refusing it"),
+    # One image, of another platform than the lock's (one platform locked).
+    ("image", "arm64", "has no image for linux/amd64: refusing it"),
+    # Labels that are no mapping of strings.
+    ("index", {"linux/amd64": {"config": {"Labels": ["x"]}}}, "the registry's answer is not an image configuration"),
+    # A page that is no manifest at all, with the CLI's success.
+    ("<html>captive portal</html>", {}, "engine answered something that is not an image manifest"),
+], ids=["no-labels", "other-platform", "labels-not-a-mapping", "not-a-manifest"])
+def test_publish_refuses_a_registry_base_it_cannot_check(project: Path, tmp_path: Path, raw: str,
+                                                         config: object, said: str) -> None:
+    """A base the registry has is built on only when every locked platform's image carries this lock's
+    labels: a reply that leaves one unchecked, or is no manifest, is one error line and nothing is built."""
+    dockerfile = project / "base" / "Dockerfile"
+    if config == "arm64":
+        dockerfile.write_text(re.sub(r"platforms=\S+", "platforms=linux/amd64", dockerfile.read_text()))
+        assert linked(project, "sync").returncode == 0
+    ref = linked(project, "ref").stdout.strip()
+    labels = {"org.linked-builds.content-tag": ref.rsplit(":", 1)[1],
+              "org.linked-builds.lock": tool_module(project).Lock(
+                  (project / "base" / "requirements.txt").read_text()).meta["body"]}
+    index = {"schemaVersion": 2, "manifests": [{"digest": "sha256:" + "a" * 64, "platform": {
+        "os": "linux", "architecture": a}} for a in ("amd64", "arm64")]}
+    answers = {"index": json.dumps(index), "image": json.dumps({"schemaVersion": 2, "layers": []})}
+    if config == "arm64":
+        config = labelled("linux/arm64", labels)
+    engine = answering_engine(tmp_path, answers.get(raw, raw), json.dumps(config))
+    result = linked(project, "publish", "--image", "example/app", "--tag", "t", "--engine", str(engine))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1].endswith(said), result.stderr
+    assert "smoke test" not in result.stdout
+
+
+def test_platforms_keep_their_variant_but_arm64s_v8(project: Path) -> None:
+    module = tool_module(project, "publish")
+    index = {"manifests": [{"digest": "sha256:" + c * 64, "platform": p} for c, p in (
+        ("a", {"os": "linux", "architecture": "arm", "variant": "v7"}),
+        ("b", {"os": "linux", "architecture": "arm64", "variant": "v8"}))]}
+    assert module.platforms_in(json.dumps(index).encode(), "x") == {"linux/arm/v7": "sha256:" + "a" * 64,
+                                                                   "linux/arm64": "sha256:" + "b" * 64}
+
+
+@pytest.mark.engine
+def test_lock_pins_a_from_with_flags_by_its_image(project: Path, registry: FakeRegistry) -> None:
+    """`FROM --platform=$BUILDPLATFORM image AS stage`: the image is asked for and pinned; the flag stays."""
+    module, engine = tool_module(project, "publish"), registry_cli()
+    digest = registry.serve(200, INDEX)
+    text = f"FROM --platform=$BUILDPLATFORM {registry.host}/astral-sh/uv:0.13.9 AS uv\nFROM scratch\n"
+    pinned, warnings = module.pin_digests(text, engine)
+    assert (pinned, warnings) == (text.replace(":0.13.9 ", f":0.13.9@{digest} ", 1), [])
+    assert registry.requests[0][1] == "/v2/astral-sh/uv/manifests/0.13.9"
 
 
 def test_the_generated_tool_opens_no_connection_and_reads_no_credentials(project: Path) -> None:

@@ -37,7 +37,10 @@ PIN_RE = re.compile(
     r"^ARG BASE_IMAGE=(?P<repo>[^\s:@/]+(?::\d+)?(?:/[^\s:@/]+)*):(?P<tag>\w[\w.-]{0,127})"
     r"(?P<digest>@sha256:[0-9a-f]{64})?\s*$"
 )
-FROM_RE = re.compile(r"^FROM\s+(?P<image>[^\s@]+?)(?P<digest>@sha256:[0-9a-f]{64})?(?P<rest>\s.*)?$", re.IGNORECASE)
+FROM_RE = re.compile(
+    r"^FROM\s+(?P<flags>(?:--\S+\s+)*)(?P<image>[^\s@-][^\s@]*?)(?P<digest>@sha256:[0-9a-f]{64})?(?P<rest>\s.*)?$",
+    re.IGNORECASE,
+)
 # A pin, and its environment marker as uv writes it (quoted with ', never with \, " or #).
 ENTRY_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==[A-Za-z0-9.!+_-]+(\s*;[^\\\"#]*)?$")
 HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -202,8 +205,8 @@ def base_settings(text: str) -> tuple[dict[str, str], int]:
 
 
 def image_froms(text: str) -> list[tuple[int, re.Match[str]]]:
-    """(line index, match) of each FROM that names an image, not an earlier stage."""
-    stages, found = set(), []
+    """(line index, match) of each FROM that names an image, not an earlier stage (nor scratch)."""
+    stages, found = {"scratch"}, []  # scratch: no image at all
     for index, line in enumerate(text.splitlines()):
         if m := FROM_RE.match(line):
             found += [] if m["image"].lower() in stages else [(index, m)]

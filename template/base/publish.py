@@ -61,6 +61,11 @@ def manifest(ref: str, engine: list[str], podman: bool, config: bool = False) ->
     except OSError as exc:
         raise LinkError(f"cannot run {argv[0]} ({exc.strerror}): registry questions need it") from None
     if got.returncode == 0:
+        try:
+            if not isinstance(answer := json.loads(got.stdout), dict) or answer.get("schemaVersion", 2) != 2:
+                raise ValueError
+        except ValueError:
+            raise LinkError(f"{ref}: {Path(argv[0]).name} answered something that is not an image manifest") from None
         return "sha256:" + hashlib.sha256(got.stdout).hexdigest(), got.stdout
     said = re.sub(r"[^ -~]", "?", " ".join(got.stderr.decode(errors="replace").split()))[-300:] or "no answer"
     # Absent: skopeo's last words for the tag or its repository, or imagetools' for this very reference
@@ -93,7 +98,7 @@ def pin_digests(text: str, engine: list[str]) -> tuple[str, list[str]]:
             digest = m["digest"] or ""
             warnings.append(f"digest not resolved ({exc}); kept {'its digest' if digest else 'no digest'}")
         end = lines[index][len(lines[index].rstrip("\r\n")) :]
-        lines[index] = f"FROM {m['image']}{digest}{m['rest'] or ''}{end}"
+        lines[index] = f"FROM {m['flags']}{m['image']}{digest}{m['rest'] or ''}{end}"
     return "".join(lines), warnings
 
 
@@ -148,12 +153,16 @@ class Engine:
         found = manifest(ref, self.command, self.podman)
         return found[0] if found else None
 
-    def labels(self, ref: str) -> list[dict[str, str]]:
-        """The labels of each platform's image under ``ref`` in the registry."""
+    def labels(self, ref: str) -> dict[str, dict[str, str]]:
+        """{platform: labels} of the images under ``ref`` in the registry (skopeo reads this machine's alone)."""
         try:
             images = json.loads((manifest(ref, self.command, self.podman, config=True) or ("", b"{}"))[1])
-            images = [images] if "config" in images else list(images.values())
-            return [image["config"].get("Labels") or {} for image in images]
+            if "config" in images:  # one image: its own platform
+                images = {"/".join(filter(None, map(images.get, ("os", "architecture", "variant")))): images}
+            found = {platform_name(key): image["config"].get("Labels") or {} for key, image in images.items()}
+            if not all(isinstance(v, str) for labels in found.values() for v in labels.values()):
+                raise TypeError
+            return found
         except (ValueError, AttributeError, KeyError, TypeError):
             raise LinkError(f"{ref}: the registry's answer is not an image configuration") from None
 
@@ -222,6 +231,11 @@ class Engine:
             self.must(*stop, stdin=SMOKE, env=env)
 
 
+def platform_name(platform: str) -> str:
+    """os/architecture[/variant] as a lock line names it: arm64's one variant, v8, goes unsaid."""
+    return platform.removesuffix("/v8") if platform.startswith("linux/arm64/") else platform
+
+
 def platforms_in(raw: bytes, ref: str) -> dict[str, str] | None:
     """The platforms (os/architecture) an image index lists, with their images' digests; None
     for one image (not an index). Attestations (platform unknown) are left out."""
@@ -231,7 +245,12 @@ def platforms_in(raw: bytes, ref: str) -> dict[str, str] | None:
         if "manifests" not in index:
             return None
         listed = [(entry.get("platform") or {}, entry.get("digest", "")) for entry in index["manifests"] or []]
-        return {f"{p['os']}/{p['architecture']}": d for p, d in listed if p.get("os", "unknown") != "unknown"}
+        named = [
+            ([p["os"], p["architecture"], p.get("variant")], d)
+            for p, d in listed
+            if p.get("os", "unknown") != "unknown"
+        ]
+        return {platform_name("/".join(filter(None, words))): d for words, d in named}
     except (ValueError, AttributeError, KeyError, TypeError):
         raise LinkError(f"{ref}: the registry answered an index that is not JSON of the OCI image spec") from None
 
@@ -359,7 +378,10 @@ def publish(
         listed = platforms_in(found[1] if found else b"{}", ref)  # an index lists them; one image has one
         if (listed is not None or len(platforms) > 1) and (missing := set(platforms) - set(listed or {})):
             raise LinkError(f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it")
-        for got in engine.labels(ref) if not engine.dry_run else []:
+        labelled = engine.labels(ref) if not engine.dry_run else {}
+        if not engine.dry_run and (unseen := ({engine.native} if engine.podman else set(platforms)) - set(labelled)):
+            raise LinkError(f"base {ref} in the registry has no image for {', '.join(sorted(unseen))}: refusing it")
+        for got in labelled.values():
             if [got.get(k) for k in LABELS] != [content_tag, lock]:
                 named = "content-tag={} lock={}".format(*(got.get(k, "<none>") for k in LABELS))
                 raise LinkError(f"{ref} is labelled {named}, not this lock's: refusing to build FROM it")
