@@ -714,6 +714,33 @@ def test_lock_pins_a_from_with_flags_by_its_image(project: Path, registry: FakeR
     assert registry.requests[0][1] == "/v2/astral-sh/uv/manifests/0.13.9"
 
 
+@pytest.mark.parametrize("name", ["Dockerfile", ".dockerignore"])
+def test_a_symlinked_dockerfile_or_ignore_file_is_refused(project: Path, tmp_path: Path, name: str) -> None:
+    """The engine reads base/Dockerfile and base/.dockerignore through a link, the content tag would not."""
+    target = tmp_path / name
+    (project / "base" / name).rename(target)
+    (project / "base" / name).symlink_to(target)
+    for command in ("tag", "check", "sync"):
+        result = linked(project, command)
+        assert (result.returncode, result.stderr) == (
+            2, f"error: base/{name}: a symbolic link, which the engine reads through: make it a file\n")
+
+
+@pytest.mark.parametrize(("variable", "value", "command"), [
+    ("BUILD_ARGS", '--build-arg "x', "check"),
+    ("BAKE_ARGS", "--set 'x", "publish"),
+    ("DOCKER", '"', "base"),
+])
+def test_an_open_quote_in_a_variable_is_one_line(project: Path, variable: str, value: str, command: str) -> None:
+    args = ["--image", "x/y", "--dry-run"] if command == "publish" else []
+    result = subprocess.run([sys.executable, str(project / "base" / ("linked.py" if command == "check" else
+                                                                     "publish.py")), command, *args],
+                            cwd=project, capture_output=True, text=True, env={**os.environ, variable: value})
+    named = "--engine (DOCKER)" if variable == "DOCKER" else variable
+    assert (result.returncode, result.stderr) == (
+        2, f"error: {named}: No closing quotation in {value!r}: fix its quotes\n")
+
+
 def test_the_generated_tool_opens_no_connection_and_reads_no_credentials(project: Path) -> None:
     """Registries are the engine CLI's business: no generated Python imports a network module or
     names a credentials file or helper."""

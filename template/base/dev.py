@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import publish
-from linked import LinkError, Project, run
+from linked import LinkError, Project, run, split
 
 NEEDS = (2, 25)  # `up --watch` (2.25); its sync writes through the engine's API since 2.24
 UP = ["--profile", "dev", "up", "--build", "--watch", "dev"]
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="project root")
     parser.add_argument("--engine", default=os.environ.get("DOCKER", "docker"), help="$DOCKER or docker")
     args = parser.parse_args(argv)
-    engine = publish.Engine(Project(args.root), shlex.split(args.engine))
     try:
+        engine = publish.Engine(Project(args.root), split(args.engine, "--engine (DOCKER)"))
         return serve(engine, compose(engine))
     except LinkError as exc:
         print(f"error: {exc}", file=sys.stderr)

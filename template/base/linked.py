@@ -106,6 +106,14 @@ def write_atomic(path: Path, text: str, label: str) -> None:
         raise LinkError(f"{label}: cannot write it ({exc.strerror}); left unchanged") from None
 
 
+def split(text: str, name: str) -> list[str]:
+    """``text`` as shell words; an open quote is one LinkError line naming where it came from."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise LinkError(f"{name}: {exc} in {text!r}: fix its quotes") from None
+
+
 def run(
     argv: list[str], failed: str = "", cwd: Path | None = None, quiet: bool = False
 ) -> subprocess.CompletedProcess[str]:
@@ -287,6 +295,8 @@ class Project:
                     if (named := os.fsencode(rel).decode("utf-8", "backslashreplace")) != rel:
                         raise LinkError(f"base/{named}: its name is not UTF-8: rename it, or leave it out")
                     kind = "link" if path.is_symlink() else "exec" if path.stat().st_mode & 0o111 else "file"
+                    if kind == "link" and rel in ("Dockerfile", ".dockerignore"):
+                        raise LinkError(f"base/{rel}: a symbolic link, which the engine reads through: make it a file")
                     entries += [(rel, kind, path)] if kind == "link" or path.is_file() else []
         return sorted(entries)
 
@@ -466,9 +476,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit status."""
     args = parser().parse_args(argv)
-    project, engine = Project(args.root), shlex.split(getattr(args, "engine", "docker"))
-    build_args = shlex.split(os.environ.get("BUILD_ARGS", ""))
+    project = Project(args.root)
     try:
+        engine = split(getattr(args, "engine", "docker"), "--engine (DOCKER)")
+        build_args = split(os.environ.get("BUILD_ARGS", ""), "BUILD_ARGS")
         if args.command in ("tag", "ref"):
             print(project.content_tag() if args.command == "tag" else project.reference())
         elif args.command == "check":

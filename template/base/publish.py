@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from linked import LinkError, Project, base_settings, image_froms, run
+from linked import LinkError, Project, base_settings, image_froms, run, split
 
 LABELS = ("org.linked-builds.content-tag", "org.linked-builds.lock")
 ABSENT = 4  # `exists`: the registry clearly has no such image (2 is any error's)
@@ -124,6 +124,8 @@ class Engine:
 
     def __init__(self, project: Project, command: list[str], dry_run: bool = False) -> None:
         self.project, self.command, self.dry_run = project, command, dry_run
+        self.build_args = split(os.environ.get("BUILD_ARGS", ""), "BUILD_ARGS")
+        self.bake_args = split(os.environ.get("BAKE_ARGS", ""), "BAKE_ARGS")
         self.native = "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 
     @functools.cached_property
@@ -168,9 +170,8 @@ class Engine:
 
     def bake(self, target: str, variables: dict[str, str], *args: str) -> None:
         """`docker buildx bake` of docker-bake.hcl (and BAKE_ARGS: `-f` more files, `--set`)."""
-        extra = shlex.split(os.environ.get("BAKE_ARGS", ""))
         dry = ["--print"] if self.dry_run else []
-        self.must("buildx", "bake", "--file", "docker-bake.hcl", *extra, *dry, *args, target, env=variables)
+        self.must("buildx", "bake", "--file", "docker-bake.hcl", *self.bake_args, *dry, *args, target, env=variables)
 
     def push_base(self, ref: str, variables: dict[str, str]) -> None:
         """Push the base with its file times rewritten: `bake --push`; Docker's own builder (the docker
@@ -185,7 +186,7 @@ class Engine:
 
     def podman_build(self, context: str, ref: str, platforms: list[str], args: list[str], push: bool) -> None:
         """Podman: ``context`` as ``ref``, or for a push for ``platforms`` into the manifest list ``ref``."""
-        build = [*shlex.split(os.environ.get("BUILD_ARGS", "")), *args, "--tag", ref]
+        build = [*self.build_args, *args, "--tag", ref]
         if push:
             run([*self.command, "manifest", "rm", ref], quiet=True)  # --manifest adds to a list of that name
             build[-2:] = [f"--platform={','.join(platforms)}", f"--manifest={ref}"]
@@ -435,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("verify", parents=[common], help="rebuild the base without cache; compare the registry's")
     check.add_argument("--dry-run", action="store_true", help="print the commands; bake prints its plan")
     args = parser.parse_args(argv)
-    engine = Engine(Project(args.root), shlex.split(args.engine), getattr(args, "dry_run", False))
     try:
+        engine = Engine(Project(args.root), split(args.engine, "--engine (DOCKER)"), getattr(args, "dry_run", False))
         if args.command == "exists":
             print(digest := engine.digest(args.ref) or f"{args.ref} is not in the registry")
             return 0 if digest.startswith("sha256:") else ABSENT
@@ -450,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.if_missing and run([*engine.command, "image", "inspect", ref], quiet=True).returncode == 0:
                 return print(f"base image {ref} is present") or 0
             labels = [f"--label={k}={v}" for k, v in zip(LABELS, (ref.rsplit(":", 1)[1], lock))]
-            build_args = shlex.split(os.environ.get("BUILD_ARGS", ""))
-            engine.build("base", *build_args, *labels, "--tag", ref)
+            engine.build("base", *engine.build_args, *labels, "--tag", ref)
         elif args.command == "verify":
             verify(engine, locked_platforms(engine))
         else:
