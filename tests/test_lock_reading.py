@@ -125,6 +125,7 @@ def test_every_pattern_reads_a_hostile_line_in_linear_time(project: Path, render
         lambda line: linked_module.Lock(LOCK_HEAD + line + "\n"),
         lambda line: linked_module.top_level_names(line, "x"),
         lambda line: linked_module.ignored("a/" * 20 + "b", linked_module.ignore_patterns(line, "x")),
+        lambda line: linked_module.ignored("a" * 300, linked_module.ignore_patterns(line, "x")),  # one long name
         lambda line: modules[2].split(line, 3),
     ]
     for line in hostile_lines():
@@ -194,6 +195,34 @@ def test_the_tag_hashes_exactly_what_a_buildkit_copy_exports(project: Path, tmp_
     (base / "crlf.txt").write_bytes(b"a\nb\n")
     tags.add(linked(project, "tag").stdout)
     assert len(tags) == 3
+
+
+CONTEXT = ["a.txt", "sub/b.txt", "sub/deep/c.txt", "keep", "sub/keep", "x/keep/y", "docs/readme.md",
+           "docs/api/index.md", "aXb", "a/b", "a/q/b", "c1.h", "c2.h", "cz.h", "q.txt", "sub/qtxt", "s*r"]
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("patterns", [
+    "**.txt", "*\n!**.txt", "**/keep", "docs/**\n!docs/api/index.md", "a**b", "c[12].h\n?.txt", "sub/**/*.txt",
+    "**/*.md", "**", "sub**", "s\\*r", "*/*/*",
+])
+def test_ignore_patterns_leave_out_what_buildkit_leaves_out(project: Path, tmp_path: Path, patterns: str) -> None:
+    """The content tag's view of a context, pattern by pattern, is what a real BuildKit build sends."""
+    require_engine()
+    context = tmp_path / "context"
+    for rel in CONTEXT:
+        (context / rel).parent.mkdir(parents=True, exist_ok=True)
+        (context / rel).write_text(rel)
+    (context / ".dockerignore").write_text(patterns + "\n.dockerignore\n")
+    out = tmp_path / "out"
+    subprocess.run([DOCKER, "build", "--output", f"type=local,dest={out}", "--file", "-", str(context)],
+                   input="FROM scratch\nCOPY . /ctx\n", text=True, check=True, capture_output=True,
+                   env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    sent = sorted(p.relative_to(out / "ctx").as_posix() for p in (out / "ctx").rglob("*") if p.is_file()) \
+        if (out / "ctx").exists() else []
+    module = tool_module(project)
+    read = module.ignore_patterns(patterns, ".dockerignore")
+    assert sorted(rel for rel in CONTEXT if not module.ignored(rel, read)) == sent
 
 
 @pytest.mark.parametrize("pattern", ["[z-a]", "src/[", "*.[!"])

@@ -228,38 +228,76 @@ def lock_target(text: str) -> str:
     return steps().lock_target(text) if FENCED.search(text) else "universal"
 
 
-def ignore_patterns(text: str, label: str) -> list[tuple[bool, re.Pattern[str]]]:
-    """A .dockerignore's patterns as (excludes, regex) in order: Go's filepath.Match plus ``**``,
-    as BuildKit reads them; a pattern BuildKit would refuse is one line naming it."""
+# One pattern's steps: a character, a class ("[^/]" for ?), "[^/]*" (for *), "**" (any folders) or "**$" (anything).
+Glob = list[str]
+
+
+def ignore_patterns(text: str, label: str) -> list[tuple[bool, Glob]]:
+    """A .dockerignore's patterns as (excludes, steps) in order, as BuildKit compiles them (Go's
+    filepath.Match plus ``**``; a leading ``**`` before plain text matches any path ending in it);
+    a pattern BuildKit would refuse is one line naming it."""
     patterns = []
     for number, line in enumerate((line.strip() for line in text.splitlines()), 1):
         if line.startswith("!!"):
             raise LinkError(f"{label}:{number}: {line!r}: a double negation, which engines read differently")
         if not line or line.startswith("#"):
             continue
-        out, segments = [], os.path.normpath(line.lstrip("!").strip()).lstrip("/").split("/")
-        segments = [s for i, s in enumerate(segments) if s != "**" or segments[i - 1 : i] != ["**"]]
+        glob = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
+        pieces = re.split(r"(\*\*/?|\*|\?|\[[^\]]*\]|\\.?)", glob)  # ** (eating its /), *, ?, [class], \x
+        steps: Glob = []
+        for n, piece in enumerate(pieces):
+            if n % 2 == 0 or piece[0] == "\\":
+                steps += list(piece[n % 2 :])
+            elif piece.startswith("**"):
+                steps.append("**" if "".join(pieces[n + 1 :]) else "**$")
+            else:
+                steps.append({"*": "[^/]*", "?": "[^/]"}.get(piece, piece))
+        if len(pieces) == 3 and pieces[1].startswith("**") and not pieces[0]:  # **text: any path ending in text
+            steps = ["**" if glob[2:3] == "/" else "**$", *pieces[2]]
         try:
-            for index, segment in enumerate(segments):
-                pieces = re.split(r"(\*+|\?|\[[^\]]*\])", segment)
-                if any("[" in p for p in pieces[::2]):
-                    raise re.error("a [ that opens no character class")
-                glob = "".join(
-                    p if p[:1] == "[" else {"*": "[^/]*", "?": "[^/]"}.get(p[:1], re.escape(p)) for p in pieces
-                )
-                last = index == len(segments) - 1
-                out.append((".*" if last else "(?:.*/)?") if segment == "**" else glob + "/" * (not last))
-            patterns.append((not line.startswith("!"), re.compile("".join(out))))
+            if any("[" in piece for piece in pieces[::2]) or "\\" in pieces[1::2]:
+                raise re.error("a [ that opens no class, or a \\ that escapes nothing")
+            for step in (step for step in steps if step[0] == "[" and step != "[^/]*"):
+                re.compile(step)
         except re.error as exc:
             raise LinkError(f"{label}:{number}: {line!r} is not a pattern BuildKit reads ({exc.msg}): fix it") from None
+        patterns.append((not line.startswith("!"), steps))
     return patterns
 
 
-def ignored(rel: str, patterns: list[tuple[bool, re.Pattern[str]]]) -> bool:
+def matches(steps: Glob, path: str) -> bool:
+    """Whether ``path`` matches a pattern's steps, in time linear in each (no backtracking).
+    A state is a step's index, or its bitwise complement inside a "**" that has read a name."""
+
+    def closure(states: set[int]) -> set[int]:  # "*", "**" and "**$" may match nothing: each step once
+        reached: set[int] = set()
+        for i in sorted(states, reverse=True):
+            while i not in reached:
+                reached.add(i)
+                i += 0 <= i < len(steps) and steps[i] in ("[^/]*", "**", "**$")
+        return reached
+
+    states = closure({0})
+    for char in path:
+        moved = set()
+        for i in states:
+            step = "**" if i < 0 else steps[i] if i < len(steps) else ""
+            i = ~i if i < 0 else i
+            if (step == "**" and char == "/") or step == char or (step.endswith("]") and re.fullmatch(step, char)):
+                moved.add(i + 1)
+            if step == "**":
+                moved.add(~i)
+            elif step == "**$" or (step == "[^/]*" and char != "/"):
+                moved.add(i)
+        states = closure(moved)
+    return len(steps) in states
+
+
+def ignored(rel: str, patterns: list[tuple[bool, Glob]]) -> bool:
     """Whether .dockerignore ``patterns`` exclude ``rel`` (last match wins, parents match)."""
     result, parts = False, rel.split("/")
-    for exclude, pattern in patterns:
-        if any(pattern.fullmatch("/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+    for exclude, steps in patterns:
+        if any(matches(steps, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
             result = exclude
     return result
 
