@@ -241,7 +241,8 @@ def shared_parser_problem(text: str) -> tuple[int, str]:
     if not found:
         return 1, fit(message)
     number, detail, prefix = int(found[1]), found[2], f"line {found[1]}: "
-    for pattern, rest in ((r"'(.*)': pip options", ": no pip options"), (r"'(.*)' is not a PEP 508", ": not PEP 508")):
+    for pattern, rest in ((r"'(.*)': pip options", ": no pip options"), (r"'(.*)' is not a PEP 508", ": not PEP 508"),
+                          (r"'(.*)' is a direct reference", ": a URL; name a version")):
         said = re.match(pattern, detail)
         if said:
             return number, quoted(said[1], rest, prefix)
@@ -260,7 +261,7 @@ def requirement_problem(number: int, line: str) -> str:
         return ""
     prefix = f"line {number}: "
     if URL.match(requirement):
-        return fit(f"{prefix}name @ URL, not a bare URL")
+        return fit(f"{prefix}a URL; name a version")
     try:
         parsed = Requirement(requirement)
     except InvalidRequirement:

@@ -322,7 +322,7 @@ def test_a_write_that_fails_half_way_leaves_the_file_whole(project: Path) -> Non
     result = subprocess.run([sys.executable, "base/linked.py", "sync"], cwd=project, capture_output=True, text=True,
                             preexec_fn=limit)
     assert result.returncode == 2
-    assert re.match(r"error: base/Dockerfile: cannot write it \(.*\); left unchanged", result.stderr)
+    assert re.match(r"error: base/Dockerfile: cannot write it \(.*\); nothing was changed", result.stderr)
     assert dockerfile.read_bytes() == stale
     assert not list((project / "base").glob(".*linked-tmp"))
 
@@ -372,6 +372,10 @@ def test_the_one_name_parser_left_agrees_with_packaging_on_a_corpus(project: Pat
     assert len(lines) >= 200
     for line in lines:
         spec = line.split("  #")[0]
+        if Requirement(spec).url:  # a direct reference: no version of an index to lock by hash
+            with pytest.raises(module.LinkError, match=r"is a direct reference \(name @ URL\)"):
+                module.top_level_names(line, "x")
+            continue
         assert module.top_level_names(line, "x") == [canonicalize_name(Requirement(spec).name)], line
 
 
@@ -739,6 +743,50 @@ def test_an_open_quote_in_a_variable_is_one_line(project: Path, variable: str, v
     named = "--engine (DOCKER)" if variable == "DOCKER" else variable
     assert (result.returncode, result.stderr) == (
         2, f"error: {named}: No closing quotation in {value!r}: fix its quotes\n")
+
+
+def test_a_direct_reference_is_refused_in_one_line(project: Path) -> None:
+    """`name @ URL` cannot be locked as a version of an index by hash: said before uv runs."""
+    add_requirement(project, "six @ https://example.org/six-1.17.0-py2.py3-none-any.whl")
+    number = len((project / "base" / "requirements.in").read_text().splitlines())
+    for command in ("lock", "check"):
+        result = linked(project, command)
+        assert (result.returncode, result.stderr.splitlines()[-1]) == (2, (
+            f"error: base/requirements.in:{number}: 'six @ https://example.org/six-1.17.0-py2' is a direct reference"
+            " (name @ URL): the lock pins versions from an index, by hash: name a version"))
+
+
+def test_a_sync_that_cannot_write_every_file_writes_none(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sync rewrites base/Dockerfile's blocks and the pin together, or neither: a failure to write one
+    leaves both as they were, and no temporary file behind."""
+    base = project / "base" / "Dockerfile"
+    block = fenced(project)
+    base.write_text(base.read_text().replace(block[1] + "\n", "", 1) + "ENV USERS_OWN=1\n")
+    before = snapshot(project)
+    module = tool_module(project)
+    real = module.tempfile.mkstemp
+
+    def full(*args: object, **kwargs: object) -> tuple[int, str]:
+        if kwargs.get("prefix") == ".Dockerfile." and kwargs.get("dir") == project:
+            raise OSError(28, "No space left on device")
+        made: tuple[int, str] = real(*args, **kwargs)
+        return made
+
+    monkeypatch.setattr(module.tempfile, "mkstemp", full)
+    assert module.main(["--root", str(project), "sync"]) == 2
+    assert snapshot(project) == before
+
+
+def test_a_github_output_that_cannot_be_written_is_one_line(project: Path, tmp_path: Path) -> None:
+    ref = linked(project, "ref").stdout.strip()
+    index = {"schemaVersion": 2, "manifests": [{"digest": "sha256:" + "a" * 64, "platform": {
+        "os": "linux", "architecture": a}} for a in ("amd64", "arm64")]}
+    engine = answering_engine(tmp_path, json.dumps(index), "{}")
+    result = subprocess.run([sys.executable, str(project / "base" / "publish.py"), "publish", "--image", "x/y",
+                             "--only", "base", "--dry-run", "--engine", str(engine)], cwd=project, capture_output=True,
+                            text=True, env={**os.environ, "GITHUB_OUTPUT": str(tmp_path)})
+    assert (result.returncode, result.stderr) == (
+        2, f"error: cannot hand the base's digest to the next job: {tmp_path}: Is a directory\n"), ref
 
 
 def test_the_generated_tool_opens_no_connection_and_reads_no_credentials(project: Path) -> None:

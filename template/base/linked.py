@@ -87,23 +87,28 @@ def read_bytes(path: Path, label: str) -> bytes:
         raise LinkError(f"{label}: {why}") from None
 
 
-def write_atomic(path: Path, text: str, label: str) -> None:
-    """Write ``text`` through a temporary file of its own (so runs at once never share one)
-    in the same folder, then a rename: never half a file. The file keeps its mode."""
-    tmp: Path | None = None
+def write_all(root: Path, texts: dict[str, str]) -> None:
+    """Write each file through a temporary file of its own (so runs at once never share one)
+    beside it, then rename them all: a failure before the renames leaves every file as it was,
+    never half a file nor half a change. Each file keeps its mode."""
+    staged: list[tuple[Path, Path]] = []
+    rel = ""
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".linked-tmp", dir=path.parent)
-        tmp = Path(name)
-        with open(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
+        for rel, text in texts.items():
+            path = root / rel
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".linked-tmp", dir=path.parent)
+            staged.append((Path(name), path))
+            with open(fd, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(name, path.stat().st_mode & 0o7777)
+        for tmp, path in staged:
+            os.replace(tmp, path)
     except OSError as exc:
-        if tmp:
+        for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
-        raise LinkError(f"{label}: cannot write it ({exc.strerror}); left unchanged") from None
+        raise LinkError(f"{rel}: cannot write it ({exc.strerror}); nothing was changed") from None
 
 
 def split(text: str, name: str) -> list[str]:
@@ -193,6 +198,9 @@ def top_level_names(text: str, label: str) -> list[str]:
         m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)
         if line and not m:
             raise LinkError(f"{label}:{number}: {line[:30]!r} is not a PEP 508 requirement")
+        if m and re.match(r"\s*(\[[^\]]*\]\s*)?@", line[m.end() :]):
+            fix = "the lock pins versions from an index, by hash: name a version"
+            raise LinkError(f"{label}:{number}: {line[:40]!r} is a direct reference (name @ URL): {fix}")
         name = normalize(m.group()) if m else ""
         if name and ";" not in line and plain.setdefault(name, number) != number:
             raise LinkError(f"{label}:{number}: {name} is already on line {plain[name]}: merge the two")
@@ -325,7 +333,13 @@ class Project:
             raise LinkError("base/Dockerfile.dockerignore: engines disagree on it; use base/.dockerignore")
         ignore, entries = self.base / ".dockerignore", []
         patterns = ignore_patterns(self.read("base/.dockerignore") if ignore.exists() else "", "base/.dockerignore")
-        for folder, dirs, names in os.walk(self.base):  # symlinked folders are listed, not entered
+
+        def unreadable(exc: OSError) -> None:  # a folder BuildKit would send but cannot be read
+            rel = Path(str(exc.filename)).relative_to(self.base).as_posix()
+            if not ignored(rel, patterns):
+                raise LinkError(f"base/{rel}: cannot read it ({exc.strerror}): fix its permissions, or leave it out")
+
+        for folder, dirs, names in os.walk(self.base, onerror=unreadable):  # symlinked folders: listed, not entered
             for name in names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
                 path = Path(folder, name)
                 rel = path.relative_to(self.base).as_posix()
@@ -537,10 +551,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise LinkError(f"UPGRADE_PACKAGE={name}: base/requirements.txt locks no such package")
             before = project.read("base/requirements.txt") if (project.base / "requirements.txt").exists() else ""
             plan, stale, more = project.plan(writes.get("base/Dockerfile"), writes.get("base/requirements.txt"))
-            for rel, text in {**writes, **plan}.items():
-                if text != (old := project.read(rel)):
-                    write_atomic(project.root / rel, text, rel)
-                    print(f"{rel}: {changed(rel, old, text)}")
+            moved = {rel: (old, text) for rel, text in {**writes, **plan}.items() if text != (old := project.read(rel))}
+            write_all(project.root, {rel: text for rel, (_, text) in moved.items()})
+            for rel, (old, text) in moved.items():
+                print(f"{rel}: {changed(rel, old, text)}")
             for line in notes + more * (args.command == "sync"):
                 print(f"warning: {line}", file=sys.stderr)
             for item in (s for s in stale if "make lock" in s):

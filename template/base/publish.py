@@ -329,14 +329,17 @@ def verify(engine: Engine, platforms: list[str]) -> None:
             raise LinkError(f"verify: {said}: they differ first in {what}")
 
 
-def output(**values: str) -> None:
+def output(root: Path, **values: str) -> None:
     """Hand ``values`` to the next steps of a GitHub Actions job; in GitLab, the base's digest to
     the app job (base.env, a dotenv report: BASE_DIGEST, which publish --only app builds FROM)."""
-    if os.environ.get("GITHUB_OUTPUT"):
-        with open(os.environ["GITHUB_OUTPUT"], "a", encoding="utf-8") as handle:
-            handle.writelines(f"{key.replace('_', '-')}={value}\n" for key, value in values.items())
-    if os.environ.get("GITLAB_CI") and values.get("base_digest"):
-        Path("base.env").write_text(f"BASE_DIGEST={values['base_digest']}\n", encoding="utf-8")
+    try:
+        if os.environ.get("GITHUB_OUTPUT"):
+            with open(os.environ["GITHUB_OUTPUT"], "a", encoding="utf-8") as handle:
+                handle.writelines(f"{key.replace('_', '-')}={value}\n" for key, value in values.items())
+        if os.environ.get("GITLAB_CI") and values.get("base_digest"):
+            (root / "base.env").write_text(f"BASE_DIGEST={values['base_digest']}\n", encoding="utf-8")
+    except OSError as exc:
+        raise LinkError(f"cannot hand the base's digest to the next job: {exc.filename}: {exc.strerror}") from None
 
 
 def publish(
@@ -389,7 +392,7 @@ def publish(
         if check:  # a base this run did not build: the same bits as its rebuild, or nothing is built on it
             verify(engine, built)
     if only != "app":
-        output(base_image=ref, base_digest=digest or "", base_pushed=str(pushed).lower())
+        output(project.root, base_image=ref, base_digest=digest or "", base_pushed=str(pushed).lower())
     if only == "base":
         return
     # The digest the base job handed over: the app builds FROM exactly it.
