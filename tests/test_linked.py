@@ -756,6 +756,27 @@ def test_a_direct_reference_is_refused_in_one_line(project: Path) -> None:
             " (name @ URL): the lock pins versions from an index, by hash: name a version"))
 
 
+@pytest.mark.parametrize("sent", [True, False])
+def test_a_folder_the_build_sends_but_cannot_be_read_is_one_line(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                sent: bool) -> None:
+    """os.walk skips a folder it cannot read: the content tag never does so silently, where the build sends it."""
+    module = tool_module(project)
+    (project / "base" / ".dockerignore").write_text("*\n!requirements.txt\n" + "!extra\n" * sent)
+    real = module.os.walk
+
+    def walk(top: Path, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, list[str], list[str]]]:
+        onerror(PermissionError(13, "Permission denied", str(top / "extra")))
+        yield from real(top)
+
+    monkeypatch.setattr(module.os, "walk", walk)
+    if not sent:
+        assert module.Project(project).content_tag().startswith("deps-")
+        return
+    with pytest.raises(module.LinkError) as raised:
+        module.Project(project).content_tag()
+    assert str(raised.value) == "base/extra: cannot read it (Permission denied): fix its permissions, or leave it out"
+
+
 def test_a_sync_that_cannot_write_every_file_writes_none(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """sync rewrites base/Dockerfile's blocks and the pin together, or neither: a failure to write one
     leaves both as they were, and no temporary file behind."""
