@@ -283,8 +283,11 @@ def keep_edited(project: Path) -> None:
         answers = yaml.safe_load(git(project, "show", "HEAD:.copier-answers.yml").stdout)
         data = {key: value for key, value in answers.items() if not key.startswith("_")}
         with tempfile.TemporaryDirectory(prefix="linked-builds-last-update-") as last:
-            run_copy(answers["_src_path"], last, data=data, vcs_ref=answers["_commit"], defaults=True,
-                     skip_tasks=True, quiet=True, unsafe=True)
+            # From the template this update checked out (its history holds the last update's commit),
+            # not from _src_path, which may be relative to a folder this step does not know.
+            template = str(Path(__file__).resolve().parent.parent)
+            run_copy(template, last, data=data, vcs_ref=answers["_commit"], defaults=True, skip_tasks=True,
+                     quiet=True, unsafe=True)
             made = {rel: Path(last, rel).read_bytes() for rel in gone if Path(last, rel).is_file()}
     except Exception as exc:  # any failure: the files are named, never lost
         print(f"linked-builds: the update deleted {', '.join(gone)} (the template no longer makes them) and could"
