@@ -698,6 +698,16 @@ def test_publish_refuses_a_registry_base_it_cannot_check(project: Path, tmp_path
     assert "smoke test" not in result.stdout
 
 
+@pytest.mark.parametrize("named", ["", "linux", "linux/amd64,", "linux/amd64;rm", "linux/amd64,linux/$(id)"])
+def test_a_lock_line_that_names_no_platform_is_one_line(project: Path, named: str) -> None:
+    dockerfile = project / "base" / "Dockerfile"
+    dockerfile.write_text(re.sub(r"platforms=\S*", f"platforms={named}", dockerfile.read_text()))
+    assert linked(project, "sync").returncode == 0
+    result = linked(project, "publish", "--image", "x/y", "--dry-run", "--engine", "/nonexistent/docker")
+    assert (result.returncode, result.stderr) == (
+        2, f"error: base/Dockerfile: platforms={named} is not a list like linux/amd64,linux/arm64: fix it\n")
+
+
 def test_platforms_keep_their_variant_but_arm64s_v8(project: Path) -> None:
     module = tool_module(project, "publish")
     index = {"manifests": [{"digest": "sha256:" + c * 64, "platform": p} for c, p in (

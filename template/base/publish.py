@@ -258,7 +258,10 @@ def platforms_in(raw: bytes, ref: str) -> dict[str, str] | None:
 
 def locked_platforms(engine: Engine) -> list[str]:
     """The platforms base/Dockerfile's lock line names (this machine's, where it names none)."""
-    return sorted(base_settings(engine.project.read("base/Dockerfile"))[0].get("platforms", engine.native).split(","))
+    named = base_settings(engine.project.read("base/Dockerfile"))[0].get("platforms", engine.native)
+    if not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/v\d)?(,[a-z0-9]+/[a-z0-9_]+(/v\d)?)*", named):
+        raise LinkError(f"base/Dockerfile: platforms={named[:60]} is not a list like linux/amd64,linux/arm64: fix it")
+    return sorted(named.split(","))
 
 
 def verify(engine: Engine, platforms: list[str]) -> None:
