@@ -238,16 +238,21 @@ def test_the_base_takes_its_date_from_the_dockerfile_and_rewrites_file_times(pro
     assert base["output"] == ["type=image,store=false,rewrite-timestamp=true,compression=zstd,force-compression=true"]
 
 
+def moved_to(project: Path, copy: Path, host: str) -> Path:
+    """A copy of ``project`` whose base repository is on the registry at ``host``, synced."""
+    shutil.copytree(project, copy)
+    for path in (copy / "Dockerfile", copy / "base" / "Dockerfile"):
+        path.write_text(path.read_text().replace("docker.io/example/demo-appbase", f"{host}/x/demo-appbase"))
+    assert linked(copy, "sync").returncode == 0
+    return copy
+
+
 def test_verify_and_publish_verify_dry_runs_rebuild_with_no_cache(project: Path, tmp_path: Path) -> None:
     """`verify` asks the registry (a read), then rebuilds the base with no cache into an OCI
     layout with its file times rewritten; `publish --verify` does so for a base the registry
     has, before the app is built on it, and not for a base it builds itself."""
     registry = FakeRegistry()
-    copy = tmp_path / "copy"
-    shutil.copytree(project, copy)
-    for path in (copy / "Dockerfile", copy / "base" / "Dockerfile"):
-        path.write_text(path.read_text().replace("docker.io/example/demo-appbase", f"{registry.host}/x/demo-appbase"))
-    assert linked(copy, "sync").returncode == 0
+    copy = moved_to(project, tmp_path / "copy", registry.host)
     engine, _ = scripted_engine(tmp_path, "Docker version 26.1.5", buildx=True)
     index = {"manifests": [{"digest": "sha256:" + c * 64, "platform": {"os": "linux", "architecture": a}}
                            for c, a in (("a", "amd64"), ("b", "arm64"))]}
@@ -286,11 +291,7 @@ def test_verify_fails_when_the_rebuild_lacks_a_platform(
     """A rebuild that names fewer platforms than the lock (or writes no layout) verifies nothing:
     `verify` says so in one line, exit 2, and never reads an empty comparison as a pass."""
     registry = FakeRegistry()
-    copy = tmp_path / "copy"
-    shutil.copytree(project, copy)
-    for path in (copy / "Dockerfile", copy / "base" / "Dockerfile"):
-        path.write_text(path.read_text().replace("docker.io/example/demo-appbase", f"{registry.host}/x/demo-appbase"))
-    assert linked(copy, "sync").returncode == 0
+    copy = moved_to(project, tmp_path / "copy", registry.host)
     entries: list[dict[str, Any]] = [{"digest": "sha256:" + c * 64, "platform": {"os": "linux", "architecture": a},
                                       "mediaType": "application/vnd.oci.image.manifest.v1+json"}
                                      for c, a in (("a", "amd64"), ("b", "arm64"))]
