@@ -241,11 +241,12 @@ def shared_parser_problem(text: str) -> tuple[int, str]:
     if not found:
         return 1, fit(message)
     number, detail, prefix = int(found[1]), found[2], f"line {found[1]}: "
-    for pattern, rest in ((r"'(.*)': pip options", ": no pip options"), (r"'(.*)' is not a PEP 508", ": not PEP 508"),
-                          (r"'(.*)' is a direct reference", ": a URL; name a version")):
+    quote = r"""(['"])(.*)\1"""  # how repr quotes the line: ' unless it holds one
+    for pattern, rest in ((quote + ": pip options", ": no pip options"), (quote + " is not a PEP 508", ": not PEP 508"),
+                          (quote + " is a direct reference", ": a URL; name a version")):
         said = re.match(pattern, detail)
         if said:
-            return number, quoted(said[1], rest, prefix)
+            return number, quoted(said[2], rest, prefix)
     twice = re.match(r"(\S+) is already on line (\d+)", detail)
     return number, fit(f"{prefix}{twice[1]} repeats line {twice[2]}" if twice else prefix + detail)
 

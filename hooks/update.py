@@ -160,29 +160,30 @@ def tool_only(ours: list[str], base: list[str] | None, theirs: list[str], inside
 
 
 def lock_options(lines: list[str]) -> dict[str, str] | None:
-    """The options of base/Dockerfile's lock line among ``lines`` (None: no such line)."""
+    """The options of base/Dockerfile's lock line among ``lines``, each as its word after the
+    name (``=value``, or "" for a bare word); None: no such line."""
     for line in lines:
         if line.startswith(LOCK_LINE):
-            return {w.partition("=")[0]: w.partition("=")[2] for w in line.split()[2:]}
+            return {w.partition("=")[0]: w[len(w.partition("=")[0]) :] for w in line.split()[2:]}
     return None
 
 
-def lock_line(ours: list[str], base: list[str] | None, theirs: list[str]) -> list[str] | None:
-    """The template's side of a conflict with its lock line merged option by option: an option
-    the user changed since the last update (platforms=, say) keeps the user's value unless this
-    update's answers move it too. None when the user's line differs and the last update's lines
-    are unknown (a conflict style of the user's): the block is left to the user."""
+def lock_line(ours: list[str], base: list[str] | None, theirs: list[str]) -> tuple[list[str], list[str]] | None:
+    """The template's side of a conflict with its lock line merged option by option, and notes:
+    an option takes the template's value where this update moved it, else the user's (a hand-set
+    platforms=, say). None when the user's line differs and the last update's lines are unknown
+    (a conflict style of the user's): the block is left to the user."""
     mine, last, new = lock_options(ours), lock_options(base or []), lock_options(theirs)
     if mine is None or new is None or mine == new:
-        return theirs
+        return theirs, []
     if base is None:
         return None
     last = last or {}
-    merged = {key: new.get(key) if mine.get(key) == last.get(key) else mine.get(key) for key in {**new, **mine}}
-    merged |= {key: new[key] for key in new if new.get(key) != last.get(key) and key in new}  # the answers moved it
-    words = [f"{key}={value}" if value else key for key, value in merged.items() if value is not None]
-    text = f"{LOCK_LINE} {' '.join(words)}".rstrip()
-    return [text + line[len(line.rstrip("\r\n")) :] if line.startswith(LOCK_LINE) else line for line in theirs]
+    merged = {key: new.get(key) if new.get(key) != last.get(key) else mine.get(key) for key in {**new, **mine}}
+    notes = [f"{key}: your {key}{mine[key]} gave way to this update's {key}{new.get(key) or ' (none)'}"
+             for key in merged if mine.get(key) not in (last.get(key), new.get(key)) and new.get(key) != last.get(key)]
+    text = " ".join([LOCK_LINE, *(key + value for key, value in merged.items() if value is not None)])
+    return [text + line[len(line.rstrip("\r\n")) :] if line.startswith(LOCK_LINE) else line for line in theirs], notes
 
 
 def settle(text: str, label: str) -> tuple[str, list[str]]:
@@ -219,8 +220,9 @@ def settle(text: str, label: str) -> tuple[str, list[str]]:
         merged = lock_line(sides["ours"], sides.get("base"), sides["theirs"])
         if merged is not None and tool_only(sides["ours"], sides.get("base"), sides["theirs"], inside, names):
             notes.append(f"{label}:{start + 1}: settled a conflict in lines `make sync` writes")
-            out.extend(merged)
-            chosen = merged
+            notes += [f"{label}:{start + 1}: {note}" for note in merged[1]]
+            out.extend(merged[0])
+            chosen = merged[0]
         else:
             out.extend(block)
             chosen = sides["ours"]
@@ -282,13 +284,22 @@ def keep_edited(project: Path) -> None:
 
         answers = yaml.safe_load(git(project, "show", "HEAD:.copier-answers.yml").stdout)
         data = {key: value for key, value in answers.items() if not key.startswith("_")}
-        with tempfile.TemporaryDirectory(prefix="linked-builds-last-update-") as last:
-            # From the template this update checked out (its history holds the last update's commit),
-            # not from _src_path, which may be relative to a folder this step does not know.
-            template = str(Path(__file__).resolve().parent.parent)
-            run_copy(template, last, data=data, vcs_ref=answers["_commit"], defaults=True, skip_tasks=True,
-                     quiet=True, unsafe=True)
-            made = {rel: Path(last, rel).read_bytes() for rel in gone if Path(last, rel).is_file()}
+        # Where copier took the template from: _src_path (a relative one from the folder copier ran
+        # in), else the checkout this update made (a partial clone: its blobs may be out of reach).
+        source, here = os.path.expanduser(answers["_src_path"]), Path(os.environ.get("PWD", "."))
+        sources = [source] if re.match(r"^[\w+.@-]+:|^/", source) else [str(here / source)]
+        sources.append(str(Path(__file__).resolve().parent.parent))
+        for template in sources:
+            with tempfile.TemporaryDirectory(prefix="linked-builds-last-update-") as last:
+                try:
+                    run_copy(template, last, data=data, vcs_ref=answers["_commit"], defaults=True,
+                             skip_tasks=True, quiet=True, unsafe=True)
+                except Exception:  # the next source, if any
+                    if template == sources[-1]:
+                        raise
+                    continue
+                made = {rel: Path(last, rel).read_bytes() for rel in gone if Path(last, rel).is_file()}
+                break
     except Exception as exc:  # any failure: the files are named, never lost
         print(f"linked-builds: the update deleted {', '.join(gone)} (the template no longer makes them) and could"
               f" not tell whether you had changed them ({type(exc).__name__}): `git checkout HEAD -- <file>`"

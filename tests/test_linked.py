@@ -194,6 +194,8 @@ def test_a_pin_from_another_repository_is_refused(project: Path) -> None:
      "the app's own (IMAGE); nothing was built"),
     ("example/demo-appbase", "t", "--image example/demo-appbase is the base's repository: give the app's own (IMAGE); "
      "nothing was built"),
+    ("Index.Docker.io/example/demo-appbase", "t", "--image Index.Docker.io/example/demo-appbase is the base's "
+     "repository: give the app's own (IMAGE); nothing was built"),
     ("docker.io/example/demo-app", "buildx-cache", "the tag buildx-cache holds docker.io/example/demo-app's build "
      "cache: tag the app otherwise; nothing was built"),
 ])
@@ -455,14 +457,19 @@ BOTH = "linux/amd64,linux/arm64"
      LOCK.format("3.13", "linux/arm64")),
     # Without the last update's lines, a line of the user's that differs is left to the user.
     (LOCK.format("3.13", "linux/amd64"), None, LOCK.format("3.14", BOTH), None),
-], ids=["python-moves", "comment-moves", "answers-move-it", "no-base"])
+    # An option left empty by hand stays empty.
+    (LOCK.format("3.13", ""), LOCK.format("3.13", BOTH), LOCK.format("3.14", BOTH), LOCK.format("3.14", "")),
+], ids=["python-moves", "comment-moves", "answers-move-it", "no-base", "empty"])
 def test_settling_the_lock_line_keeps_the_options_the_user_changed(ours: str, base: str | None, theirs: str,
                                                                      settled: str | None) -> None:
     last = f"||||||| last update\n{base}" if base is not None else ""
     text = f"<<<<<<< before updating\n{ours}{last}=======\n{theirs}>>>>>>> after updating\nFROM python\n"
     out, notes = update_module().settle(text, "base/Dockerfile")
     assert out == (settled + "FROM python\n" if settled else text)
-    assert bool(notes) == bool(settled)
+    assert notes[:1] == (["base/Dockerfile:1: settled a conflict in lines `make sync` writes"] if settled else [])
+    gave_way = ("base/Dockerfile:1: platforms: your platforms=linux/amd64 gave way to this update's "
+                "platforms=linux/arm64")
+    assert notes[1:] == ([gave_way] if theirs.endswith("platforms=linux/arm64\n") else [])
 
 
 def test_settling_keeps_the_rest_of_a_file_with_a_broken_conflict_block() -> None:
@@ -708,6 +715,13 @@ def test_a_lock_line_that_names_no_platform_is_one_line(project: Path, named: st
         2, f"error: base/Dockerfile: platforms={named} is not a list like linux/amd64,linux/arm64: fix it\n")
 
 
+def test_repositories_are_told_apart_as_registries_do(project: Path) -> None:
+    name = tool_module(project, "publish").repository_name
+    assert name("python") == name("docker.io/library/python") == name("registry-1.docker.io/library/python")
+    assert name("Ghcr.io/x/y") == "ghcr.io/x/y" and name("localhost:5000/x") == "localhost:5000/x"
+    assert name("example/app") != name("example/appbase") and name("ghcr.io/library/x") == "ghcr.io/library/x"
+
+
 def test_platforms_keep_their_variant_but_arm64s_v8(project: Path) -> None:
     module = tool_module(project, "publish")
     index = {"manifests": [{"digest": "sha256:" + c * 64, "platform": p} for c, p in (
@@ -752,7 +766,7 @@ def test_an_open_quote_in_a_variable_is_one_line(project: Path, variable: str, v
                             cwd=project, capture_output=True, text=True, env={**os.environ, variable: value})
     named = "--engine (DOCKER)" if variable == "DOCKER" else variable
     assert (result.returncode, result.stderr) == (
-        2, f"error: {named}: No closing quotation in {value!r}: fix its quotes\n")
+        2, f"error: {named}: No closing quotation in {value!r}: fix its quoting\n")
 
 
 def test_a_direct_reference_is_refused_in_one_line(project: Path) -> None:

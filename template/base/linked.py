@@ -92,7 +92,7 @@ def write_all(root: Path, texts: dict[str, str]) -> None:
     beside it, then rename them all: a failure before the renames leaves every file as it was,
     never half a file nor half a change. Each file keeps its mode."""
     staged: list[tuple[Path, Path]] = []
-    rel = ""
+    rel, renamed = "", 0
     try:
         for rel, text in texts.items():
             path = root / rel
@@ -104,11 +104,15 @@ def write_all(root: Path, texts: dict[str, str]) -> None:
                 os.fsync(handle.fileno())
             os.chmod(name, path.stat().st_mode & 0o7777)
         for tmp, path in staged:
+            rel = path.relative_to(root).as_posix()
             os.replace(tmp, path)
+            renamed += 1
     except OSError as exc:
-        for tmp, _ in staged:
+        done = "nothing was changed" if not renamed else f"{renamed} of {len(texts)} files were already written"
+        raise LinkError(f"{rel}: cannot write it ({exc.strerror}); {done}") from None
+    finally:
+        for tmp, _ in staged[renamed:]:
             tmp.unlink(missing_ok=True)
-        raise LinkError(f"{rel}: cannot write it ({exc.strerror}); nothing was changed") from None
 
 
 def split(text: str, name: str) -> list[str]:
@@ -116,7 +120,7 @@ def split(text: str, name: str) -> list[str]:
     try:
         return shlex.split(text)
     except ValueError as exc:
-        raise LinkError(f"{name}: {exc} in {text!r}: fix its quotes") from None
+        raise LinkError(f"{name}: {exc} in {text!r}: fix its quoting") from None
 
 
 def run(
@@ -243,13 +247,13 @@ Glob = list[str]
 def ignore_patterns(text: str, label: str) -> list[tuple[bool, Glob]]:
     """A .dockerignore's patterns as (excludes, steps) in order, as BuildKit compiles them (Go's
     filepath.Match plus ``**``; a leading ``**`` before plain text matches any path ending in it);
-    a pattern BuildKit would refuse is one line naming it."""
+    a pattern BuildKit would refuse, or read in a way of Go's own, is one line naming it."""
     patterns = []
-    for number, line in enumerate((line.strip() for line in text.splitlines()), 1):
+    for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
+        if line.startswith("#") or not (line := line.strip()):  # a comment starts the line, as BuildKit reads it
+            continue
         if line.startswith("!!"):
             raise LinkError(f"{label}:{number}: {line!r}: a double negation, which engines read differently")
-        if not line or line.startswith("#"):
-            continue
         glob = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
         pieces = re.split(r"(\*\*/?|\*|\?|\[[^\]]*\]|\\.?)", glob)  # ** (eating its /), *, ?, [class], \x
         steps: Glob = []
@@ -260,12 +264,19 @@ def ignore_patterns(text: str, label: str) -> list[tuple[bool, Glob]]:
                 steps.append("**" if "".join(pieces[n + 1 :]) else "**$")
             else:
                 steps.append({"*": "[^/]*", "?": "[^/]"}.get(piece, piece))
-        if len(pieces) == 3 and pieces[1].startswith("**") and not pieces[0]:  # **text: any path ending in text
-            steps = ["**" if glob[2:3] == "/" else "**$", *pieces[2]]
+        if len(pieces) == 3 and pieces[1].startswith("**") and not pieces[0] and "]" not in pieces[2]:
+            steps = ["**" if glob[2:3] == "/" else "**$", *pieces[2]]  # **text: any path ending in text
         try:
+            classes = [piece for piece in pieces[1::2] if piece[0] == "["]
             if any("[" in piece for piece in pieces[::2]) or "\\" in pieces[1::2]:
                 raise re.error("a [ that opens no class, or a \\ that escapes nothing")
-            for step in (step for step in steps if step[0] == "[" and step != "[^/]*"):
+            if (
+                "^" in "".join(pieces[::2])
+                or any(re.search(r"[*?\\]|\[:", c[1:]) for c in classes)
+                or any(re.fullmatch(r"\\\w", piece) for piece in pieces[1::2])
+            ):
+                raise re.error("a ^, a \\ before a letter, or a class with * ? \\ or [: means other things in Go")
+            for step in classes:
                 re.compile(step)
         except re.error as exc:
             raise LinkError(f"{label}:{number}: {line!r} is not a pattern BuildKit reads ({exc.msg}): fix it") from None
@@ -273,9 +284,10 @@ def ignore_patterns(text: str, label: str) -> list[tuple[bool, Glob]]:
     return patterns
 
 
-def matches(steps: Glob, path: str) -> bool:
-    """Whether ``path`` matches a pattern's steps, in time linear in each (no backtracking).
-    A state is a step's index, or its bitwise complement inside a "**" that has read a name."""
+def matches(steps: Glob, path: str) -> tuple[bool, bool]:
+    """(whether ``path`` or a folder it is in matches a pattern's steps, whether something below
+    ``path`` still could), in time linear in each: no backtracking. A state is a step's index,
+    or its bitwise complement inside a "**" that has read a name."""
 
     def closure(states: set[int]) -> set[int]:  # "*", "**" and "**$" may match nothing: each step once
         reached: set[int] = set()
@@ -285,8 +297,9 @@ def matches(steps: Glob, path: str) -> bool:
                 i += 0 <= i < len(steps) and steps[i] in ("[^/]*", "**", "**$")
         return reached
 
-    states = closure({0})
+    states, done = closure({0}), False
     for char in path:
+        done = done or (char == "/" and len(steps) in states)  # a folder on the way matched
         moved = set()
         for i in states:
             step = "**" if i < 0 else steps[i] if i < len(steps) else ""
@@ -298,16 +311,23 @@ def matches(steps: Glob, path: str) -> bool:
             elif step == "**$" or (step == "[^/]*" and char != "/"):
                 moved.add(i)
         states = closure(moved)
-    return len(steps) in states
+    return done or len(steps) in states, done or any(i < len(steps) for i in states)
 
 
 def ignored(rel: str, patterns: list[tuple[bool, Glob]]) -> bool:
     """Whether .dockerignore ``patterns`` exclude ``rel`` (last match wins, parents match)."""
-    result, parts = False, rel.split("/")
+    result = False
     for exclude, steps in patterns:
-        if any(matches(steps, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
-            result = exclude
+        if result == exclude:
+            continue  # as BuildKit: only a pattern that could change the verdict is read
+        result = exclude if matches(steps, rel)[0] else result
     return result
+
+
+def pruned(rel: str, patterns: list[tuple[bool, Glob]]) -> bool:
+    """Whether the folder ``rel`` is left out with everything in it: no ``!`` pattern can bring
+    back anything below it (BuildKit's walk does not enter it either)."""
+    return ignored(rel, patterns) and not any(matches(s, rel + "/")[1] for exclude, s in patterns if not exclude)
 
 
 class Project:
@@ -340,9 +360,12 @@ class Project:
                 raise LinkError(f"base/{rel}: cannot read it ({exc.strerror}): fix its permissions, or leave it out")
 
         for folder, dirs, names in os.walk(self.base, onerror=unreadable):  # symlinked folders: listed, not entered
+            dirs[:] = [d for d in dirs if not pruned(Path(folder, d).relative_to(self.base).as_posix(), patterns)]
             for name in names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
                 path = Path(folder, name)
                 rel = path.relative_to(self.base).as_posix()
+                if "\n" in rel:  # BuildKit's patterns read such a name in ways of their own
+                    raise LinkError(f"base/{rel!r}: a newline in a file's name: rename it")
                 if rel in ("Dockerfile", ".dockerignore") or not ignored(rel, patterns):
                     if (named := os.fsencode(rel).decode("utf-8", "backslashreplace")) != rel:
                         raise LinkError(f"base/{named}: its name is not UTF-8: rename it, or leave it out")

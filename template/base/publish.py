@@ -110,6 +110,15 @@ def image_tag(text: str) -> str:
     return f"{tag[:110].rstrip('.-')}-{suffix}" if tag.strip("-") else f"ref-{suffix}"
 
 
+def repository_name(ref: str) -> str:
+    """A repository as registries tell them apart: the host in lower case, Docker Hub's implied."""
+    host, _, path = ref.partition("/")
+    if not path or not re.search(r"[.:]|^localhost$", host):
+        host, path = "docker.io", ref
+    host = "docker.io" if host.lower() in ("index.docker.io", "registry-1.docker.io") else host.lower()
+    return f"{host}/{path.removeprefix('library/') if host == 'docker.io' else path}"
+
+
 def ci_tags(env: dict[str, str]) -> list[str]:
     """App image tags from what the CI says: the commit, then the branch or version; "dev" outside a CI."""
     sha = env.get("GITHUB_SHA") or env.get("CI_COMMIT_SHA") or env.get("SOURCE_COMMIT") or ""
@@ -124,9 +133,15 @@ class Engine:
 
     def __init__(self, project: Project, command: list[str], dry_run: bool = False) -> None:
         self.project, self.command, self.dry_run = project, command, dry_run
-        self.build_args = split(os.environ.get("BUILD_ARGS", ""), "BUILD_ARGS")
-        self.bake_args = split(os.environ.get("BAKE_ARGS", ""), "BAKE_ARGS")
         self.native = "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+
+    @functools.cached_property
+    def build_args(self) -> list[str]:
+        return split(os.environ.get("BUILD_ARGS", ""), "BUILD_ARGS")
+
+    @functools.cached_property
+    def bake_args(self) -> list[str]:
+        return split(os.environ.get("BAKE_ARGS", ""), "BAKE_ARGS")
 
     @functools.cached_property
     def podman(self) -> bool:
@@ -261,7 +276,7 @@ def locked_platforms(engine: Engine) -> list[str]:
     named = base_settings(engine.project.read("base/Dockerfile"))[0].get("platforms", engine.native)
     if not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/v\d)?(,[a-z0-9]+/[a-z0-9_]+(/v\d)?)*", named):
         raise LinkError(f"base/Dockerfile: platforms={named[:60]} is not a list like linux/amd64,linux/arm64: fix it")
-    return sorted(named.split(","))
+    return sorted(platform_name(platform) for platform in named.split(","))
 
 
 def verify(engine: Engine, platforms: list[str]) -> None:
@@ -359,7 +374,7 @@ def publish(
     platforms = locked_platforms(engine)
     built = platforms if push else [engine.native]  # a build without a push is for this machine alone
     repository, content_tag = ref.rsplit(":", 1)
-    if re.sub(r"^(index\.)?docker\.io/(library/)?", "", image) == re.sub(r"^docker\.io/(library/)?", "", repository):
+    if repository_name(image) == repository_name(repository):
         raise LinkError(f"--image {image} is the base's repository: give the app's own (IMAGE); nothing was built")
     if "buildx-cache" in tags:
         raise LinkError(f"the tag buildx-cache holds {image}'s build cache: tag the app otherwise; nothing was built")
@@ -447,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "exists":
             print(digest := engine.digest(args.ref) or f"{args.ref} is not in the registry")
             return 0 if digest.startswith("sha256:") else ABSENT
+        engine.build_args, engine.bake_args  # noqa: B018 - a quote left open: one line, before anything runs
         if args.command == "base":
             _, stale, warnings = engine.project.plan()  # make check's verdict, in this same start-up
             for line in [f"warning: {w}" for w in warnings] + [f"stale: {s}" for s in stale]:
