@@ -60,17 +60,24 @@ def test_every_spelling_of_a_name_picks_the_same_group(project: Path) -> None:
     assert {groups.group_of(f"package{n}", 8) for n in range(200)} == set(range(8))
 
 
+TOP = "# linked-builds:lock python=3.13 for=universal in=x body=y\n"  # what the lines below follow in a lock
+
+
 @pytest.mark.parametrize(("args", "lock", "message"), [
-    (["0"], "six==1.17.0\n", "usage: groups.py COUNT LOCK FOLDER"),
-    (["eight"], "six==1.17.0\n", "usage: groups.py COUNT LOCK FOLDER"),
-    (["8"], "six==1.17.0\n--index-url https://example.org/simple\n", "line 2 of the lock is not a `name==version` pin"),
-    (["8"], f"{HASH}\nsix==1.17.0\n", "line 1 of the lock is not a `name==version` pin"),
-    (["8"], "six>=1.17 \\\n" + HASH + "\n", "line 1 of the lock is not a `name==version` pin"),
-    (["8"], "six==1.17.0 \\\n" + HASH + "\n    evil==1.0\n", "line 3 of the lock is not a `name==version` pin"),
-    (["8"], "six==1.17.0 \\\n    # via x \\\n" + HASH + "\n", "line 3 of the lock is not a `name==version` pin"),
-    (["8"], "six==1.17.0 \\\nevil==1.0\n", "line 2 of the lock is not a `name==version` pin"),
+    (["0"], TOP + "six==1.17.0\n", "usage: groups.py COUNT LOCK FOLDER"),
+    (["eight"], TOP + "six==1.17.0\n", "usage: groups.py COUNT LOCK FOLDER"),
+    (["8"], TOP + "six==1.17.0\n--index-url https://example.org/simple\n",
+     "line 3 of the lock is not a `name==version` pin"),
+    (["8"], TOP + f"{HASH}\nsix==1.17.0\n", "line 2 of the lock is not a `name==version` pin"),
+    (["8"], TOP + "six>=1.17 \\\n" + HASH + "\n", "line 2 of the lock is not a `name==version` pin"),
+    (["8"], TOP + "six==1.17.0 \\\n" + HASH + "\n    evil==1.0\n", "line 4 of the lock is not a `name==version` pin"),
+    (["8"], TOP + "six==1.17.0 \\\n    # via x \\\n" + HASH + "\n", "line 4 of the lock is not a `name==version` pin"),
+    (["8"], TOP + "six==1.17.0 \\\nevil==1.0\n", "line 3 of the lock is not a `name==version` pin"),
+    (["8"], TOP + f"six==1.17.0 \\\n{HASH}\n    # via flask\x0cevil==1.0\n", "line 4 of the lock: a line break pip"),
+    (["8"], "evil==1.0\n" + TOP, "line 1 of the lock: a line break pip reads, or a line above its header"),
+    (["8"], "six==1.17.0\n", "the lock has no `# linked-builds:lock` line"),
 ], ids=["zero", "not-a-number", "an-option", "hash-first", "not-pinned", "indented-pin", "hash-after-comment",
-        "pin-continued"])
+        "pin-continued", "form-feed", "pin-above-the-header", "no-header"])
 def test_a_bad_count_or_lock_line_is_one_line_and_writes_nothing(project: Path, tmp_path: Path, args: list[str],
                                                                   lock: str, message: str) -> None:
     (tmp_path / "requirements.txt").write_text(lock)
@@ -87,6 +94,6 @@ def test_a_marker_stays_with_its_pin_and_a_comment_never_continues(project: Path
     """As pip reads a requirements file: `# ... \\` is a whole comment, the pin after it is a pin."""
     groups = tool_module(project, "groups")
     marked = "colorama==0.4.6 ; platform_machine == 'x86_64' \\"
-    split = groups.split(f"# a note \\\n{marked}\n{HASH}\n    # via -r requirements.in\n", 8)
+    split = groups.split(f"{TOP}# a note \\\n{marked}\n{HASH}\n    # via -r requirements.in\n", 8)
     assert split[groups.group_of("colorama", 8)] == [marked, HASH, "    # via -r requirements.in"]
     assert sum(len(lines) for lines in split) == 3

@@ -281,6 +281,24 @@ def test_a_digest_sync_did_not_write_is_refused(project: Path) -> None:
     assert dockerfile.read_text() == f"{first}\n{rest}"
 
 
+@pytest.mark.parametrize(("where", "number"), [("above", 1), ("form-feed", 0), ("line-separator", 0)])
+def test_no_pin_hides_where_pip_would_read_one(project: Path, where: str, number: int) -> None:
+    """pip (and groups.py's steps) read a line break in \\f, \\r, \\u2028...; a pin above the lock's header line
+    is outside its hash: either refuses the lock in one line, whatever the hash says."""
+    path = project / "base" / "requirements.txt"
+    text = path.read_text()
+    if where == "above":
+        text = "evil==6.6.6\n" + text
+    else:
+        text = text.replace("    # via flask", "    # via flask" + ("\x0c" if where == "form-feed" else "\u2028")
+                            + "evil==6.6.6 --hash=sha256:" + "b" * 64, 1)
+        number = next(n for n, line in enumerate(text.split("\n"), 1) if "evil" in line)
+    path.write_text(text)
+    result = linked(project, "check")
+    assert (result.returncode, result.stderr) == (2, f"error: base/requirements.txt:{number}: a line break pip "
+                                                     "reads, or a line above `# linked-builds:lock`: run `make lock`\n")
+
+
 def test_a_comment_never_continues_as_pip_reads_it(project: Path) -> None:
     lock = tool_module(project).Lock(LOCK_HEAD + f"# a note \\\nsix==1.17.0 \\\n    {HASH}\n    # via x\n"
                                      f"    # a note \\\nclick==8.1.0 \\\n    {HASH}\n")

@@ -152,6 +152,10 @@ class Lock:
         if start is None:
             return
         self.meta, self.body = options(lines[start].split()), "\n".join(lines[start + 1 :])
+        for number, line in enumerate(lines, 1):  # pip splits lines at these too: no pin hides behind one
+            above = number <= start and line.strip() and not line.lstrip().startswith("#")
+            if above or re.search(r"[\r\v\f\x1c-\x1e\x85\u2028\u2029]", line):
+                raise LinkError(f"{label}:{number}: a line break pip reads, or a line above `{META}`: run `make lock`")
         logical: list[tuple[int, str]] = []  # (number, line) with continuation lines joined
         joined = False
         for number, line in enumerate((line.strip() for line in lines[start + 1 :]), start + 2):
