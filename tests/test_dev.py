@@ -9,6 +9,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -63,6 +64,24 @@ def test_make_dev_without_compose_says_what_it_needs_in_one_line(project: Path, 
     assert result.returncode != 0
     assert [line for line in result.stderr.splitlines() if not line.startswith("make:")] == [f"error: {said}"]
     assert not [line for line in log.read_text().splitlines() if line.startswith(("build", "compose --profile"))]
+
+
+def test_a_sigterm_to_make_dev_stops_compose_too(project: Path, tmp_path: Path) -> None:
+    """SIGTERM reaches dev.py alone (Ctrl-C reaches the whole group): it hands compose the Ctrl-C
+    that stops the service, and ends with it, leaving nothing running."""
+    engine, log = fake_engine(tmp_path, "Docker version 26.1.5", "2.26.1")
+    serving = (f"case \"$*\" in *'up --build --watch dev'*) trap 'echo got-INT >> {log}; exit 130' INT;"
+               " while :; do sleep 0.1; done ;; esac\n")
+    engine.write_text(engine.read_text().removesuffix("exit 0\n") + serving + "exit 0\n")
+    dev = subprocess.Popen([sys.executable, "-S", "base/dev.py", "--engine", str(engine)], cwd=project,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while "up --build --watch dev" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # compose's trap is set
+    dev.send_signal(signal.SIGTERM)
+    assert dev.wait(timeout=20) == 130, dev.communicate()
+    assert "got-INT" in log.read_text()
 
 
 def test_make_dev_refuses_a_stale_pin_naming_the_fix(project: Path, tmp_path: Path) -> None:

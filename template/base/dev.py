@@ -58,9 +58,12 @@ def serve(engine: publish.Engine, command: list[str]) -> int:
     project, tag = engine.project, engine.project.content_tag()
     argv = ["--root", str(project.root), "base", "--engine", shlex.join(engine.command), "--if-missing"]
     while True:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if status := publish.main(argv):  # a stale pin is refused here, as `make check` does
             return status
         child, now, said = subprocess.Popen([*command, *UP], cwd=project.root), tag, ""
+        # A SIGTERM (which, unlike Ctrl-C, reaches this process alone) stops compose as Ctrl-C does.
+        signal.signal(signal.SIGTERM, lambda *_, child=child: child.send_signal(signal.SIGINT))
         try:
             while child.poll() is None and (now == tag or said):
                 time.sleep(1)
