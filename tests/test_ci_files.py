@@ -599,3 +599,22 @@ def test_the_app_job_builds_from_the_digest_the_base_job_handed_over(two_platfor
     assert same.returncode == 0, same.stderr
     builds = [variables for variables, args in engine_lines(same.stdout) if args[:2] == ["buildx", "bake"]]
     assert len(builds) == 2 and all(b["BASE_IMAGE"] == f"{ref}@{digest}" for b in builds)
+
+
+@pytest.mark.parametrize(("interval", "status", "said"), [
+    ("08", 1, "did not appear in the registry within 0s"),  # eight seconds, not an octal error that passed
+    ("9999999", 2, "must be whole seconds (at most 999999)"),
+    ("0x10", 2, "must be whole seconds (at most 999999)"),
+])
+def test_docker_hubs_wait_for_the_base_reads_its_seconds_as_seconds(project: Path, tmp_path: Path, interval: str,
+                                                                    status: int, said: str) -> None:
+    """The app rule's pre_build waits for the base; whatever the interval says, a base that never
+    appears fails the build (a fake docker whose pulls all fail)."""
+    docker = tmp_path / "docker"
+    docker.write_text("#!/bin/sh\nexit 1\n")
+    docker.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "BASE_WAIT_SECONDS": "0",
+           "BASE_WAIT_INTERVAL": interval}
+    result = subprocess.run(["hooks/pre_build"], cwd=project, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == status, result.stderr
+    assert said in result.stderr.splitlines()[-1]

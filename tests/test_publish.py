@@ -156,7 +156,7 @@ def test_dockerhub_hooks_rehearsal(registry: Registry, tmp_path: Path) -> None:
         bad = subprocess.run(["hooks/pre_build"], cwd=project, capture_output=True, text=True,
                              env={**env, "DOCKER_REPO": app_repo, "BASE_WAIT_SECONDS": "30s"})
         assert bad.returncode == 2 and bad.stderr.splitlines()[-1] == (
-            "pre_build: BASE_WAIT_SECONDS (30s) and BASE_WAIT_INTERVAL (20) must be whole seconds")
+            "pre_build: BASE_WAIT_SECONDS (30s) and BASE_WAIT_INTERVAL (20) must be whole seconds (at most 999999)")
         hub_build(project, app_repo)
         assert registry.tags("rehearsal/hub") == sorted(["latest", commit[:12]])
 
