@@ -225,7 +225,8 @@ def test_ignore_patterns_leave_out_what_buildkit_leaves_out(project: Path, tmp_p
     assert sorted(rel for rel in CONTEXT if not module.ignored(rel, read)) == sent
 
 
-@pytest.mark.parametrize("pattern", ["[z-a]", "src/[", "*.[!", "[*]", "foo^*", "file\\d", "[[:digit:]]*.log"])
+@pytest.mark.parametrize("pattern", ["[z-a]", "src/[", "*.[!", "[*]", "foo^*", "file\\d", "[[:digit:]]*.log", "[a-]",
+                                     "[]a]", "x[^]]*"])  # the last three: BuildKit 0.13 says "syntax error in pattern"
 def test_a_pattern_buildkit_refuses_is_one_line(project: Path, pattern: str) -> None:
     (project / "base" / ".dockerignore").write_text(f"*\n!requirements.txt\n{pattern}\n")
     result = linked(project, "check")

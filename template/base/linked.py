@@ -276,10 +276,10 @@ def ignore_patterns(text: str, label: str) -> list[tuple[bool, Glob]]:
                 raise re.error("a [ that opens no class, or a \\ that escapes nothing")
             if (
                 "^" in "".join(pieces[::2])
-                or any(re.search(r"[*?\\]|\[:", c[1:]) for c in classes)
+                or any(re.search(r"[*?\\]|\[:|-\]$", c[1:]) for c in classes)
                 or any(re.fullmatch(r"\\\w", piece) for piece in pieces[1::2])
             ):
-                raise re.error("a ^, a \\ before a letter, or a class with * ? \\ or [: means other things in Go")
+                raise re.error("a ^, a \\ before a letter, or a class with * ? \\ [: or a last - reads otherwise in Go")
             for step in classes:
                 re.compile(step)
         except re.error as exc:
