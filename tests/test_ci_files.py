@@ -220,7 +220,8 @@ def flat(script: list[Any]) -> list[str]:
 
 def test_gitlab_pipeline_links_two_jobs(project: Path) -> None:
     pipeline = yaml.safe_load((project / ".gitlab-ci.yml").read_text())
-    assert pipeline["stages"] == ["test", "base", "app"]  # the app's tests first: a later stage needs them passed
+    # The refresh first (scheduled pipelines alone), then the app's tests: a later stage needs them passed.
+    assert pipeline["stages"] == ["refresh", "test", "base", "app"]
     assert pipeline["app"]["needs"] == ["base"]
     assert pipeline["test"]["script"][-1] == ".venv/bin/python -m pytest" and pipeline["test"]["before_script"] == []
     builder = '[ -n "${BUILDX_BUILDER:-}" ] || docker buildx create --use --driver docker-container'
