@@ -418,7 +418,8 @@ def push(iso: Isolation, local: str, remote: str, zstd: bool = False) -> None:
 
 
 FRESH_RUNNER = "an empty engine (a second dockerd with a data root of its own) and a registry cache, mode=max"
-ZSTD_PUSH = ("--output", "type=image,push=true,compression=zstd,force-compression=true")
+ZSTD = "compression=zstd,force-compression=true"  # every layer re-encoded in zstd, as LAYERS=zstd writes them
+ZSTD_PUSH = ("--output", f"type=image,push=true,{ZSTD}")
 
 
 class EmptyEngine:
@@ -482,7 +483,7 @@ def registry_cache(ref: str, write: bool = False, zstd: bool = False) -> list[st
     stage (mode=max), in zstd when asked."""
     if not write:
         return ["--cache-from", f"type=registry,ref={ref}"]
-    return ["--cache-to", f"type=registry,ref={ref},mode=max" + (",compression=zstd,force-compression=true" * zstd)]
+    return ["--cache-to", f"type=registry,ref={ref},mode=max" + f",{ZSTD}" * zstd]
 
 
 def app_cache(project: Path, image: str) -> tuple[list[str], list[str]]:

@@ -164,7 +164,7 @@ def lock_options(lines: list[str]) -> dict[str, str] | None:
     name (``=value``, or "" for a bare word); None: no such line."""
     for line in lines:
         if line.startswith(LOCK_LINE):
-            return {w.partition("=")[0]: w[len(w.partition("=")[0]) :] for w in line.split()[2:]}
+            return {key: eq + value for key, eq, value in (w.partition("=") for w in line.split()[2:])}
     return None
 
 

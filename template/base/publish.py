@@ -174,9 +174,8 @@ class Engine:
         """{platform: labels} of the images under ``ref`` in the registry (skopeo reads this machine's alone)."""
         try:
             images = json.loads((manifest(ref, self.command, self.podman, config=True) or ("", b"{}"))[1])
-            if "config" in images:  # one image: its own platform
-                images = {"/".join(filter(None, map(images.get, ("os", "architecture", "variant")))): images}
-            found = {platform_name(key): image["config"].get("Labels") or {} for key, image in images.items()}
+            pairs = [(platform_of(images), images)] if "config" in images else images.items()  # one image, or several
+            found = {platform_name(key): image["config"].get("Labels") or {} for key, image in pairs}
             if not all(isinstance(v, str) for labels in found.values() for v in labels.values()):
                 raise TypeError
             return found
@@ -252,6 +251,11 @@ def platform_name(platform: str) -> str:
     return platform.removesuffix("/v8") if platform.startswith("linux/arm64/") else platform
 
 
+def platform_of(spec: dict[str, str]) -> str:
+    """The platform an image config or an index entry's platform names (its os and architecture)."""
+    return platform_name("/".join(filter(None, (spec["os"], spec["architecture"], spec.get("variant")))))
+
+
 def platforms_in(raw: bytes, ref: str) -> dict[str, str] | None:
     """The platforms (os/architecture) an image index lists, with their images' digests; None
     for one image (not an index). Attestations (platform unknown) are left out."""
@@ -261,12 +265,7 @@ def platforms_in(raw: bytes, ref: str) -> dict[str, str] | None:
         if "manifests" not in index:
             return None
         listed = [(entry.get("platform") or {}, entry.get("digest", "")) for entry in index["manifests"] or []]
-        named = [
-            ([p["os"], p["architecture"], p.get("variant")], d)
-            for p, d in listed
-            if p.get("os", "unknown") != "unknown"
-        ]
-        return {platform_name("/".join(filter(None, words))): d for words, d in named}
+        return {platform_of(p): d for p, d in listed if p.get("os", "unknown") != "unknown"}
     except (ValueError, AttributeError, KeyError, TypeError):
         raise LinkError(f"{ref}: the registry answered an index that is not JSON of the OCI image spec") from None
 
