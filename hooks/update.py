@@ -186,6 +186,14 @@ def lock_line(ours: list[str], base: list[str] | None, theirs: list[str]) -> tup
     return [text + line[len(line.rstrip("\r\n")) :] if line.startswith(LOCK_LINE) else line for line in theirs], notes
 
 
+def keep_digests(theirs: list[str], ours: list[str]) -> list[str]:
+    """The template's side with each upstream FROM keeping the digest `make lock` gave it on
+    the user's side, where the line is the same digest aside (sync writes no digest)."""
+    pinned = {undigested(line): line.strip() for line in ours if FROM.fullmatch(line.strip()) and DIGEST.search(line)}
+    return [line.replace(line.strip(), pinned[key]) if not DIGEST.search(line) and (key := undigested(line)) in pinned
+            else line for line in theirs]
+
+
 def settle(text: str, label: str) -> tuple[str, list[str]]:
     """Settle each conflict block whose user side changed only generated lines by taking
     the template's side (sync rewrites them); leave every other block as it is."""
@@ -221,8 +229,8 @@ def settle(text: str, label: str) -> tuple[str, list[str]]:
         if merged is not None and tool_only(sides["ours"], sides.get("base"), sides["theirs"], inside, names):
             notes.append(f"{label}:{start + 1}: settled a conflict in lines `make sync` writes")
             notes += [f"{label}:{start + 1}: {note}" for note in merged[1]]
-            out.extend(merged[0])
-            chosen = merged[0]
+            chosen = keep_digests(merged[0], sides["ours"])
+            out.extend(chosen)
         else:
             out.extend(block)
             chosen = sides["ours"]
@@ -231,8 +239,10 @@ def settle(text: str, label: str) -> tuple[str, list[str]]:
     return "".join(out), notes
 
 
-def settle_dockerfiles(project: Path) -> None:
-    """Settle both Dockerfiles in place; tell git a file sync settled is resolved."""
+def settle_dockerfiles(project: Path) -> list[str]:
+    """Settle both Dockerfiles in place; return those left with no conflict that git holds
+    unmerged (``after`` tells git they are resolved once sync has written them)."""
+    resolved = []
     for rel in ("Dockerfile", "base/Dockerfile"):
         path = project / rel
         try:
@@ -247,7 +257,8 @@ def settle_dockerfiles(project: Path) -> None:
             print(note, file=sys.stderr)
         unmerged = git(project, "ls-files", "--unmerged", "--", rel).stdout.strip()
         if unmerged and not any(line.startswith((START, END)) for line in settled.splitlines()):
-            git(project, "add", "--", rel)
+            resolved.append(rel)
+    return resolved
 
 
 def conflicts(project: Path) -> list[str]:
@@ -316,7 +327,16 @@ def keep_edited(project: Path) -> None:
 
 def after(project: Path) -> int:
     restore_style(project)
-    settle_dockerfiles(project)
+    resolved = settle_dockerfiles(project)
+    try:
+        return synced(project)
+    finally:  # staged as sync left them: a commit of the index never holds a stale pin
+        for rel in resolved:
+            git(project, "add", "--", rel)
+
+
+def synced(project: Path) -> int:
+    """Keep what the user changed, name what is left to do, then run sync."""
     keep_edited(project)
     tool = project / "base" / "linked.py"
     if not tool.is_file():

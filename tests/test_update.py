@@ -338,6 +338,12 @@ def test_new_image_names_on_update_move_both_pins(fresh_project: Project, tmp_pa
     """registry, image_namespace and project_slug answered anew: base/Dockerfile's lock line and
     the app's pin name the new base repository, and the project checks clean."""
     project = clone(fresh_project("requirements", False), tmp_path / "project")
+    # The upstream FROM as `make lock` pins it where its registry answers: by digest.
+    base = project / "base" / "Dockerfile"
+    digest = "@sha256:" + "5e" * 32
+    base.write_text(re.sub(r"(?m)^(# linked-builds:lock .*\nFROM [^\s@]+)", rf"\1{digest}", base.read_text()))
+    assert digest in base.read_text()
+    assert linked(project, "sync").returncode == 0
     git(project, "init", "-q")
     git(project, "add", "-A")
     git(project, "commit", "-qm", "copied")
@@ -345,9 +351,15 @@ def test_new_image_names_on_update_move_both_pins(fresh_project: Project, tmp_pa
     assert result.returncode == 0, result.stderr
     assert conflict_markers(project) == [] and "merge conflicts" not in result.stderr, result.stderr
     assert (project / "Dockerfile").read_text().startswith("ARG BASE_IMAGE=ghcr.io/acme/shopbase:deps-")
-    assert " repository=ghcr.io/acme/shopbase " in (project / "base" / "Dockerfile").read_text()
+    assert " repository=ghcr.io/acme/shopbase " in base.read_text()
+    assert re.search(rf"(?m)^FROM [^\s@]+{digest}$", base.read_text()), "the upstream's digest was dropped"
     check = linked(project, "check")
     assert check.returncode == 0 and only_warnings(check.stderr), check.stderr
+    # A file the update settled is staged as sync wrote it: a commit of the index carries the new pin.
+    assert "Dockerfile:1: settled a conflict" in result.stderr, result.stderr
+    staged = git(project, "diff", "--cached", "--name-only").split()
+    assert "Dockerfile" in staged and git(project, "ls-files", "--unmerged") == ""
+    assert not set(staged) & set(git(project, "diff", "--name-only", "--", "Dockerfile", "base/Dockerfile").split())
 
 
 def test_a_file_the_template_no_longer_makes_is_kept_where_the_user_changed_it(fresh_project: Project,
