@@ -32,7 +32,7 @@ $(VENV)/.installed: requirements-dev.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/copier copy --trust --defaults --overwrite --vcs-ref=HEAD . demo
+	$(BIN)/copier copy --trust --defaults --overwrite --vcs-ref=HEAD $(CURDIR) demo
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

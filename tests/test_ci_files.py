@@ -400,7 +400,8 @@ def test_publish_dry_run_links_app_to_the_pinned_base(project: Path, tmp_path: P
     assert "smoke test: docker.io/example/demo-app:t1 would be checked" in found.stdout
     # bake's own plan, printed: the app FROM the registry's base by digest.
     assert f'"base": "docker-image://{ref}@{digest}"' in found.stdout
-    assert f"base {ref} is not in the registry: building it and pushing it" in absent.stdout
+    assert f"base {ref} is not in the registry: would build it and push it" in absent.stdout
+    assert f"would push docker.io/example/demo-app:t1 FROM {ref}" in found.stdout.splitlines()
     assert [args[-2:] for _, args in engine_lines(absent.stdout)] == [["--print", "base"], ["--push", "base"]]
     assert '"org.linked-builds.content-tag": "' + ref.rsplit(":", 1)[1] + '"' in absent.stdout
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -329,6 +330,31 @@ def test_new_requirement_reinstalls_only_its_group(built: Callable[..., Built], 
         assert run_in(new_ref, "python3", "-c", "import cowsay").returncode == 0
     finally:
         subprocess.run([DOCKER, "rmi", "--force", new_ref], capture_output=True)
+
+
+@built_group("requirements", False)
+def test_a_local_base_without_the_locks_labels_is_rebuilt_not_built_on(built: Callable[..., Built],
+                                                                        tmp_path: Path) -> None:
+    """`make image` takes the engine's image under the content tag only where it carries the lock's
+    labels: one tagged by hand (or planted) there is built over, and the app is built on the real one."""
+    b = built("requirements", False)
+    project = b.copy(tmp_path / "project")
+    base = project / "base" / "Dockerfile"
+    base.write_text(base.read_text() + "# A new content tag, the same steps.\n")
+    assert linked(project, "sync").returncode == 0
+    ref, app = linked(project, "ref").stdout.strip(), b.image.replace(":dev", ":labels")
+    try:
+        subprocess.run([DOCKER, "build", "--tag", ref, "-"], input="FROM scratch\nLABEL planted=yes\n", text=True,
+                       check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        result = make(project, "image", "TAG=labels")
+        assert f"base image {ref} is present but not labelled with this lock: building it" in result.stdout, result.stdout
+        held = subprocess.run([DOCKER, "image", "inspect", "--format", "{{json .Config.Labels}}", ref],
+                              capture_output=True, text=True, check=True).stdout
+        assert json.loads(held)["org.linked-builds.content-tag"] == ref.rsplit(":", 1)[1] and "planted" not in held
+        assert run_in(app, "python3", "-c", "import flask").returncode == 0
+        assert f"base image {ref} is present" in make(project, "image", "TAG=labels").stdout.splitlines()
+    finally:
+        subprocess.run([DOCKER, "rmi", "--force", ref, app], capture_output=True)
 
 
 @built_group("requirements", False)

@@ -169,6 +169,8 @@ def test_generated_project_checks_tests_and_stays_clean(
 ) -> None:
     project = tmp_path / "project"
     shutil.copytree(rendered(strategy, venv), project)
+    # A heading underlined with seven = is Markdown, not a conflict: the hooks let it through.
+    (project / "HISTORY.md").write_text("History\n=======\n\nThe first release.\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run([*git, "init", "-q"], cwd=project, check=True)
     subprocess.run([*git, "add", "-A"], cwd=project, check=True)
@@ -176,6 +178,10 @@ def test_generated_project_checks_tests_and_stays_clean(
     check = linked(project, "check")
     assert check.returncode == 0, check.stderr
     assert all(line.startswith("warning: base/Dockerfile: FROM has no digest") for line in check.stderr.splitlines())
+    # A bare `make` lists the targets (the Makefile's header), and runs none of them.
+    bare = subprocess.run(["make"], cwd=project, capture_output=True, text=True)
+    assert bare.returncode == 0 and bare.stdout.startswith("Build the two linked images of"), bare.stdout + bare.stderr
+    assert "  make lock    compile" in bare.stdout and "#" not in bare.stdout and not bare.stderr
     tests = subprocess.run(["make", "test", f"PYTHON={sys.executable}", "PYTEST_ADDOPTS=-q"], cwd=project,
                            capture_output=True, text=True)
     assert tests.returncode == 0, tests.stdout + tests.stderr

@@ -170,6 +170,15 @@ class Engine:
         found = manifest(ref, self.command, self.podman)
         return found[0] if found else None
 
+    def local_labels(self, ref: str) -> dict[str, str] | None:
+        """The labels of the engine's own image ``ref``; None when the engine has no such image."""
+        held = run([*self.command, "image", "inspect", "--format", "{{json .Config.Labels}}", ref], quiet=True)
+        try:
+            found = json.loads(held.stdout) if held.returncode == 0 else None
+        except ValueError:
+            found = None
+        return None if held.returncode else found if isinstance(found, dict) else {}
+
     def labels(self, ref: str) -> dict[str, dict[str, str]]:
         """{platform: labels} of the images under ``ref`` in the registry (skopeo reads this machine's alone)."""
         try:
@@ -383,7 +392,8 @@ def publish(
     found = manifest(ref, engine.command, engine.podman)  # an unclear registry stops here, before any build
     digest, pushed = found[0] if found else None, False
     if only != "app" and not digest:
-        print(f"base {ref} is not in the registry: building it" + " and pushing it" * push, flush=True)
+        doing = "would build it" + " and push it" * push if engine.dry_run else "building it" + " and pushing it" * push
+        print(f"base {ref} is not in the registry: {doing}", flush=True)
         engine.podman_build("base", ref, built, labels, push) if engine.podman else engine.bake("base", bake)
         if push and (digest := engine.digest(ref)):  # another run pushed it meanwhile: never overwrite it
             print(f"note: {ref} appeared in the registry during the build: not overwriting it", flush=True)
@@ -431,7 +441,8 @@ def publish(
         engine.must("manifest", "push", "--all", refs[0], f"docker://{r}")
     if push and not engine.podman:
         engine.bake("app", bake, "--push")
-    print(("pushed " if push else "built ") + " ".join(refs) + f" FROM {ref}", flush=True)
+    done = ("would push " if push else "would build ") if engine.dry_run else ("pushed " if push else "built ")
+    print(done + " ".join(refs) + f" FROM {ref}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -469,9 +480,12 @@ def main(argv: list[str] | None = None) -> int:
             if stale:
                 raise LinkError("fix: `make lock` where the lock is stale, else `make sync`; nothing was built")
             ref, lock = engine.project.reference(), engine.project.lock().meta.get("body", "")
-            if args.if_missing and run([*engine.command, "image", "inspect", ref], quiet=True).returncode == 0:
-                return print(f"base image {ref} is present") or 0
-            labels = [f"--label={k}={v}" for k, v in zip(LABELS, (ref.rsplit(":", 1)[1], lock))]
+            values = [ref.rsplit(":", 1)[1], lock]
+            if args.if_missing and (held := engine.local_labels(ref)) is not None:
+                if [held.get(k) for k in LABELS] == values:
+                    return print(f"base image {ref} is present") or 0
+                print(f"base image {ref} is present but not labelled with this lock: building it", flush=True)
+            labels = [f"--label={k}={v}" for k, v in zip(LABELS, values)]
             engine.build("base", *engine.build_args, *labels, "--tag", ref)
         elif args.command == "verify":
             verify(engine, locked_platforms(engine))
