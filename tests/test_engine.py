@@ -347,7 +347,7 @@ def test_a_local_base_without_the_locks_labels_is_rebuilt_not_built_on(built: Ca
         subprocess.run([DOCKER, "build", "--tag", ref, "-"], input="FROM scratch\nLABEL planted=yes\n", text=True,
                        check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
         result = make(project, "image", "TAG=labels")
-        assert f"base image {ref} is present but not labelled with this lock: building it" in result.stdout, result.stdout
+        assert f"base image {ref} is present but not labelled with this lock: building it" in result.stdout
         held = subprocess.run([DOCKER, "image", "inspect", "--format", "{{json .Config.Labels}}", ref],
                               capture_output=True, text=True, check=True).stdout
         assert json.loads(held)["org.linked-builds.content-tag"] == ref.rsplit(":", 1)[1] and "planted" not in held
