@@ -52,7 +52,7 @@ SLUG_MAX = 60
 IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 COMMENT = re.compile(r"(^|\s)#.*$")  # base/linked.py strips comments the same way
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a direct URL without a name
-TRAILING_COMMA = re.compile(r",\s*\)?\s*$")  # "Flask>=2.2," or "Flask (>=2.2,)"
+TRAILING_COMMA = re.compile(r",\s*(?:\)\s*)?$")  # "Flask>=2.2," or "Flask (>=2.2,)"
 SHOWN_REQUIREMENT = 30  # characters of a refused requirement line that are shown
 
 
@@ -197,12 +197,15 @@ def bots_problem(bots: list[str], ci: list[str]) -> str:
     return ""
 
 
-def platforms_problem(platforms: list[str], ci: list[str]) -> str:
-    """platforms: at least one; Docker Hub's automated builds build linux/amd64 alone."""
+def platforms_problem(platforms: list[str], ci: list[str], strategy: str = "") -> str:
+    """platforms: at least one; Docker Hub's automated builds build linux/amd64 alone; distro
+    pins Debian's builds of one architecture."""
     if not platforms:
         return "pick at least one platform"
     if "dockerhub" in ci and list(platforms) != ["linux/amd64"]:
         return "dockerhub builds linux/amd64 only"
+    if strategy == "distro" and len(platforms) > 1:
+        return "distro pins Debian's packages for one platform: pick one"
     return ""
 
 

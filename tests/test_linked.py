@@ -339,8 +339,23 @@ def test_a_write_that_fails_half_way_leaves_the_file_whole(project: Path) -> Non
         (lambda p: (p / "base" / "requirements.txt").unlink(), "base/requirements.txt: missing", ("check", "sync")),
         (lambda p: (p / "base" / "requirements.in").write_text("--index-url http://evil.example/\n"),
          "base/requirements.in:1: '--index-url': pip options are not supported", ("check", "sync", "lock")),
+        # uv takes options after a requirement (a hash of the user's own): the lock holds the hashes.
+        (lambda p: (p / "base" / "requirements.in").write_text("Flask>=2.2 --hash=sha256:abc\n"),
+         "base/requirements.in:1: '--hash=sha256:abc': pip options are not supported", ("check", "sync", "lock")),
+        # Python's splitlines() breaks a line there, the engine does not: a comment would hide a step.
+        (lambda p: (p / "base" / "Dockerfile").write_text(
+            "# a note\u2028RUN echo hidden\n" + (p / "base" / "Dockerfile").read_text()),
+         "base/Dockerfile:1: '\\u2028' ends a line for Python but not for the engine: remove it",
+         ("check", "sync", "lock")),
+        (lambda p: (p / "Dockerfile").write_text((p / "Dockerfile").read_text().replace("\n# ", "\n#\f ", 1)),
+         "Dockerfile:3: '\\x0c' ends a line for Python but not for the engine: remove it", ("check", "sync")),
+        # A project whose strategy generates blocks: markers deleted by hand stop the checks, never silently.
+        (lambda p: (p / "base" / "Dockerfile").write_text("".join(
+            line for line in (p / "base" / "Dockerfile").read_text().splitlines(keepends=True)
+            if not line.startswith(("# >>> linked-builds:", "# <<< linked-builds:")))),
+         "base/Dockerfile: its generated blocks are gone: put them back (git checkout), then sync", ("check", "sync")),
     ],
-    ids=["not-utf8", "folder", "missing-lock", "pip-option"],
+    ids=["not-utf8", "folder", "missing-lock", "pip-option", "option-after", "line-break", "form-feed", "no-blocks"],
 )
 def test_broken_inputs_give_one_line_and_write_nothing(project: Path, damage: Callable[[Path], object],
                                                        message: str, commands: tuple[str, ...]) -> None:
@@ -352,6 +367,14 @@ def test_broken_inputs_give_one_line_and_write_nothing(project: Path, damage: Ca
         assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1, result.stderr
         if before is not None:
             assert snapshot(project) == before
+
+
+def test_lock_makes_a_deleted_lock_anew(project: Path) -> None:
+    (project / "base" / "requirements.txt").unlink()
+    result = linked(project, "lock")
+    assert result.returncode == 0, result.stderr
+    assert "base/requirements.txt: locked " in result.stdout
+    assert linked(project, "check").returncode == 0 and os.stat(project / "base" / "requirements.txt").st_mode & 0o644
 
 
 NAMES = ["Flask", "zope.interface", "typing_extensions", "ruamel.yaml.clib", "A", "x1", "Py-YAML", "a.b-c_d"]

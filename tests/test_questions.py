@@ -145,6 +145,10 @@ FILTER_CASES: list[tuple[str, Any, str]] = [
     ("platforms_problem", ([], ["github"]), "pick at least one platform"),
     ("platforms_problem", (["linux/amd64", "linux/arm64"], ["dockerhub"]), "dockerhub builds linux/amd64 only"),
     ("platforms_problem", (["linux/amd64"], ["github", "dockerhub"]), ""),
+    ("platforms_problem", (["linux/amd64", "linux/arm64"], ["github"], "distro"),
+     "distro pins Debian's packages for one platform: pick one"),
+    ("platforms_problem", (["linux/arm64"], ["github"], "distro"), ""),
+    ("platforms_problem", (["linux/amd64", "linux/arm64"], ["github"], "combo"), ""),
     ("sign_problem", (True, ["github"]), ""),
     ("sign_problem", (True, ["github", "gitlab"]), "gitlab and dockerhub push unsigned bases"),
     ("sign_problem", (False, ["github", "gitlab"]), ""),
@@ -189,7 +193,7 @@ def test_copier_yml_validators_are_one_filter_call_each() -> None:
                   if isinstance(spec, dict) and "validator" in spec}
     assert len(validators) == 12
     for question, validator in validators.items():
-        call = re.fullmatch(r"\{\{ (\w+) \| (\w+)(\(\w+\))? \}\}", validator)
+        call = re.fullmatch(r"\{\{ (\w+) \| (\w+)(\(\w+(, \w+)*\))? \}\}", validator)
         assert call and call.group(1) == question and call.group(2) in EXTENSIONS.FILTERS, validator
     assert COPIER_YML["_jinja_extensions"] == ["copier_template_extensions.TemplateExtensionLoader",
                                                "extensions.py:AnswerChecks"]

@@ -291,7 +291,9 @@ assert {old[0] for old, _ in SWITCHES} == {new[0] for _, new in SWITCHES} == set
 def test_strategy_switch_matches_a_fresh_project(old_project: Project, fresh_project: Project, tmp_path: Path,
                                                  old: tuple[str, bool], new: tuple[str, bool]) -> None:
     project = clone(old_project(*old), tmp_path / "project")
-    result = update(project, f"--data=strategy={new[0]}")
+    # distro's answer, one platform, stays recorded: away from it the switch asks for a fresh project's two.
+    both = ['--data=platforms=["linux/amd64", "linux/arm64"]'] if old[0] == "distro" else []
+    result = update(project, f"--data=strategy={new[0]}", *both)
     assert result.returncode == 0, result.stderr
     assert conflict_markers(project) == [] and not list(project.rglob("*.rej"))
     assert git(project, "ls-files", "--unmerged") == ""

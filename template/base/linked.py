@@ -63,6 +63,8 @@ class ConflictError(LinkError):
 
 
 ERRORS: list[type[Exception]] = [LinkError]
+Ran = subprocess.CompletedProcess[str]
+Plan = tuple[dict[str, str], list[str], list[str]]  # what sync writes ({path: text}), what is stale, warnings
 
 
 def sha256(text: str) -> str:
@@ -88,9 +90,8 @@ def read_bytes(path: Path, label: str) -> bytes:
 
 
 def write_all(root: Path, texts: dict[str, str]) -> None:
-    """Write each file through a temporary file of its own (so runs at once never share one)
-    beside it, then rename them all: a failure before the renames leaves every file as it was,
-    never half a file nor half a change. Each file keeps its mode."""
+    """Write each file through a temporary file of its own beside it, then rename them all: a failure
+    before the renames leaves every file as it was, never half a change. Each file keeps its mode."""
     staged: list[tuple[Path, Path]] = []
     rel, renamed = "", 0
     try:
@@ -123,9 +124,7 @@ def split(text: str, name: str) -> list[str]:
         raise LinkError(f"{name}: {exc} in {text!r}: fix its quoting") from None
 
 
-def run(
-    argv: list[str], failed: str = "", cwd: Path | None = None, quiet: bool = False
-) -> subprocess.CompletedProcess[str]:
+def run(argv: list[str], failed: str = "", cwd: Path | None = None, quiet: bool = False) -> Ran:
     """Run a command, its output captured if ``quiet``, else shown; raise ``failed`` (if any) when it fails."""
     try:
         out = subprocess.run(argv, cwd=cwd, capture_output=quiet, text=True, check=False)
@@ -203,8 +202,8 @@ def top_level_names(text: str, label: str) -> list[str]:
     plain: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), 1):
         line = re.sub(r"(^|\s)#.*$", "", line).strip()
-        if line.startswith("-"):
-            raise LinkError(f"{label}:{number}: {line.split()[0]!r}: pip options are not supported, only requirements")
+        if option := re.search(r"(?:^|\s)(-\S*)", line):
+            raise LinkError(f"{label}:{number}: {option[1]!r}: pip options are not supported, only requirements")
         m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)
         if line and not m:
             raise LinkError(f"{label}:{number}: {line[:30]!r} is not a PEP 508 requirement")
@@ -240,10 +239,10 @@ def image_froms(text: str) -> list[tuple[int, re.Match[str]]]:
     return found
 
 
-def lock_target(text: str) -> str:
+def lock_target(text: str, project: Project) -> str:
     """What a lock is compiled for, beyond the Python version: "universal" (every platform),
-    or what base/steps.py says of a Dockerfile with generated blocks (distro's apt)."""
-    return steps().lock_target(text) if FENCED.search(text) else "universal"
+    or what base/steps.py says of a Dockerfile with generated blocks (one-by-one, combo, distro)."""
+    return steps().lock_target(text, project) if (project.base / "steps.py").exists() else "universal"
 
 
 # One pattern's steps: a character, a class ("[^/]" for ?), "[^/]*" (for *), "**" (any folders) or "**$" (anything).
@@ -276,11 +275,8 @@ def ignore_patterns(text: str, label: str) -> list[tuple[bool, Glob]]:
             classes = [piece for piece in pieces[1::2] if piece[0] == "["]
             if any("[" in piece for piece in pieces[::2]) or "\\" in pieces[1::2]:
                 raise re.error("a [ that opens no class, or a \\ that escapes nothing")
-            if (
-                "^" in "".join(pieces[::2])
-                or any(re.search(r"[*?\\]|\[:|-\]$", c[1:]) for c in classes)
-                or any(re.fullmatch(r"\\\w", piece) for piece in pieces[1::2])
-            ):
+            odd = "^" in "".join(pieces[::2]) or any(re.search(r"[*?\\]|\[:|-\]$", c[1:]) for c in classes)
+            if odd or any(re.fullmatch(r"\\\w", piece) for piece in pieces[1::2]):
                 raise re.error("a ^, a \\ before a letter, or a class with * ? \\ [: or a last - reads otherwise in Go")
             for step in classes:
                 re.compile(step)
@@ -343,11 +339,15 @@ class Project:
         self.root, self.base = root, root / "base"
 
     def read(self, rel: str) -> str:
-        """A file's UTF-8 text, line endings kept."""
+        """A file's UTF-8 text, line endings kept; a Dockerfile's lines are Python's and the engine's."""
         try:
-            return read_bytes(self.root / rel, rel).decode("utf-8")
+            text = read_bytes(self.root / rel, rel).decode("utf-8")
         except UnicodeDecodeError:
             raise LinkError(f"{rel}: not UTF-8 text") from None
+        if rel.endswith("Dockerfile") and (odd := re.search(r"\r(?!\n)|[\v\f\x1c-\x1e\x85\u2028\u2029]", text)):
+            line = text.count("\n", 0, odd.start()) + 1
+            raise LinkError(f"{rel}:{line}: {odd[0]!r} ends a line for Python but not for the engine: remove it")
+        return text
 
     def lock(self) -> Lock:
         return Lock(self.read("base/requirements.txt"))
@@ -405,9 +405,7 @@ class Project:
             )
         return m
 
-    def plan(
-        self, base_text: str | None = None, lock_text: str | None = None
-    ) -> tuple[dict[str, str], list[str], list[str]]:
+    def plan(self, base_text: str | None = None, lock_text: str | None = None) -> Plan:
         """What sync would write ({path: text}), what is stale, and warnings."""
         texts = {"base/Dockerfile": self.read("base/Dockerfile") if base_text is None else base_text}
         texts["Dockerfile"] = self.read("Dockerfile")
@@ -417,7 +415,7 @@ class Project:
                 raise ConflictError(f"{rel}:{marker}: a merge conflict: resolve it, then run `make sync`")
         lock = self.lock() if lock_text is None else Lock(lock_text)
         settings = base_settings(texts["base/Dockerfile"])[0]
-        python, target = settings.get("python", ""), lock_target(texts["base/Dockerfile"])
+        python, target = settings.get("python", ""), lock_target(texts["base/Dockerfile"], self)
         requirements_in, new_base = self.read("base/requirements.in"), texts["base/Dockerfile"]
         stale = lock.problems(requirements_in, python, target)
         top = top_level_names(requirements_in, "base/requirements.in")  # pip options refused, whatever the lock says
@@ -520,7 +518,8 @@ def lock(
             uv_compile(work, [*every, *flags], engine, build_args)
             body = (work / "requirements.txt").read_text(encoding="utf-8")
     body = "".join(f"# apt: {' '.join(p)}\n" for p in apt if p) + body
-    meta = f"{META} python={python} for={lock_target(base_text)} in={sha256(requirements_in)} body={sha256(body)}\n"
+    target = lock_target(base_text, project)
+    meta = f"{META} python={python} for={target} in={sha256(requirements_in)} body={sha256(body)}\n"
     return {"base/Dockerfile": base_text, "base/requirements.txt": LOCK_HEADER + meta + body}, warnings
 
 
@@ -529,10 +528,9 @@ def lock(
 
 def changed(rel: str, old: str, new: str) -> str:
     """What a write changed, in words."""
+    tags = [m["tag"] if (m := PIN_RE.match(t.split("\n")[0])) else "?" for t in (old, new)]
     if rel == "Dockerfile":
-        return "pin moved {} -> {}".format(
-            *(m["tag"] if (m := PIN_RE.match(t.split("\n")[0])) else "?" for t in (old, new))
-        )
+        return f"pin moved {tags[0]} -> {tags[1]}"
     return f"locked {len(Lock(new).entries)} packages" if rel.endswith(".txt") else "rewritten"
 
 
@@ -579,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in (p for p in wanted if normalize(p) not in locked):
                 raise LinkError(f"UPGRADE_PACKAGE={name}: base/requirements.txt locks no such package")
             before = project.read("base/requirements.txt") if (project.base / "requirements.txt").exists() else ""
+            if writes:  # a deleted lock: the content tag hashes the file it becomes
+                (project.base / "requirements.txt").touch()
             plan, stale, more = project.plan(writes.get("base/Dockerfile"), writes.get("base/requirements.txt"))
             moved = {rel: (old, text) for rel, text in {**writes, **plan}.items() if text != (old := project.read(rel))}
             write_all(project.root, {rel: text for rel, (_, text) in moved.items()})
