@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -15,7 +16,7 @@ import dockerfile
 import pytest
 import yaml
 
-from conftest import COMBINATION_PARAMS, COPIER_YML, WITH_INSTALLER_PARAMS, linked
+from conftest import COMBINATION_PARAMS, COPIER_YML, TEMPLATE, WITH_INSTALLER_PARAMS, linked
 
 GROUPS = 5  # the groups strategy's count of groups, set in base/Dockerfile.jinja
 PIN = re.compile(r"^BASE_IMAGE=(?P<repo>.+):(?P<tag>deps-[0-9a-f]{16})$")
@@ -285,6 +286,49 @@ def test_a_requirement_debian_has_too_old_goes_to_the_sidekick_or_is_refused(ren
     assert result.returncode == 2
     assert f"Debian has no package for click (Debian has only python3-click={debian[1]}): answer " \
            "use_virtualenv=true" in result.stderr
+
+
+@pytest.mark.engine
+def test_a_distro_lock_holds_for_one_platform_and_its_table_of_names(rendered: Rendered, tmp_path: Path) -> None:
+    """Debian builds a package anew per architecture (+b1, +b2): the lock names one platform, and a
+    second one, or an edit of debian-names.txt, makes it stale; make lock refuses two in one line."""
+    project = tmp_path / "project"
+    shutil.copytree(rendered("distro", False), project)
+    assert linked(project, "check").returncode == 0
+    table = project / "base" / "debian-names.txt"
+    table.write_text(table.read_text().replace("gunicorn python3-gunicorn", "gunicorn python3-not-gunicorn"))
+    check = linked(project, "check")
+    assert check.returncode == 1 and "locked for another base" in check.stderr, check.stderr
+    dockerfile = project / "base" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace("platforms=linux/amd64", "platforms=linux/amd64,linux/arm64"))
+    for command in ("check", "lock"):
+        result = linked(project, command)
+        assert result.returncode == 2 and result.stderr == (
+            "error: base/Dockerfile: platforms=linux/amd64,linux/arm64: distro pins Debian's builds of one platform:"
+            " name one on base/Dockerfile's lock line (linux/amd64 or linux/arm64), or pick another strategy\n"), (
+            result.stderr)
+
+
+@pytest.mark.parametrize(("debian", "line", "behind"), [
+    ("8.2.0+0.really.8.1.8-1", "click>=8.2", True),  # Debian went back to 8.1.8 under a higher number
+    ("8.2.0+really8.1.8-1", "click>=8.1", False),
+    ("2:3.1.1+dfsg-2", "click<3 ; python_version < '3.0'", False),  # a marker that does not hold here
+    ("3.1.1-1+deb13u1", "click<3 ; python_version >= '3.0'", True),
+    ("2.0~rc1-1", "click>=2.0rc1", False),
+])
+def test_debians_version_is_read_as_its_upstream_one(tmp_path: Path, debian: str, line: str, behind: bool) -> None:
+    """The lock's version check (run by Debian's python3 in the upstream image), here with this
+    Python's packaging and an apt-cache that tells ``debian``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-cache").write_text(f"#!/bin/sh\necho 'Version: {debian}'\n")
+    (bin_dir / "apt-cache").chmod(0o755)
+    source = (TEMPLATE / "template" / "base" / "{% if strategy == 'distro' %}debian.py{% endif %}").read_text()
+    check = ast.literal_eval(re.search(r'^CHECK = (""".*?""")$', source, re.M | re.S)[1])
+    result = subprocess.run([sys.executable, "-c", check, "click", line, "python3-click"], capture_output=True,
+                            text=True, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (f"behind click python3-click={debian}\n" if behind else "")
 
 
 @pytest.mark.parametrize(("strategy", "venv", "installer"), WITH_INSTALLER_PARAMS)
