@@ -324,7 +324,9 @@ def test_debians_version_is_read_as_its_upstream_one(tmp_path: Path, debian: str
     (bin_dir / "apt-cache").write_text(f"#!/bin/sh\necho 'Version: {debian}'\n")
     (bin_dir / "apt-cache").chmod(0o755)
     source = (TEMPLATE / "template" / "base" / "{% if strategy == 'distro' %}debian.py{% endif %}").read_text()
-    check = ast.literal_eval(re.search(r'^CHECK = (""".*?""")$', source, re.M | re.S)[1])
+    found = re.search(r'^CHECK = (""".*?""")$', source, re.M | re.S)
+    assert found, "debian.py no longer has CHECK"
+    check = ast.literal_eval(found[1])
     result = subprocess.run([sys.executable, "-c", check, "click", line, "python3-click"], capture_output=True,
                             text=True, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert result.returncode == 0, result.stderr
