@@ -66,22 +66,35 @@ def test_make_dev_without_compose_says_what_it_needs_in_one_line(project: Path, 
     assert not [line for line in log.read_text().splitlines() if line.startswith(("build", "compose --profile"))]
 
 
-def test_a_sigterm_to_make_dev_stops_compose_too(project: Path, tmp_path: Path) -> None:
-    """SIGTERM reaches dev.py alone (Ctrl-C reaches the whole group): it hands compose the Ctrl-C
-    that stops the service, and ends with it, leaving nothing running."""
+@pytest.mark.parametrize("hangup", ["SIGTERM to make", "SIGHUP to the terminal's group"])
+def test_a_sigterm_or_a_closed_terminal_stops_make_devs_compose_too(project: Path, tmp_path: Path,
+                                                                      hangup: str) -> None:
+    """A SIGTERM to make reaches dev.py alone (make's shell execs it; Ctrl-C reaches the whole group):
+    it hands compose the Ctrl-C that stops the service. A closed terminal hangs up the whole group,
+    compose too, which dies of it: dev.py stops the service compose left running."""
     engine, log = fake_engine(tmp_path, "Docker version 26.1.5", "2.26.1")
     serving = (f"case \"$*\" in *'up --build --watch dev'*) trap 'echo got-INT >> {log}; exit 130' INT;"
                " while :; do sleep 0.1; done ;; esac\n")
     engine.write_text(engine.read_text().removesuffix("exit 0\n") + serving + "exit 0\n")
-    dev = subprocess.Popen([sys.executable, "-S", "base/dev.py", "--engine", str(engine)], cwd=project,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dev = subprocess.Popen(["make", "--no-print-directory", "dev", f"DOCKER={engine}"], cwd=project,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 30
     while "up --build --watch dev" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(0.5)  # compose's trap is set
-    dev.send_signal(signal.SIGTERM)
-    assert dev.wait(timeout=20) == 130, dev.communicate()
-    assert "got-INT" in log.read_text()
+    try:
+        if hangup.startswith("SIGTERM"):
+            dev.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(dev.pid, signal.SIGHUP)
+        dev.wait(timeout=20)
+        time.sleep(0.5)
+        left = subprocess.run(["pgrep", "-f", str(engine)], capture_output=True, text=True).stdout
+    finally:  # whatever is left of the group, so its pipes close
+        subprocess.run(["pkill", "-KILL", "-s", str(dev.pid)], capture_output=True)
+    calls = log.read_text()
+    stopped = "got-INT" in calls if hangup.startswith("SIGTERM") else "compose --profile dev stop dev" in calls
+    assert stopped and not left, (calls, left, dev.communicate(timeout=10))
 
 
 def test_make_dev_refuses_a_stale_pin_naming_the_fix(project: Path, tmp_path: Path) -> None:

@@ -58,12 +58,15 @@ def serve(engine: publish.Engine, command: list[str]) -> int:
     project, tag = engine.project, engine.project.content_tag()
     argv = ["--root", str(project.root), "base", "--engine", shlex.join(engine.command), "--if-missing"]
     while True:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for hangup in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(hangup, signal.SIG_DFL)
         if status := publish.main(argv):  # a stale pin is refused here, as `make check` does
             return status
         child, now, said = subprocess.Popen([*command, *UP], cwd=project.root), tag, ""
-        # A SIGTERM (which, unlike Ctrl-C, reaches this process alone) stops compose as Ctrl-C does.
-        signal.signal(signal.SIGTERM, lambda *_, child=child: child.send_signal(signal.SIGINT))
+        # A SIGTERM (which, unlike Ctrl-C, reaches this process alone) or a closed terminal stops
+        # compose as Ctrl-C does.
+        for hangup in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(hangup, lambda *_, child=child: child.send_signal(signal.SIGINT))
         try:
             while child.poll() is None and (now == tag or said):
                 time.sleep(1)
@@ -75,6 +78,8 @@ def serve(engine: publish.Engine, command: list[str]) -> int:
             child.wait()
             raise
         if child.poll() is not None:
+            if child.returncode < 0:  # compose was killed (a closed terminal hangs it up too): its service is not
+                run([*command, "--profile", "dev", "stop", "dev"], quiet=True)
             return child.returncode
         print(f"make dev: base/ is now {now}: restarting the service on that base", flush=True)
         child.send_signal(signal.SIGINT)  # compose stops the service, as on Ctrl-C
