@@ -289,10 +289,11 @@ def test_dockerhub_hooks_pass_shellcheck_and_are_executable(project: Path) -> No
         "hooks/pre_build"]
     hooks = [h for h in files if h.suffix != ".sh"]
     assert all(os.access(h, os.X_OK) for h in hooks)
-    # -x follows each hook into the shared linked-tool.sh it sources.
-    result = subprocess.run([tool("shellcheck"), "-x", "--source-path=SCRIPTDIR", *map(str, files)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout
+    # -x follows each hook into the shared linked-tool.sh it sources, from wherever shellcheck runs
+    # (each hook says where to look: its own folder).
+    for where in (project, project / "base" / "hooks"):
+        result = subprocess.run([tool("shellcheck"), "-x", *map(str, files)], capture_output=True, text=True, cwd=where)
+        assert result.returncode == 0, result.stdout
 
 
 def test_dockerhub_notes_name_the_rules_and_the_retirement(project: Path) -> None:
@@ -407,11 +408,13 @@ def test_publish_dry_run_links_app_to_the_pinned_base(project: Path, tmp_path: P
 
 
 def test_the_workflow_test_step_runs_the_apps_tests(images: Path, tmp_path: Path) -> None:
-    """The `test` job's script, run as it is in a copy of the rendered project: a fresh
-    virtualenv from base/requirements.in (PyPI), then the app's own tests pass."""
+    """The `test` job's script, run as it is in a copy of the rendered project, locked: a fresh
+    virtualenv holding the lock's packages, hash-checked (from PyPI), then the app's own tests pass."""
     project = tmp_path / "project"
     shutil.copytree(images.parents[2], project, ignore=shutil.ignore_patterns(".venv"))
+    assert linked(project, "lock").returncode == 0
     (script,) = [s["run"] for s in workflow(images)["jobs"]["test"]["steps"] if "run" in s]
+    assert "--require-hashes -r base/requirements.txt" in script
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=project, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert re.search(r"\b4 passed\b", result.stdout), result.stdout[-2000:]
@@ -603,20 +606,26 @@ def test_the_app_job_builds_from_the_digest_the_base_job_handed_over(two_platfor
     assert len(builds) == 2 and all(b["BASE_IMAGE"] == f"{ref}@{digest}" for b in builds)
 
 
-@pytest.mark.parametrize(("interval", "status", "said"), [
-    ("08", 1, "did not appear in the registry within 0s"),  # eight seconds, not an octal error that passed
-    ("9999999", 2, "must be whole seconds (at most 999999)"),
-    ("0x10", 2, "must be whole seconds (at most 999999)"),
+ABSENT = "Error response from daemon: manifest for x:deps-1 not found: manifest unknown: manifest unknown"
+REFUSED = "Error response from daemon: Get \"https://x/v2/\": dial tcp 127.0.0.1:1: connect: connection refused"
+
+
+@pytest.mark.parametrize(("interval", "pulled", "status", "said"), [
+    ("08", ABSENT, 1, "did not appear in the registry within 0s"),  # eight seconds, not an octal error that passed
+    ("9999999", ABSENT, 2, "must be whole seconds (at most 999999)"),
+    ("0x10", ABSENT, 2, "must be whole seconds (at most 999999)"),
+    ("1", REFUSED, 1, f"cannot ask the registry for {{ref}}: {REFUSED}"),  # no wait for a registry out of reach
 ])
 def test_docker_hubs_wait_for_the_base_reads_its_seconds_as_seconds(project: Path, tmp_path: Path, interval: str,
-                                                                    status: int, said: str) -> None:
+                                                                    pulled: str, status: int, said: str) -> None:
     """The app rule's pre_build waits for the base; whatever the interval says, a base that never
-    appears fails the build (a fake docker whose pulls all fail)."""
+    appears fails the build (a fake docker whose pulls all fail), and a registry it cannot ask at once."""
     docker = tmp_path / "docker"
-    docker.write_text("#!/bin/sh\nexit 1\n")
+    docker.write_text(f"#!/bin/sh\necho '{pulled}' >&2\nexit 1\n")
     docker.chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "BASE_WAIT_SECONDS": "0",
            "BASE_WAIT_INTERVAL": interval}
     result = subprocess.run(["hooks/pre_build"], cwd=project, capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == status, result.stderr
-    assert said in result.stderr.splitlines()[-1]
+    assert said.format(ref=linked(project, "ref").stdout.strip()) in result.stderr.splitlines()[-1]
+    assert "waiting for the base" not in result.stdout or pulled == ABSENT

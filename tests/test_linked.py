@@ -882,6 +882,13 @@ def test_publish_stops_before_any_build_when_the_registry_is_unclear(
     assert ("`docker login " in result.stderr) == (answer == (401, {}))
     # The engine was asked what it is; nothing was pulled, built or pushed.
     assert log.read_text().split() in ([], ["--version"])
+    # A build that pushes nothing (a pull request's, with no credentials) builds the base here instead.
+    result = linked(project, "publish", "--image", f"{host}/example/demo-app", "--tag", "t", "--engine", str(engine),
+                    "--no-push")
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"^note: {host}/example/demo-appbase:deps-\w+: \S+ says: .+; building the base here, as nothing"
+                     " is pushed$", result.stdout, re.M), result.stdout
+    assert "--push" not in log.read_text() and "bake" in log.read_text()
 
 
 def test_publish_refuses_a_stale_lock_before_anything(project: Path, tmp_path: Path) -> None:

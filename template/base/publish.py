@@ -389,7 +389,13 @@ def publish(
     bake = {"BASE_REPOSITORY": repository, "BASE_TAG": content_tag, "LOCK": lock, "IMAGE": image}
     bake |= {"TAGS": ",".join(tags), "PLATFORMS": ",".join(built), "CACHE": ("write" if push else "read") * cache}
     labels = [f"--label={k}={v}" for k, v in zip(LABELS, (content_tag, lock))]
-    found = manifest(ref, engine.command, engine.podman)  # an unclear registry stops here, before any build
+    try:  # an unclear registry stops a push here, before any build
+        found = manifest(ref, engine.command, engine.podman)
+    except LinkError as exc:  # a build that pushes nothing needs no registry (a pull request's: no credentials)
+        if push or only == "app":
+            raise
+        print(f"note: {exc}; building the base here, as nothing is pushed", flush=True)
+        found = None
     digest, pushed = found[0] if found else None, False
     if only != "app" and not digest:
         doing = "would build it" + " and push it" * push if engine.dry_run else "building it" + " and pushing it" * push
