@@ -20,6 +20,7 @@ import functools
 import importlib.util
 import keyword
 import re
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -147,11 +148,14 @@ def slug_problem(value: str) -> str:
 
 
 def package_problem(value: str) -> str:
-    """package_name: a Python identifier (ASCII) that is not a keyword."""
+    """package_name: a Python identifier (ASCII), not a keyword nor a module of the standard
+    library (src/ comes first on the app's path: it would stand in for that module)."""
     if not re.fullmatch(IDENTIFIER, value):
         return quoted(value, ": not an identifier (my_app)")
     if keyword.iskeyword(value):
         return fit(f"a Python keyword: try {value}_app")
+    if value in getattr(sys, "stdlib_module_names", ()):
+        return fit(f"a stdlib module: try {value}_app")
     return ""
 
 
@@ -163,9 +167,11 @@ def image_problem(value: str) -> str:
 
 
 def registry_problem(value: str) -> str:
-    """registry: a host name or address, with an optional port."""
+    """registry: a host name or address, with an optional port (1 to 65535)."""
     if not re.fullmatch(HOST, value):
         return quoted(value, ": not host[:port] (ghcr.io)")
+    if ":" in value and not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
+        return fit(f"port {value.rsplit(':', 1)[1]}: use 1 to 65535")
     return ""
 
 
@@ -275,7 +281,7 @@ def requirement_problem(number: int, line: str) -> str:
     return ""
 
 
-def dependencies_problem(text: str) -> str:
+def dependencies_problem(text: str, package_name: str = "") -> str:
     """dependencies: PEP 508 requirements, one a line, that base/linked.py accepts.
 
     Blank lines and # comments are fine; tabs are whitespace; other control
@@ -295,6 +301,9 @@ def dependencies_problem(text: str) -> str:
         problem = requirement_problem(number, line)
         if problem:
             return problem
+        name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", COMMENT.sub("", line))
+        if name and package_name and re.sub(r"[-_.]+", "_", name[1]).lower() == package_name.lower():
+            return fit(f"line {number}: {name[1]} = package_name")
     return shared
 
 
