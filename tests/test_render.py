@@ -354,3 +354,7 @@ def test_readme_names_the_installs_the_base_runs(rendered: Rendered, strategy: s
         # distro's sidekick has no step when Debian packages every requirement, as for the demo's two
         assert f"{tool} install --no-deps --require-hashes" in dockerfile or strategy == "distro"
         assert f"(`{tool} install --no-deps --require-hashes`)" in readme
+    # The Development section's virtualenv holds what the image ships: the lock, or distro's list
+    # (Debian's builds are in the image, their releases on PyPI).
+    develop = "pip install -r base/requirements.in" if strategy == "distro" else "--require-hashes -r base/requirements.txt"
+    assert develop in readme.partition("## Development")[2]
