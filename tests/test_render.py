@@ -356,5 +356,6 @@ def test_readme_names_the_installs_the_base_runs(rendered: Rendered, strategy: s
         assert f"(`{tool} install --no-deps --require-hashes`)" in readme
     # The Development section's virtualenv holds what the image ships: the lock, or distro's list
     # (Debian's builds are in the image, their releases on PyPI).
-    develop = "pip install -r base/requirements.in" if strategy == "distro" else "--require-hashes -r base/requirements.txt"
-    assert develop in readme.partition("## Development")[2]
+    develop = readme.partition("## Development")[2]
+    assert ("pip install -r base/requirements.in" if strategy == "distro" else
+            "--require-hashes -r base/requirements.txt") in develop
