@@ -369,6 +369,23 @@ def test_broken_inputs_give_one_line_and_write_nothing(project: Path, damage: Ca
             assert snapshot(project) == before
 
 
+def test_a_lock_in_uvs_image_that_fails_names_the_engines_network(project: Path, tmp_path: Path) -> None:
+    """Without uv on this machine, uv runs in its image, on the engine's network: a failure says so."""
+    engine = tmp_path / "engine"
+    engine.write_text("#!/bin/sh\n"
+                      "[ \"$1\" = run ] && { echo 'error: dns error: failed to lookup pypi.org' >&2; exit 2; }\n"
+                      "exit 0\n")
+    engine.chmod(0o755)
+    path = ":".join(p for p in os.environ["PATH"].split(":") if not (Path(p) / "uv").exists())
+    result = subprocess.run([sys.executable, "base/linked.py", "lock", "--engine", str(engine)], cwd=project,
+                            capture_output=True, text=True, env={**os.environ, "PATH": path})
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "error: uv pip compile failed (see above): nothing was changed (uv ran in "
+        "ghcr.io/astral-sh/uv:0.13.9-python3.13-trixie-slim: BUILD_ARGS='--network host' lends it this machine's "
+        "network)")
+
+
 def test_lock_makes_a_deleted_lock_anew(project: Path) -> None:
     (project / "base" / "requirements.txt").unlink()
     result = linked(project, "lock")

@@ -21,6 +21,7 @@ import importlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -480,10 +481,9 @@ def run_args(build_args: list[str]) -> list[str]:
 
 
 def uv_compile(work: Path, args: list[str], engine: list[str], build_args: list[str]) -> None:
-    """`uv pip compile` in ``work`` with the host's uv, else in uv's image."""
-    import shutil
-
+    """`uv pip compile` in ``work`` with the host's uv, else in uv's image (on the engine's network)."""
     failed, uv = "uv pip compile failed (see above): nothing was changed", shutil.which("uv")
+    failed += "" if uv else f" (uv ran in {UV_IMAGE}: BUILD_ARGS='--network host' lends it this machine's network)"
     user = f"--user={os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else "--user=0:0"
     mount = [user, f"--volume={work}:/lock", "--workdir=/lock", "--env=UV_CACHE_DIR=/lock/.uv-cache"]
     mount += run_args(build_args)
