@@ -20,7 +20,6 @@ import functools
 import importlib.util
 import keyword
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -148,14 +147,13 @@ def slug_problem(value: str) -> str:
 
 
 def package_problem(value: str) -> str:
-    """package_name: a Python identifier (ASCII), not a keyword nor a module of the standard
-    library (src/ comes first on the app's path: it would stand in for that module)."""
+    """package_name: a Python identifier (ASCII) that is not a keyword. (A module of the standard
+    library is not refused here: copier replaces a recorded answer its validator comes to refuse
+    with the default on update, which would move the user's package.)"""
     if not re.fullmatch(IDENTIFIER, value):
         return quoted(value, ": not an identifier (my_app)")
     if keyword.iskeyword(value):
         return fit(f"a Python keyword: try {value}_app")
-    if value in getattr(sys, "stdlib_module_names", ()):
-        return fit(f"a stdlib module: try {value}_app")
     return ""
 
 

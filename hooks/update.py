@@ -335,9 +335,26 @@ def after(project: Path) -> int:
             git(project, "add", "--", rel)
 
 
+def dropped_platforms(project: Path) -> None:
+    """Name a platform the update's answers no longer hold: copier replaces a recorded answer the
+    template's validator now refuses with its default (distro publishes one platform)."""
+    import yaml  # copier's own dependency
+
+    try:
+        old = yaml.safe_load(git(project, "show", "HEAD:.copier-answers.yml").stdout) or {}
+        new = yaml.safe_load((project / ".copier-answers.yml").read_text(encoding="utf-8")) or {}
+        gone = [p for p in old.get("platforms") or [] if p not in (new.get("platforms") or [])]
+    except (OSError, yaml.YAMLError, AttributeError, TypeError):  # no answers to compare: nothing to say
+        return
+    why = ": distro pins Debian's builds of one platform" if new.get("strategy") == "distro" else ""
+    if gone:
+        print(f"linked-builds: platforms: {', '.join(gone)} no longer built or published{why}", file=sys.stderr)
+
+
 def synced(project: Path) -> int:
     """Keep what the user changed, name what is left to do, then run sync."""
     keep_edited(project)
+    dropped_platforms(project)
     tool = project / "base" / "linked.py"
     if not tool.is_file():
         print("linked-builds: base/linked.py is missing: restore it with `git checkout -- base/linked.py`",

@@ -34,7 +34,7 @@ def fake_engine(folder: Path, version: str, compose: str | None) -> tuple[Path, 
         f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\n'
         f'[ "$1" = --version ] && {{ echo "{version}"; exit 0; }}\n'
         f'[ "$1 $2" = "compose version" ] && {{ {answer}; }}\n'
-        '[ "$1 $2" = "image inspect" ] && exit 0\n'  # the base is there: nothing to build
+        '[ "$1 $2" = "image inspect" ] && exit 0\n'  # there, unlabelled: `base` builds it (logged, no build)
         "exit 0\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
@@ -65,7 +65,7 @@ def test_make_dev_without_compose_says_what_it_needs_in_one_line(project: Path, 
     assert not [line for line in log.read_text().splitlines() if line.startswith(("build", "compose --profile"))]
 
 
-@pytest.mark.parametrize("hangup", ["SIGTERM to make", "SIGHUP to the terminal's group"])
+@pytest.mark.parametrize("hangup", ["SIGTERM to make", "SIGHUP to the terminal's group", "SIGHUP under nohup"])
 def test_a_sigterm_or_a_closed_terminal_stops_make_devs_compose_too(project: Path, tmp_path: Path,
                                                                       hangup: str) -> None:
     """A SIGTERM to make reaches dev.py alone (make's shell execs it; Ctrl-C reaches the whole group):
@@ -75,8 +75,10 @@ def test_a_sigterm_or_a_closed_terminal_stops_make_devs_compose_too(project: Pat
     serving = (f"case \"$*\" in *'up --build --watch dev'*) trap 'echo got-INT >> {log}; exit 130' INT;"
                " while :; do sleep 0.1; done ;; esac\n")
     engine.write_text(engine.read_text().removesuffix("exit 0\n") + serving + "exit 0\n")
+    nohup = hangup.endswith("nohup")  # SIGHUP ignored from the start: the loop leaves it so
     dev = subprocess.Popen(["make", "--no-print-directory", "dev", f"DOCKER={engine}"], cwd=project,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None)
     deadline = time.monotonic() + 30
     while "up --build --watch dev" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -86,13 +88,17 @@ def test_a_sigterm_or_a_closed_terminal_stops_make_devs_compose_too(project: Pat
             dev.send_signal(signal.SIGTERM)
         else:
             os.killpg(dev.pid, signal.SIGHUP)
+        if nohup:
+            time.sleep(1.5)
+            assert dev.poll() is None and "stop dev" not in log.read_text() and "got-INT" not in log.read_text()
+            dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=20)
         time.sleep(0.5)
         left = subprocess.run(["pgrep", "-f", str(engine)], capture_output=True, text=True).stdout
     finally:  # whatever is left of the group, so its pipes close
         subprocess.run(["pkill", "-KILL", "-s", str(dev.pid)], capture_output=True)
     calls = log.read_text()
-    stopped = "got-INT" in calls if hangup.startswith("SIGTERM") else "compose --profile dev stop dev" in calls
+    stopped = "compose --profile dev stop dev" in calls if hangup.endswith("group") else "got-INT" in calls
     assert stopped and not left, (calls, left, dev.communicate(timeout=10))
 
 

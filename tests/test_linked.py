@@ -382,8 +382,8 @@ def test_a_lock_in_uvs_image_that_fails_names_the_engines_network(project: Path,
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (
         "error: uv pip compile failed (see above): nothing was changed (uv ran in "
-        "ghcr.io/astral-sh/uv:0.13.9-python3.13-trixie-slim: BUILD_ARGS='--network host' lends it this machine's "
-        "network)")
+        "ghcr.io/astral-sh/uv:0.13.9-python3.13-trixie-slim; if it could not reach its index: "
+        "BUILD_ARGS='--network host')")
 
 
 def test_lock_makes_a_deleted_lock_anew(project: Path) -> None:
@@ -391,7 +391,7 @@ def test_lock_makes_a_deleted_lock_anew(project: Path) -> None:
     result = linked(project, "lock")
     assert result.returncode == 0, result.stderr
     assert "base/requirements.txt: locked " in result.stdout
-    assert linked(project, "check").returncode == 0 and os.stat(project / "base" / "requirements.txt").st_mode & 0o644
+    assert linked(project, "check").returncode == 0
 
 
 NAMES = ["Flask", "zope.interface", "typing_extensions", "ruamel.yaml.clib", "A", "x1", "Py-YAML", "a.b-c_d"]

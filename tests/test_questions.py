@@ -128,7 +128,6 @@ FILTER_CASES: list[tuple[str, Any, str]] = [
     ("namespace_problem", "org/", 'use a-z 0-9 . _ - / (my-org)'),
     ("registry_problem", "ghcr.io:99999", "port 99999: use 1 to 65535"),
     ("registry_problem", "localhost:0", "port 0: use 1 to 65535"),
-    ("package_problem", "json", "a stdlib module: try json_app"),
     ("dependencies_problem", ("Flask>=2.2\ngunicorn", "flask"), "line 1: Flask = package_name"),
     ("dependencies_problem", ("Flask-Login>=0.6", "flask_login"),
      "line 1: Flask-Login = package_name"),

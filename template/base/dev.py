@@ -57,16 +57,23 @@ def serve(engine: publish.Engine, command: list[str]) -> int:
     time base/ moves and the pin follows, start it again on that base. Returns compose's status."""
     project, tag = engine.project, engine.project.content_tag()
     argv = ["--root", str(project.root), "base", "--engine", shlex.join(engine.command), "--if-missing"]
+    # A SIGTERM (which, unlike Ctrl-C, reaches this process alone) or a closed terminal (unless
+    # nohup ignores it) stops compose as Ctrl-C does, and this loop.
+    hangups = [signal.SIGTERM] + [signal.SIGHUP] * (signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN)
+    stopped: list[int] = []
     while True:
-        for hangup in (signal.SIGTERM, signal.SIGHUP):
+        for hangup in hangups:
             signal.signal(hangup, signal.SIG_DFL)
         if status := publish.main(argv):  # a stale pin is refused here, as `make check` does
             return status
         child, now, said = subprocess.Popen([*command, *UP], cwd=project.root), tag, ""
-        # A SIGTERM (which, unlike Ctrl-C, reaches this process alone) or a closed terminal stops
-        # compose as Ctrl-C does.
-        for hangup in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(hangup, lambda *_, child=child: child.send_signal(signal.SIGINT))
+
+        def stop(signum: int, _: object, child: subprocess.Popen[bytes] = child) -> None:
+            stopped.append(signum)
+            child.send_signal(signal.SIGINT)
+
+        for hangup in hangups:
+            signal.signal(hangup, stop)
         try:
             while child.poll() is None and (now == tag or said):
                 time.sleep(1)
@@ -84,6 +91,8 @@ def serve(engine: publish.Engine, command: list[str]) -> int:
         print(f"make dev: base/ is now {now}: restarting the service on that base", flush=True)
         child.send_signal(signal.SIGINT)  # compose stops the service, as on Ctrl-C
         child.wait()
+        if stopped:  # stopped while it restarted: not started again
+            return child.returncode
         tag = now
 
 

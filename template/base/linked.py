@@ -483,7 +483,7 @@ def run_args(build_args: list[str]) -> list[str]:
 def uv_compile(work: Path, args: list[str], engine: list[str], build_args: list[str]) -> None:
     """`uv pip compile` in ``work`` with the host's uv, else in uv's image (on the engine's network)."""
     failed, uv = "uv pip compile failed (see above): nothing was changed", shutil.which("uv")
-    failed += "" if uv else f" (uv ran in {UV_IMAGE}: BUILD_ARGS='--network host' lends it this machine's network)"
+    failed += "" if uv else f" (uv ran in {UV_IMAGE}; if it could not reach its index: BUILD_ARGS='--network host')"
     user = f"--user={os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else "--user=0:0"
     mount = [user, f"--volume={work}:/lock", "--workdir=/lock", "--env=UV_CACHE_DIR=/lock/.uv-cache"]
     mount += run_args(build_args)
@@ -577,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in (p for p in wanted if normalize(p) not in locked):
                 raise LinkError(f"UPGRADE_PACKAGE={name}: base/requirements.txt locks no such package")
             before = project.read("base/requirements.txt") if (project.base / "requirements.txt").exists() else ""
-            if writes:  # a deleted lock: the content tag hashes the file it becomes
+            if writes and not (project.base / "requirements.txt").exists():  # hashed as the file it becomes
                 (project.base / "requirements.txt").touch()
             plan, stale, more = project.plan(writes.get("base/Dockerfile"), writes.get("base/requirements.txt"))
             moved = {rel: (old, text) for rel, text in {**writes, **plan}.items() if text != (old := project.read(rel))}
