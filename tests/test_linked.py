@@ -906,6 +906,7 @@ def test_publish_stops_before_any_build_when_the_registry_is_unclear(
     assert re.search(rf"^note: {host}/example/demo-appbase:deps-\w+: \S+ says: .+; building the base here, as nothing"
                      " is pushed$", result.stdout, re.M), result.stdout
     assert "--push" not in log.read_text() and "bake" in log.read_text()
+    assert re.search(r"^base \S+ is not known \(see the note\): building it$", result.stdout, re.M), result.stdout
 
 
 def test_publish_refuses_a_stale_lock_before_anything(project: Path, tmp_path: Path) -> None:

@@ -389,17 +389,19 @@ def publish(
     bake = {"BASE_REPOSITORY": repository, "BASE_TAG": content_tag, "LOCK": lock, "IMAGE": image}
     bake |= {"TAGS": ",".join(tags), "PLATFORMS": ",".join(built), "CACHE": ("write" if push else "read") * cache}
     labels = [f"--label={k}={v}" for k, v in zip(LABELS, (content_tag, lock))]
+    unasked = False
     try:  # an unclear registry stops a push here, before any build
         found = manifest(ref, engine.command, engine.podman)
     except LinkError as exc:  # a build that pushes nothing needs no registry (a pull request's: no credentials)
         if push or only == "app":
             raise
         print(f"note: {exc}; building the base here, as nothing is pushed", flush=True)
-        found = None
+        found, unasked = None, True
     digest, pushed = found[0] if found else None, False
     if only != "app" and not digest:
         doing = "would build it" + " and push it" * push if engine.dry_run else "building it" + " and pushing it" * push
-        print(f"base {ref} is not in the registry: {doing}", flush=True)
+        where = "is not known (see the note)" if unasked else "is not in the registry"
+        print(f"base {ref} {where}: {doing}", flush=True)
         engine.podman_build("base", ref, built, labels, push) if engine.podman else engine.bake("base", bake)
         if push and (digest := engine.digest(ref)):  # another run pushed it meanwhile: never overwrite it
             print(f"note: {ref} appeared in the registry during the build: not overwriting it", flush=True)
