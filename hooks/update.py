@@ -330,9 +330,9 @@ def after(project: Path) -> int:
     resolved = settle_dockerfiles(project)
     try:
         return synced(project)
-    finally:  # staged as sync left them: a commit of the index never holds a stale pin
+    finally:  # resolved, and left unstaged like every file the update changed: no stale pin in the index
         for rel in resolved:
-            git(project, "add", "--", rel)
+            git(project, "reset", "--quiet", "--", rel)
 
 
 def dropped_platforms(project: Path) -> None:

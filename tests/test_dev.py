@@ -78,7 +78,8 @@ def test_a_sigterm_or_a_closed_terminal_stops_make_devs_compose_too(project: Pat
     nohup = hangup.endswith("nohup")  # SIGHUP ignored from the start: the loop leaves it so
     dev = subprocess.Popen(["make", "--no-print-directory", "dev", f"DOCKER={engine}"], cwd=project,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                           preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None)
+                           # as a terminal starts it, or nohup: whatever this run of the tests inherited
+                           preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while "up --build --watch dev" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -537,5 +537,8 @@ def test_podman_builds_each_strategy(podman: None, tmp_path: Path, strategy: str
         config = subprocess.run(["podman", "image", "inspect", "--format", "{{.Config.User}} {{.Config.Cmd}}", image],
                                 capture_output=True, text=True, check=True).stdout
         assert config.split()[0] == "10001:10001" and slug.replace("-", "_") in config
+        # Built in Docker's image format: the HEALTHCHECK is kept (OCI's format has none).
+        inspected = subprocess.run(["podman", "image", "inspect", image], capture_output=True, text=True, check=True)
+        assert "/healthz" in json.loads(inspected.stdout)[0]["Healthcheck"]["Test"][-1]
     finally:
         subprocess.run(["podman", "rmi", "--force", base_ref, image], capture_output=True)

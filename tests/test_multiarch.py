@@ -88,6 +88,11 @@ def test_publish_pushes_manifest_lists_and_the_arm64_app_serves(registry: Regist
     app = f"{registry.host}/multiarch/both"
     started = time.monotonic()
     try:
+        # `make image` first, as a user does: a plain image under the base's name, which the publish's
+        # manifest list of that name takes over (Podman refused to add to it).
+        local = subprocess.run(["python3", "base/publish.py", "base", "--engine", PODMAN], cwd=project,
+                               capture_output=True, text=True, env=podman_env)
+        assert local.returncode == 0, (local.stdout + local.stderr)[-4000:]
         result = subprocess.run(["python3", "base/publish.py", "publish", "--image", app, "--tag", "t1", "--engine",
                                  PODMAN], cwd=project, capture_output=True, text=True, env=podman_env)
         out = result.stdout + result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -272,7 +273,7 @@ def test_an_app_that_fails_its_smoke_test_is_never_pushed(registry: Registry, tm
     try:
         out = publish(project, "t1", check=False)
         assert "smoke test: " in out and "answers /healthz" not in out, out[-2000:]
-        assert "did not get healthy and answer /healthz within 90 s (its log is above): nothing was pushed" in out
+        assert re.search(r"did not get healthy and answer /healthz: .+ \(its log is above\); nothing was pushed", out)
         assert not [line for line in out.splitlines() if line.startswith("+ ") and line.endswith("--push app")]
         assert "rehearsal/smoky" not in registry.catalog()
         # This app's smoke container (other tests' may be running beside it): removed whatever happened.

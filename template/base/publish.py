@@ -75,7 +75,7 @@ def manifest(ref: str, engine: list[str], podman: bool, config: bool = False) ->
         return None
     host = ref.split("/")[0] if re.search(r"^(localhost|[^/]*[.:][^/]*)/", ref) else "docker.io"
     login = re.search(r"unauthori[sz]ed|authoriz|authenticat|denied|\b401\b", said, re.IGNORECASE)
-    hint = f": run `docker login {host}` (or `podman login`) first" if login else ""
+    hint = f": run `{'podman' if podman else 'docker'} login {host}` first" if login else ""
     if "is not a docker command" in said:
         hint = ": registry questions need docker buildx (Debian's docker-buildx package)"
     raise LinkError(f"{ref}: {Path(argv[0]).name} says: {said}{hint}")
@@ -211,15 +211,20 @@ class Engine:
         """Podman: ``context`` as ``ref``, or for a push for ``platforms`` into the manifest list ``ref``."""
         build = [*self.build_args, *args, "--tag", ref]
         if push:
-            run([*self.command, "manifest", "rm", ref], quiet=True)  # --manifest adds to a list of that name
+            if not self.dry_run:  # --manifest adds to a list of that name, and refuses a plain image of it
+                run([*self.command, "manifest", "rm", ref], quiet=True)
+                run([*self.command, "untag", ref, ref], quiet=True)
             build[-2:] = [f"--platform={','.join(platforms)}", f"--manifest={ref}"]
         self.build(context, *build)
 
     def build(self, context: str, *args: str) -> None:
         """Build ``context`` (its Dockerfile) with ``args``. Podman before 5.6 refuses `COPY --link`,
         which only tells BuildKit a copy's layer stands alone: Podman reads the Dockerfile without it."""
-        if self.podman:
-            text = (self.project.root / context / "Dockerfile").read_text(encoding="utf-8")
+        if self.podman:  # Docker's image format, which keeps the HEALTHCHECK (OCI's has none)
+            text, args = (
+                (self.project.root / context / "Dockerfile").read_text(encoding="utf-8"),
+                ("--format=docker", *args),
+            )
             if (unlinked := LINK.sub(r"\1", text)) != text:
                 return self.must("build", "--file", "-", *args, context, stdin=unlinked)
         self.must("build", *args, context)
@@ -241,16 +246,18 @@ class Engine:
             else:
                 self.must(*compose, "up", "--wait", f"--wait-timeout={seconds}", stdin=SMOKE, env=env)
             while not self.dry_run and run([*self.command, *check, "python3", "-c", HEALTHZ], quiet=True).returncode:
+                state = ["inspect", "--format", "{{.State.Running}}", name]
+                if self.podman and run([*self.command, *state], quiet=True).stdout.strip() != "true":
+                    raise LinkError("it stopped")
                 if time.monotonic() > deadline:
-                    raise LinkError("timed out")
+                    raise LinkError(f"not within {seconds} s")
                 time.sleep(1)
             print(f"smoke test: {ref} " + ("would be checked" if self.dry_run else "is healthy and answers /healthz"))
-        except LinkError:
-            self.must(*logs, stdin=SMOKE, env=env)
-            raise LinkError(
-                f"smoke test: {ref} did not get healthy and answer /healthz within {seconds} s "
-                "(its log is above): nothing was pushed"
-            ) from None
+        except LinkError as exc:
+            full = {**os.environ, **env}
+            subprocess.run([*self.command, *logs], input=SMOKE, text=True, cwd=self.project.root, env=full, check=False)
+            said = f"smoke test: {ref} did not get healthy and answer /healthz: {exc} (its log is above)"
+            raise LinkError(f"{said}; nothing was pushed") from None
         finally:
             self.must(*stop, stdin=SMOKE, env=env)
 
@@ -293,7 +300,8 @@ def verify(engine: Engine, platforms: list[str]) -> None:
     or one line naming the first layer (else the config) that differs."""
     ref, lock = engine.project.reference(), engine.project.lock().meta.get("body", "")
     if engine.podman:
-        raise LinkError("verify rebuilds with docker buildx (BuildKit's rewrite-timestamp): Podman builds other bits")
+        fix = "run it with DOCKER=docker, on a base bake pushed (one Podman pushed cannot be rebuilt bit for bit)"
+        raise LinkError(f"verify rebuilds with docker buildx (BuildKit's rewrite-timestamp): {fix}")
     if not (found := manifest(ref, engine.command, False)):
         raise LinkError(f"base {ref} is not in the registry: nothing to verify")
     repository, content_tag = ref.rsplit(":", 1)
@@ -438,7 +446,7 @@ def publish(
     # FROM the registry's base by its digest; else the base target, built here (a dry run: the tag).
     refs, bake["BASE_IMAGE"] = [f"{image}:{tag}" for tag in tags], f"{ref}@{digest}" if digest else ref * push
     if engine.podman:
-        if not digest and not push:  # built here, for this build only
+        if not digest and not push and only == "app":  # built here, for this build only (else built above)
             engine.podman_build("base", ref, built, labels, False)
         from_base = [f"--build-arg=BASE_IMAGE={bake['BASE_IMAGE'] or ref}"]
         engine.podman_build(".", refs[0], built, from_base, push)

@@ -34,10 +34,13 @@ def options(environ: dict[str, str] | None = None) -> dict[str, Any]:
     no control socket (it would live in $HOME), worker heartbeats in memory.
     """
     env = os.environ if environ is None else environ
+    host = env.get("HOST", "0.0.0.0")
     return {
-        "bind": f"{env.get('HOST', '0.0.0.0')}:{int(env.get('PORT', '8000'))}",
+        "bind": f"{f'[{host}]' if ':' in host else host}:{int(env.get('PORT', '8000'))}",  # [::]:8000
         "workers": int(env.get("WEB_CONCURRENCY", "2")),
         "accesslog": "-",
+        # Within the 10 s `docker stop` waits before SIGKILL: requests in flight end first.
+        "graceful_timeout": int(env.get("GRACEFUL_TIMEOUT", "8")),
         "control_socket_disable": True,
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
     }
