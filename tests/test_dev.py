@@ -9,6 +9,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -76,10 +77,15 @@ def test_a_sigterm_or_a_closed_terminal_stops_make_devs_compose_too(project: Pat
                " while :; do sleep 0.1; done ;; esac\n")
     engine.write_text(engine.read_text().removesuffix("exit 0\n") + serving + "exit 0\n")
     nohup = hangup.endswith("nohup")  # SIGHUP ignored from the start: the loop leaves it so
-    dev = subprocess.Popen(["make", "--no-print-directory", "dev", f"DOCKER={engine}"], cwd=project,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                           # as a terminal starts it, or nohup: whatever this run of the tests inherited
-                           preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL))
+    # make as a terminal starts it (or nohup), whatever signals this run of the tests ignores: a small
+    # Python sets them, then execs make (a preexec_fn can deadlock in pytest-xdist's threaded workers).
+    launch = ("import os, signal, sys\nfor s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n"
+              "    signal.signal(s, signal.SIG_DFL)\n"
+              f"signal.signal(signal.SIGHUP, signal.SIG_IGN if {nohup} else signal.SIG_DFL)\n"
+              "os.execvp(sys.argv[1], sys.argv[1:])")
+    dev = subprocess.Popen([sys.executable, "-c", launch, "make", "--no-print-directory", "dev", f"DOCKER={engine}"],
+                           cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
     deadline = time.monotonic() + 30
     while "up --build --watch dev" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
