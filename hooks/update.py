@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 CONFLICT = 3  # base/linked.py's exit status for a conflict only the user can resolve
 START, BASE, MID, END = "<<<<<<< ", "||||||| ", "=======", ">>>>>>> "
@@ -239,10 +240,9 @@ def settle(text: str, label: str) -> tuple[str, list[str]]:
     return "".join(out), notes
 
 
-def settle_dockerfiles(project: Path) -> list[str]:
-    """Settle both Dockerfiles in place; return those left with no conflict that git holds
-    unmerged (``after`` tells git they are resolved once sync has written them)."""
-    resolved = []
+def settle_dockerfiles(project: Path) -> None:
+    """Settle both Dockerfiles in place; tell git a file left with no conflict is resolved, and
+    leave it unstaged like every file the update changed (the index never holds a pin sync moves)."""
     for rel in ("Dockerfile", "base/Dockerfile"):
         path = project / rel
         try:
@@ -257,8 +257,7 @@ def settle_dockerfiles(project: Path) -> list[str]:
             print(note, file=sys.stderr)
         unmerged = git(project, "ls-files", "--unmerged", "--", rel).stdout.strip()
         if unmerged and not any(line.startswith((START, END)) for line in settled.splitlines()):
-            resolved.append(rel)
-    return resolved
+            git(project, "reset", "--quiet", "--", rel)
 
 
 def conflicts(project: Path) -> list[str]:
@@ -281,6 +280,13 @@ def conflicts(project: Path) -> list[str]:
     return found
 
 
+def last_answers(project: Path) -> dict[str, Any]:
+    """.copier-answers.yml as the last update left it (HEAD's); yaml's error if it cannot be read."""
+    import yaml  # copier's own dependency
+
+    return yaml.safe_load(git(project, "show", "HEAD:.copier-answers.yml").stdout) or {}
+
+
 def keep_edited(project: Path) -> None:
     """Put back each file the update deleted (the template no longer makes it: an answer moved it,
     or the template dropped it) that the user had changed, and name it; copier deletes them
@@ -290,10 +296,9 @@ def keep_edited(project: Path) -> None:
     if not gone:
         return
     try:
-        import yaml
         from copier import run_copy
 
-        answers = yaml.safe_load(git(project, "show", "HEAD:.copier-answers.yml").stdout)
+        answers = last_answers(project)
         data = {key: value for key, value in answers.items() if not key.startswith("_")}
         # Where copier took the template from: _src_path (a relative one from the folder copier ran
         # in), else the checkout this update made (a partial clone: its blobs may be out of reach).
@@ -325,23 +330,13 @@ def keep_edited(project: Path) -> None:
                   " carry over what you need, then delete it", file=sys.stderr)
 
 
-def after(project: Path) -> int:
-    restore_style(project)
-    resolved = settle_dockerfiles(project)
-    try:
-        return synced(project)
-    finally:  # resolved, and left unstaged like every file the update changed: no stale pin in the index
-        for rel in resolved:
-            git(project, "reset", "--quiet", "--", rel)
-
-
 def dropped_platforms(project: Path) -> None:
     """Name a platform the update's answers no longer hold: copier replaces a recorded answer the
     template's validator now refuses with its default (distro publishes one platform)."""
     import yaml  # copier's own dependency
 
     try:
-        old = yaml.safe_load(git(project, "show", "HEAD:.copier-answers.yml").stdout) or {}
+        old = last_answers(project)
         new = yaml.safe_load((project / ".copier-answers.yml").read_text(encoding="utf-8")) or {}
         gone = [p for p in old.get("platforms") or [] if p not in (new.get("platforms") or [])]
     except (OSError, yaml.YAMLError, AttributeError, TypeError):  # no answers to compare: nothing to say
@@ -351,8 +346,9 @@ def dropped_platforms(project: Path) -> None:
         print(f"linked-builds: platforms: {', '.join(gone)} no longer built or published{why}", file=sys.stderr)
 
 
-def synced(project: Path) -> int:
-    """Keep what the user changed, name what is left to do, then run sync."""
+def after(project: Path) -> int:
+    restore_style(project)
+    settle_dockerfiles(project)
     keep_edited(project)
     dropped_platforms(project)
     tool = project / "base" / "linked.py"

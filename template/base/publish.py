@@ -173,11 +173,13 @@ class Engine:
     def local_labels(self, ref: str) -> dict[str, str] | None:
         """The labels of the engine's own image ``ref``; None when the engine has no such image."""
         held = run([*self.command, "image", "inspect", "--format", "{{json .Config.Labels}}", ref], quiet=True)
+        if held.returncode:
+            return None
         try:
-            found = json.loads(held.stdout) if held.returncode == 0 else None
+            found = json.loads(held.stdout)
         except ValueError:
-            found = None
-        return None if held.returncode else found if isinstance(found, dict) else {}
+            return {}
+        return found if isinstance(found, dict) else {}
 
     def labels(self, ref: str) -> dict[str, dict[str, str]]:
         """{platform: labels} of the images under ``ref`` in the registry (skopeo reads this machine's alone)."""
@@ -220,11 +222,9 @@ class Engine:
     def build(self, context: str, *args: str) -> None:
         """Build ``context`` (its Dockerfile) with ``args``. Podman before 5.6 refuses `COPY --link`,
         which only tells BuildKit a copy's layer stands alone: Podman reads the Dockerfile without it."""
-        if self.podman:  # Docker's image format, which keeps the HEALTHCHECK (OCI's has none)
-            text, args = (
-                (self.project.root / context / "Dockerfile").read_text(encoding="utf-8"),
-                ("--format=docker", *args),
-            )
+        if self.podman:
+            args = ("--format=docker", *args)  # Docker's image format keeps the HEALTHCHECK (OCI's has none)
+            text = (self.project.root / context / "Dockerfile").read_text(encoding="utf-8")
             if (unlinked := LINK.sub(r"\1", text)) != text:
                 return self.must("build", "--file", "-", *args, context, stdin=unlinked)
         self.must("build", *args, context)
