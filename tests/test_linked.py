@@ -75,7 +75,7 @@ def test_fresh_project_is_locked_with_hashes_and_current(project: Path) -> None:
     result = linked(project, "check")
     assert result.returncode == 0 and warnings_only(result.stderr), result.stderr
     lock = (project / "base" / "requirements.txt").read_text()
-    assert "# linked-builds:lock python=3.13 for=universal in=" in lock
+    assert "# linked-builds:lock python=3.13 for=universal:linux/amd64,linux/arm64 in=" in lock
     locked = pins(project)
     assert {"flask", "gunicorn", "werkzeug", "jinja2", "markupsafe"} <= set(locked)
     for entry in re.split(r"\n(?=[a-z])", lock.split("body=", 1)[1].split("\n", 1)[1]):
@@ -157,11 +157,27 @@ def test_an_unlocked_copy_says_run_make_lock(tmp_path: Path) -> None:
 def test_a_python_change_in_the_base_needs_a_new_lock(project: Path) -> None:
     dockerfile = project / "base" / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text().replace("# linked-builds:lock python=3.13",
-                                                         "# linked-builds:lock python=3.12"))
+                                                         "# linked-builds:lock python=3.12")
+                          .replace("FROM python:3.13-", "FROM python:3.12-"))
     check = linked(project, "check")
     assert "locked for Python 3.13, base/Dockerfile wants 3.12: run `make lock`" in check.stderr
     assert linked(project, "lock").returncode == 0
     assert "python=3.12" in (project / "base" / "requirements.txt").read_text()
+
+
+@pytest.mark.parametrize("upstream", ["python:3.11-slim-bookworm", "mirror.example.com:5000/library/python:3.12"])
+def test_a_python_image_of_another_release_than_the_lock_line_is_refused(project: Path, upstream: str) -> None:
+    """A stock python image's tag names its Python: the lock (compiled for python=) would miss what
+    that release needs (backports), so check and lock refuse the pair before anything runs."""
+    dockerfile = project / "base" / "Dockerfile"
+    before = {p: p.read_text() for p in (project / "base").iterdir() if p.is_file()}
+    text = dockerfile.read_text()
+    dockerfile.write_text(re.sub(r"^FROM python:3\.13-slim-trixie", f"FROM {upstream}", text, flags=re.M))
+    for command in ("check", "lock"):
+        result = linked(project, command)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert f"python=3.13, FROM {upstream} runs Python {upstream.split(':')[-1][:4]}" in result.stderr
+    assert all(p.read_text() == text for p, text in before.items() if p != dockerfile)
 
 
 def test_upgrading_a_package_the_lock_lacks_is_refused_and_nothing_moved_is_said(project: Path) -> None:
@@ -728,7 +744,7 @@ def test_publish_refuses_a_registry_base_it_cannot_check(project: Path, tmp_path
     dockerfile = project / "base" / "Dockerfile"
     if config == "arm64":
         dockerfile.write_text(re.sub(r"platforms=\S+", "platforms=linux/amd64", dockerfile.read_text()))
-        assert linked(project, "sync").returncode == 0
+        assert linked(project, "lock").returncode == 0  # the lock checks each platform's wheels: its target moved
     ref = linked(project, "ref").stdout.strip()
     labels = {"org.linked-builds.content-tag": ref.rsplit(":", 1)[1],
               "org.linked-builds.lock": tool_module(project).Lock(
@@ -745,14 +761,28 @@ def test_publish_refuses_a_registry_base_it_cannot_check(project: Path, tmp_path
     assert "smoke test" not in result.stdout
 
 
+def test_a_registry_label_is_shown_without_its_control_characters(project: Path, tmp_path: Path) -> None:
+    """Whoever can push a base can put anything in its labels: a newline that starts a forged CI
+    workflow command, a terminal escape. The refusal quoting them stays one line of plain text."""
+    forged = "x\n::error title=Forged::the base is fine\x1b[2J"
+    labels = {"org.linked-builds.content-tag": forged, "org.linked-builds.lock": "y"}
+    config = {p: {"config": {"Labels": labels}} for p in ("linux/amd64", "linux/arm64")}
+    index = {"schemaVersion": 2, "manifests": [{"digest": "sha256:" + "a" * 64, "platform": {
+        "os": "linux", "architecture": a}} for a in ("amd64", "arm64")]}
+    engine = answering_engine(tmp_path, json.dumps(index), json.dumps(config))
+    result = linked(project, "publish", "--image", "example/app", "--tag", "t", "--engine", str(engine))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "\x1b" not in result.stderr, result.stderr
+    assert "labelled content-tag=x?::error title=Forged::the base is fine?[2J lock=y, not this lock's" in result.stderr
+
+
 @pytest.mark.parametrize("named", ["", "linux", "linux/amd64,", "linux/amd64;rm", "linux/amd64,linux/$(id)"])
 def test_a_lock_line_that_names_no_platform_is_one_line(project: Path, named: str) -> None:
     dockerfile = project / "base" / "Dockerfile"
     dockerfile.write_text(re.sub(r"platforms=\S*", f"platforms={named}", dockerfile.read_text()))
-    assert linked(project, "sync").returncode == 0
-    result = linked(project, "publish", "--image", "x/y", "--dry-run", "--engine", "/nonexistent/docker")
-    assert (result.returncode, result.stderr) == (
-        2, f"error: base/Dockerfile: platforms={named} is not a list like linux/amd64,linux/arm64: fix it\n")
+    for command in (["sync"], ["lock"], ["publish", "--image", "x/y", "--dry-run", "--engine", "/nonexistent/docker"]):
+        result = linked(project, *command)
+        assert (result.returncode, result.stderr) == (
+            2, f"error: base/Dockerfile: platforms={named} is not a list like linux/amd64,linux/arm64: fix it\n")
 
 
 def test_repositories_are_told_apart_as_registries_do(project: Path) -> None:
@@ -818,6 +848,61 @@ def test_a_direct_reference_is_refused_in_one_line(project: Path) -> None:
         assert (result.returncode, result.stderr.splitlines()[-1]) == (2, (
             f"error: base/requirements.in:{number}: 'six @ https://example.org/six-1.17.0-py2' is a direct reference"
             " (name @ URL): the lock pins versions from an index, by hash: name a version"))
+
+
+@pytest.mark.parametrize("line", ["http://127.0.0.1:9/x-1.0-py3-none-any.whl", "src/", "./vendor/x.tar.gz"])
+def test_a_url_or_a_path_in_requirements_in_is_refused_before_uv_runs(project: Path, line: str) -> None:
+    """uv reads a bare URL or path as a requirement (and fetches it): the lock pins names from an index."""
+    add_requirement(project, line)
+    number = len((project / "base" / "requirements.in").read_text().splitlines())
+    for command in ("lock", "check"):
+        result = linked(project, command)
+        assert (result.returncode, result.stderr.splitlines()[-1]) == (
+            2, f"error: base/requirements.in:{number}: {line[:30]!r} is not a PEP 508 requirement"), result.stderr
+
+
+def test_a_package_one_published_platform_has_no_wheel_for_is_refused(project: Path) -> None:
+    """intel-openmp ships x86-64 wheels alone, and no sdist: a lock for linux/arm64 too would build
+    nowhere but amd64. `make lock` asks uv to install the lock for each platform (a dry run) first."""
+    lock_file = project / "base" / "requirements.txt"
+    before = lock_file.read_text()
+    add_requirement(project, "intel-openmp")
+    result = linked(project, "lock")
+    assert result.returncode == 2 and lock_file.read_text() == before, result.stderr
+    assert result.stderr.splitlines()[-1] == ("error: a package has no wheel for linux/arm64 (see above): pin a version"
+                                              " that has one, or publish without linux/arm64: nothing was changed")
+    assert "intel-cmplr-lib-ur" in result.stderr  # uv's own words name the package
+    dockerfile = project / "base" / "Dockerfile"
+    dockerfile.write_text(re.sub(r"platforms=\S+", "platforms=linux/amd64", dockerfile.read_text()))
+    assert linked(project, "lock").returncode == 0
+    assert "for=universal:linux/amd64 " in lock_file.read_text() and "intel-openmp==" in lock_file.read_text()
+
+
+@pytest.mark.parametrize(("line", "said"), [
+    ("COPY --from=127.0.0.1:5055/tools/tool:1 /f /opt/f", "from=127.0.0.1:5055/tools/tool:1 is an image, not a stage"),
+    ("RUN --mount=type=bind,from=uv,source=/uv,target=/u --mount=type=bind,from=alpine:3,target=/a true",
+     "from=alpine:3 is an image, not a stage"),
+    ("ADD https://example.org/tool.tar.gz /opt/", "ADD of a URL that nothing pins"),
+    ("ADD git@github.com:example/tool.git /opt/tool", "ADD of a URL that nothing pins"),
+])
+def test_an_image_or_url_the_content_tag_cannot_see_is_refused(project: Path, line: str, said: str) -> None:
+    """Only the upstream FROMs are pinned by digest: an image named by --from= (or a mount's from=)
+    or a URL ADDed could change under the same content tag, so check, sync and lock refuse them."""
+    dockerfile = project / "base" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + line + "\n")
+    number = len(dockerfile.read_text().splitlines())
+    for command in ("check", "sync", "lock"):
+        result = linked(project, command)
+        assert result.returncode == 2 and result.stderr.startswith(f"error: base/Dockerfile:{number}: {said}: "), \
+            result.stderr
+
+
+def test_stages_and_argument_images_pass_the_from_check(project: Path) -> None:
+    """A stage's name or number, an ARG, and ADD --checksum are not refused."""
+    dockerfile = project / "base" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "COPY --from=0 /etc/hostname /x\nCOPY --from=${TOOL} /y /y\n"
+                          "ADD --checksum=sha256:" + "0" * 64 + " https://example.org/t.tgz /t\n")
+    assert linked(project, "sync").returncode == 0
 
 
 @pytest.mark.parametrize("sent", [True, False])

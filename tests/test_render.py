@@ -208,7 +208,7 @@ def test_generated_project_checks_tests_and_stays_clean(
     assert (project / "base" / "debian.py").exists() == (strategy == "distro")
     # the generated blocks' writer, only where base/Dockerfile has blocks
     assert (project / "base" / "steps.py").exists() == (strategy not in ("groups", "requirements"))
-    assert len((project / "base" / "linked.py").read_text().splitlines()) <= 600  # one sitting's read
+    assert len((project / "base" / "linked.py").read_text().splitlines()) <= 630  # one sitting's read
     leftover = re.compile(r"\{%|\{\{-?\s*(" + "|".join(k for k in COPIER_YML if not k.startswith("_")) + r")\b")
     for path in project.rglob("*"):
         if path.is_file() and ".git" not in path.parts:
@@ -226,25 +226,30 @@ def test_answers_file_records_the_public_answers(rendered: Rendered) -> None:
 
 
 def test_awkward_answers_render_valid_files(render: Callable[..., Path]) -> None:
-    """Quotes, apostrophes and unicode land in TOML and Python as valid literals."""
+    """Quotes, apostrophes and unicode (an emoji beyond the BMP, which Jinja's tojson writes as two
+    surrogates that TOML refuses) land in TOML and Python as valid literals."""
+    import ast
+
     import tomllib
 
-    name = 'Ünïcode "Quoted" O\'Brien'
+    name = 'Ünïcode "Quoted" O\'Brien 🚀 <&>'
     project = render(
         project_name=name,
         project_slug="odd-one",
         package_name="odd_one",
-        description='Says "hi" \\ and it\'s fine',
+        description='Says "hi" \\ and it\'s fine 🚀',
         dependencies='Flask>=2.2\ngunicorn>=20.1 ; os_name == \'posix\'  # a comment\n\n# only a comment',
     )
     assert linked(project, "check").returncode == 0
     meta = tomllib.loads((project / "pyproject.toml").read_text())
-    assert meta["project"]["description"] == 'Says "hi" \\ and it\'s fine'
+    assert meta["project"]["description"] == 'Says "hi" \\ and it\'s fine 🚀'
     assert meta["project"]["scripts"] == {"odd-one": "odd_one.__main__:main"}
     init = (project / "src" / "odd_one" / "__init__.py").read_text()
     namespace: dict[str, Any] = {}
     exec(compile(init, "__init__.py", "exec"), namespace)
-    assert namespace["PROJECT_NAME"] == name and namespace["__doc__"] == 'Says "hi" \\ and it\'s fine'
+    assert namespace["PROJECT_NAME"] == name and namespace["__doc__"] == 'Says "hi" \\ and it\'s fine 🚀'
+    test = ast.parse((project / "tests" / "test_app.py").read_text())
+    assert name in [n.value for n in ast.walk(test) if isinstance(n, ast.Constant)]
     assert (project / "base" / "requirements.in").read_text().endswith(
         "Flask>=2.2\ngunicorn>=20.1 ; os_name == 'posix'  # a comment\n\n# only a comment\n")
     # The marker holds on Linux, so the lock takes gunicorn; the comment lines are left out.

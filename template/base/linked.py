@@ -30,6 +30,8 @@ from types import ModuleType
 
 # uv pip compile needs some Python interpreter to run (any: it targets the version it is told).
 UV_IMAGE = os.environ.get("UV_IMAGE", "ghcr.io/astral-sh/uv:0.13.9-python3.13-trixie-slim")
+PLATFORMS_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/v\d)?(,[a-z0-9]+/[a-z0-9_]+(/v\d)?)*")  # the lock line's platforms=
+ARCHES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}  # `make lock` checks each has its wheels (glibc 2.36)
 META = "# linked-builds:lock"
 # A generated block's start or end line (one-by-one, combo, distro): base/steps.py writes the blocks.
 FENCED = re.compile(r"^[ \t]*# (?:>>>|<<<) linked-builds:", re.MULTILINE)
@@ -57,6 +59,9 @@ LOCK_HEADER = (
 
 class LinkError(Exception):
     """A problem in the user's files or surroundings: one line, exit 2, no traceback."""
+
+    def __str__(self) -> str:  # one line, whatever it quotes (a registry's label): no control character
+        return re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", super().__str__())
 
 
 class ConflictError(LinkError):
@@ -205,7 +210,7 @@ def top_level_names(text: str, label: str) -> list[str]:
         line = re.sub(r"(^|\s)#.*$", "", line).strip()
         if option := re.search(r"(?:^|\s)(-\S*)", line):
             raise LinkError(f"{label}:{number}: {option[1]!r}: pip options are not supported, only requirements")
-        m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)
+        m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*(?=\s*(?:$|[\[(<>=!~;@]))", line)  # a name, not a URL or path
         if line and not m:
             raise LinkError(f"{label}:{number}: {line[:30]!r} is not a PEP 508 requirement")
         if m and re.match(r"\s*(\[[^\]]*\]\s*)?@", line[m.end() :]):
@@ -225,25 +230,42 @@ def base_settings(text: str) -> tuple[dict[str, str], int]:
     """The ``# linked-builds:lock`` line of base/Dockerfile (its options) and its FROM line index."""
     lines = text.splitlines()
     for index, line in enumerate(lines[:-1]):
-        if (line.startswith(META + " ") or line.strip() == META) and FROM_RE.match(lines[index + 1]):
-            return options(line.split()), index + 1
+        if (line.startswith(META + " ") or line.strip() == META) and (m := FROM_RE.match(lines[index + 1])):
+            named, found = re.search(r"(?:^|/)python:(\d+\.\d+)", m["image"]), options(line.split())
+            if named and named[1] != found.get("python"):  # a stock python image's tag names its Python
+                fix = f"FROM {m['image'][:60]} runs Python {named[1]}: make python= say so too, then `make lock`"
+                raise LinkError(f"base/Dockerfile:{index + 1}: the lock line says python={found.get('python')}, {fix}")
+            if not PLATFORMS_RE.fullmatch(found.get("platforms", "linux/amd64")):
+                fix = "is not a list like linux/amd64,linux/arm64: fix it"
+                raise LinkError(f"base/Dockerfile: platforms={found['platforms'][:60]} {fix}")
+            return found, index + 1
     raise LinkError(f"base/Dockerfile: needs a `{META} python=X.Y` line right above its FROM line")
 
 
 def image_froms(text: str) -> list[tuple[int, re.Match[str]]]:
-    """(line index, match) of each FROM that names an image, not an earlier stage (nor scratch)."""
+    """(line index, match) of each FROM that names an image, not an earlier stage (nor scratch).
+    What only a FROM's digest pins is refused elsewhere: an image named by --from=, a URL ADDed."""
     stages, found = {"scratch"}, []  # scratch: no image at all
     for index, line in enumerate(text.splitlines()):
         if m := FROM_RE.match(line):
             found += [] if m["image"].lower() in stages else [(index, m)]
             stages.update(re.findall(r"(?i)^\s+AS\s+(\S+)", (m["rest"] or "").lower()))
+        elif refs := [r for r in re.findall(r"(?i)[-\s,=]from=([^\s,]+)", line) if r.lower() not in stages]:
+            image = next((r for r in refs if not r.isdigit() and "$" not in r), "")  # a stage's number, an ARG
+            fix = f"name it in a stage (FROM {image[:40]} AS tool: `make lock` pins it) and use from=tool"
+            if image:
+                raise LinkError(f"base/Dockerfile:{index + 1}: from={image[:40]} is an image, not a stage: {fix}")
+        elif re.match(r"(?i)\s*ADD\s", line) and re.search(r"://|\sgit@", line) and "--checksum=" not in line:
+            fix = "give it --checksum=sha256:..., or keep the file in base/"
+            raise LinkError(f"base/Dockerfile:{index + 1}: ADD of a URL that nothing pins: {fix}")
     return found
 
 
 def lock_target(text: str, project: Project) -> str:
-    """What a lock is compiled for, beyond the Python version: "universal" (every platform),
-    or what base/steps.py says of a Dockerfile with generated blocks (one-by-one, combo, distro)."""
-    return steps().lock_target(text, project) if (project.base / "steps.py").exists() else "universal"
+    """What a lock is compiled for, beyond the Python version: "universal:<platforms>" (every platform
+    resolved, wheels checked for those published), or what base/steps.py says of a distro apt block."""
+    target = steps().lock_target(text, project) if (project.base / "steps.py").exists() else "universal"
+    return f"universal:{base_settings(text)[0].get('platforms', '')}" if target == "universal" else target
 
 
 # One pattern's steps: a character, a class ("[^/]" for ?), "[^/]*" (for *), "**" (any folders) or "**$" (anything).
@@ -480,15 +502,15 @@ def run_args(build_args: list[str]) -> list[str]:
     return [f"{'--env' if key == '--build-arg' else key}={value}" for key, value in found]
 
 
-def uv_compile(work: Path, args: list[str], engine: list[str], build_args: list[str]) -> None:
-    """`uv pip compile` in ``work`` with the host's uv, else in uv's image (on the engine's network)."""
-    failed, uv = "uv pip compile failed (see above): nothing was changed", shutil.which("uv")
+def uv_pip(work: Path, args: list[str], engine: list[str], build_args: list[str], failed: str = "") -> None:
+    """`uv pip <args>` in ``work`` with the host's uv, else in uv's image (on the engine's network)."""
+    failed, uv = failed or f"uv pip {args[0]} failed (see above): nothing was changed", shutil.which("uv")
     failed += "" if uv else f" (uv ran in {UV_IMAGE}; if it could not reach its index: BUILD_ARGS='--network host')"
     user = f"--user={os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else "--user=0:0"
     mount = [user, f"--volume={work}:/lock", "--workdir=/lock", "--env=UV_CACHE_DIR=/lock/.uv-cache"]
     mount += run_args(build_args)
     argv = [uv] if uv else [*engine, "run", "--rm", *mount, "--entrypoint=uv", UV_IMAGE]
-    run([*argv, "pip", "compile", "--quiet", *args], failed, work if uv else None)
+    run([*argv, "pip", *args[:1], "--quiet", *args[1:]], failed, work if uv else None)
 
 
 def lock(
@@ -514,8 +536,13 @@ def lock(
             (work / "requirements.txt").write_text(old.body, encoding="utf-8")  # uv keeps the pins that still fit
         if top_level_names(wanted, "base/requirements.in"):
             # Every platform at once, each entry keeping the marker where it applies: one lock for all.
-            every = ["requirements.in", "--universal", "--generate-hashes", "-o", "requirements.txt"]
-            uv_compile(work, [*every, *flags], engine, build_args)
+            every = ["compile", "requirements.in", "--universal", "--generate-hashes", "-o", "requirements.txt"]
+            uv_pip(work, [*every, *flags], engine, build_args)
+            for platform in filter(ARCHES.get, settings.get("platforms", "").split(",")):  # each has its wheels
+                fix = f"pin a version that has one, or publish without {platform}: nothing was changed"
+                wheels = ["install", "--dry-run", "--no-deps", "--require-hashes", "-r", "requirements.txt"]
+                wheels += ["--target=t", f"--python-platform={ARCHES[platform]}-manylinux_2_36", *flags[:3]]
+                uv_pip(work, wheels, engine, build_args, f"a package has no wheel for {platform} (see above): {fix}")
             body = (work / "requirements.txt").read_text(encoding="utf-8")
     body = "".join(f"# apt: {' '.join(p)}\n" for p in apt if p) + body
     target = lock_target(base_text, project)
