@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import importlib.util
+import json
 import keyword
 import re
 from pathlib import Path
@@ -140,7 +141,8 @@ def description_problem(value: str) -> str:
 def slug_problem(value: str) -> str:
     """project_slug: lowercase words of a-z and 0-9 joined by single dashes, at most 60 characters."""
     if not re.fullmatch(SLUG, value):
-        return quoted(value, ": a-z, 0-9, single dashes (my-app)")
+        first = re.match(r"[0-9-]", value)  # from a project name such as "123 go"
+        return quoted(value, ": start with a-z (my-app)" if first else ": a-z, 0-9, single dashes (my-app)")
     if len(value) > SLUG_MAX:
         return f"{len(value)} characters: at most {SLUG_MAX}"
     return ""
@@ -157,10 +159,14 @@ def package_problem(value: str) -> str:
     return ""
 
 
-def image_problem(value: str) -> str:
-    """upstream_image: an image reference, [registry[:port]/]name[:tag][@digest]."""
+def image_problem(value: str, python: str = "", strategy: str = "") -> str:
+    """upstream_image: an image reference, [registry[:port]/]name[:tag][@digest]; a stock python
+    image (or its mirror) of the Python release answered, as its tag names it (distro: Debian's)."""
     if not re.fullmatch(IMAGE, value):
         return quoted(value, ": not [host/]name[:tag][@digest]")
+    named = re.search(r"(?:^|/)python:(\d+\.\d+)", value)
+    if strategy != "distro" and python and named and named[1] != python:
+        return fit(f"is Python {named[1]}, not {python}")  # the lock is compiled for python_version
     return ""
 
 
@@ -168,6 +174,8 @@ def registry_problem(value: str) -> str:
     """registry: a host name or address, with an optional port (1 to 65535)."""
     if not re.fullmatch(HOST, value):
         return quoted(value, ": not host[:port] (ghcr.io)")
+    if not re.search(r"[.:]", value) and value != "localhost":  # Docker's rule: else a Docker Hub namespace
+        return quoted(value, ": needs a dot or a :port (ghcr.io)")
     if ":" in value and not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
         return fit(f"port {value.rsplit(':', 1)[1]}: use 1 to 65535")
     return ""
@@ -252,6 +260,8 @@ def shared_parser_problem(text: str) -> tuple[int, str]:
     for pattern, rest in ((quote + ": pip options", ": no pip options"), (quote + " is not a PEP 508", ": not PEP 508"),
                           (quote + " is a direct reference", ": a URL; name a version")):
         said = re.match(pattern, detail)
+        if said and URL.match(said[2]):
+            return number, fit(f"{prefix}a URL; name a version")
         if said:
             return number, quoted(said[2], rest, prefix)
     twice = re.match(r"(\S+) is already on line (\d+)", detail)
@@ -323,6 +333,13 @@ def tidy_requirements(text: str) -> str:
     return "\n".join(kept).strip("\n")
 
 
+def string_literal(text: str) -> str:
+    """``text`` as one double-quoted string that TOML and Python read alike: JSON's escapes, and
+    every other character as it is (Jinja's tojson writes an emoji as two surrogates, which TOML
+    refuses and Python reads as two characters). The answers hold no control characters."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def tidy_answers(answers: dict[str, Any]) -> dict[str, Any]:
     """The answers to record, the dependencies answer tidied as base/requirements.in has it."""
     if isinstance(answers.get("dependencies"), str):
@@ -365,6 +382,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "new_project": new_project,
     "tidy_requirements": tidy_requirements,
     "tidy_answers": tidy_answers,
+    "string_literal": string_literal,
 }
 
 

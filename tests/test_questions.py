@@ -32,7 +32,7 @@ BAD_ANSWERS = [
     ("registry", "docker.io\n", '"…ker.io\\n": not host[:port] (ghcr.io)'),
     ("project_slug", "Bad Slug", 'a-z, 0-9, single dashes (my-app)'),
     ("project_slug", "my--app", 'a-z, 0-9, single dashes (my-app)'),
-    ("project_slug", "9lives", 'a-z, 0-9, single dashes (my-app)'),
+    ("project_slug", "9lives", '"9lives": start with a-z (my-app)'),
     ("project_slug", "a" * 61, "61 characters: at most 60"),
     ("package_name", "my-app", 'not an identifier (my_app)'),
     ("package_name", "class", 'a Python keyword: try class_app'),
@@ -41,6 +41,8 @@ BAD_ANSWERS = [
     ("upstream_image", "Python:3.13", 'not [host/]name[:tag][@digest]'),
     ("upstream_image", "python:3.13 slim", 'not [host/]name[:tag][@digest]'),
     ("registry", "https://docker.io", '"https://…": not host[:port] (ghcr.io)'),
+    ("registry", "myreg", "needs a dot or a :port (ghcr.io)"),  # Docker reads a Docker Hub namespace
+    ("upstream_image", "mirror.example.com/library/python:3.11-slim", "is Python 3.11, not 3.13"),
     ("image_namespace", "My_Org", 'use a-z 0-9 . _ - / (my-org)'),
     ("port", 80, "80 is out of range: use 1024 to 65535"),
     ("port", 70000, "70000 is out of range"),
@@ -253,11 +255,12 @@ def copier_data(tmp_path: Path, answers: dict[str, Any], lock: bool = True) -> s
 def validator_says(question: str, answer: Any) -> str:
     """What copier says of ``answer`` ("" when it takes it): the question's validator in
     copier.yml, rendered as copier renders it (the answer cast to the question's type, the
-    template's Jinja extensions loaded, ci at its default), stripped."""
+    template's Jinja extensions loaded, ci, python_version and strategy at their defaults), stripped."""
     spec = COPIER_YML[question]
     environment = SandboxedEnvironment(extensions=[EXTENSIONS.AnswerChecks])
     value = str(answer) if spec["type"] == "str" else answer
-    return str(environment.from_string(spec["validator"]).render({"ci": ["github"], question: value})).strip()
+    context = {"ci": ["github"], "python_version": "3.13", "strategy": "groups", question: value}
+    return str(environment.from_string(spec["validator"]).render(context)).strip()
 
 
 @pytest.mark.parametrize(("question", "value", "message"), BAD_ANSWERS, ids=[f"{q}={v!r}" for q, v, _ in BAD_ANSWERS])
