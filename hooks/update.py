@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 import subprocess
 import sys
 import tempfile
@@ -269,8 +270,9 @@ def conflicts(project: Path) -> list[str]:
         names = {str(p.relative_to(project)) for p in project.rglob("*") if ".git" not in p.parts and p.is_file()}
     found = []
     for rel in sorted(names):
-        try:
-            data = (project / rel).read_bytes()
+        try:  # copier writes small regular files: a link (to /dev/zero, say) or a big file is not one
+            info = (project / rel).lstat()
+            data = (project / rel).read_bytes() if stat.S_ISREG(info.st_mode) and info.st_size < 1 << 24 else b""
         except OSError:
             continue
         for n, line in enumerate(data.splitlines(), 1):

@@ -406,6 +406,10 @@ def test_user_conflict_in_a_dockerfile_is_left_with_markers_and_a_note(old_proje
                                                          "# Our own wording of the healthcheck."))
     app = next(project.glob("src/*/app.py"))
     app.write_text(app.read_text().replace('"""Build the application."""', '"""Our own docstring."""'))
+    outside = tmp_path / "outside.txt"  # a link is no file copier writes: never read through (/dev/zero...)
+    outside.write_text("<<<<<<< before updating\n")
+    (project / "notes-link").symlink_to(outside)
+    git(project, "add", "notes-link")
     git(project, "commit", "-qam", "user rewords lines the template also rewords")
     result = update(project)
     assert result.returncode == 0, result.stderr
