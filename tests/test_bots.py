@@ -522,7 +522,7 @@ def gitlab_refresh(repo: Repo, tmp_path: Path, name: str) -> subprocess.Complete
     assert lock.returncode == 0, lock.stdout + lock.stderr
     git(clone, "checkout", "--", ".")  # the next job's own checkout, with the first one's artifact (refresh.patch)
     push = pipeline["refresh:push"]
-    url = "https://refresh:glpat-test@gitlab.example.com/group/demo.git"
+    url = "https://gitlab.example.com/group/demo.git"  # the token goes through a credential helper
     env = {**os.environ, **push["variables"], "CI_SERVER_PROTOCOL": "https", "CI_SERVER_HOST": "gitlab.example.com",
            "CI_SERVER_FQDN": "gitlab.example.com", "CI_PROJECT_PATH": "group/demo", "CI_DEFAULT_BRANCH": "main",
            "BOTS_TOKEN": "glpat-test", "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"url.{repo.origin}.insteadOf",
@@ -552,6 +552,20 @@ def test_gitlab_refresh_pushes_a_branch_that_opens_a_merge_request(repo: Repo, t
     again = gitlab_refresh(repo, tmp_path, "next-week")
     assert again.returncode == 0 and "nothing moved: no merge request" in again.stdout
     assert "linked-builds/refresh" not in git(repo.origin, "branch", "--list")
+
+
+def test_gitlab_refresh_hands_its_token_to_git_through_a_helper(repo: Repo, tmp_path: Path) -> None:
+    """BOTS_TOKEN stands in no argument of the push (any process on the runner reads those): a
+    credential helper of that one command, which git asks for the host, gives it from the environment."""
+    git(tmp_path, "clone", "-q", str(repo.origin), str(tmp_path / "clone"))
+    script = "\n".join(load(tmp_path / "clone" / ".gitlab-ci.yml")["refresh:push"]["script"])
+    helper = re.search(r"-c credential\.helper= \\\n\s+-c credential\.helper='([^']+)' push ", script)
+    assert helper and script.count("BOTS_TOKEN") == helper[1].count("BOTS_TOKEN") == 1, script
+    asked = subprocess.run(["git", "-c", "credential.helper=", "-c", f"credential.helper={helper[1]}", "credential",
+                            "fill"], input="protocol=https\nhost=gitlab.example.com\n\n", capture_output=True,
+                           text=True, env={**os.environ, "BOTS_TOKEN": "glpat-test", "GIT_TERMINAL_PROMPT": "0"})
+    assert asked.returncode == 0, asked.stderr
+    assert {"username=refresh", "password=glpat-test"} <= set(asked.stdout.splitlines())
 
 
 # ------------------------------------------------------- refresh, for real
