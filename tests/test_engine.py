@@ -358,14 +358,20 @@ def test_a_local_base_without_the_locks_labels_is_rebuilt_not_built_on(built: Ca
 
 
 @built_group("requirements", False)
-def test_a_rebuild_without_cache_installs_the_same_set(built: Callable[..., Built]) -> None:
+def test_a_rebuild_without_cache_installs_the_same_set(built: Callable[..., Built], tmp_path: Path) -> None:
+    """The same set, and the same files: a checkout made under umask 002 (the lock group-writable,
+    which the content tag leaves out) copies the lock into the image as 0644 all the same."""
     b = built("requirements", False)
+    project = b.copy(tmp_path / "project")
+    (project / "base" / "requirements.txt").chmod(0o664)
     again = b.base_ref.replace(":deps-", ":again-")
     try:
-        subprocess.run([DOCKER, "build", "--network", "host", "--no-cache", "--tag", again, "base"], cwd=b.project,
+        subprocess.run([DOCKER, "build", "--network", "host", "--no-cache", "--tag", again, "base"], cwd=project,
                        check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
         freeze = [run_in(ref, "python3", "-m", "pip", "list", "--format=freeze").stdout for ref in (b.base_ref, again)]
         assert freeze[0] == freeze[1] and "Flask==" in freeze[0]
+        modes = [run_in(ref, "stat", "-c", "%a", "/opt/base/requirements.txt").stdout for ref in (b.base_ref, again)]
+        assert modes == ["644\n", "644\n"]
     finally:
         subprocess.run([DOCKER, "rmi", "--force", again], capture_output=True)
 
