@@ -41,6 +41,7 @@ CONFLICT = 3  # base/linked.py's exit status for a conflict only the user can re
 START, BASE, MID, END = "<<<<<<< ", "||||||| ", "=======", ">>>>>>> "
 COPIER_START = b"<<<<<<< before updating"  # copier's label for the project's side
 FENCE = ("# >>> linked-builds:", "# <<< linked-builds:")
+PIN_REPO = re.compile(r"ARG BASE_IMAGE=(\S+):[^\s:/@]+(?:@\S+)?")  # the pin's repository, before its tag
 PIN = re.compile(r"ARG BASE_IMAGE=\S+|# linked-builds:lock( .*)?")
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}")
 FROM = re.compile(r"FROM\s+(?:--platform=\S+\s+)?(?P<image>[^\s$]+)(?:\s+AS\s+(?P<stage>\S+))?", re.IGNORECASE)
@@ -150,10 +151,11 @@ def only_generated(lines: list[str], changed: range, inside: bool, names: set[st
 def tool_only(ours: list[str], base: list[str] | None, theirs: list[str], inside: bool, names: set[str]) -> bool:
     """Whether the user's side of a conflict differs from the last update only in lines
     the tool writes. Without the last update's lines (a conflict style of the user's),
-    every line of the user's side must be one the tool writes."""
+    every line of the user's side must be one the tool writes, and one there must be (lines the
+    user deleted leave that side empty: the tool deletes none)."""
     froms = {undigested(line) for line in (base or []) + theirs if FROM.fullmatch(line.strip())}
     if base is None:
-        return only_generated(ours, range(len(ours)), inside, names, froms)
+        return any(line.strip() for line in ours) and only_generated(ours, range(len(ours)), inside, names, froms)
     for tag, b1, b2, o1, o2 in difflib.SequenceMatcher(None, base, ours, autojunk=False).get_opcodes():
         changed = only_generated(base, range(b1, b2), inside, names, froms | {undigested(x) for x in ours})
         if tag != "equal" and not (changed and only_generated(ours, range(o1, o2), inside, names, froms)):
@@ -196,6 +198,16 @@ def keep_digests(theirs: list[str], ours: list[str]) -> list[str]:
             else line for line in theirs]
 
 
+def keep_repository(theirs: list[str], ours: list[str], base: list[str] | None) -> list[str]:
+    """The template's side with the pin's repository the user set by hand (sync writes the tag
+    alone; the lock line's repository= keeps theirs too), unless this update's answers moved it."""
+    mine, last, new = [next((m[1] for x in side if (m := PIN_REPO.fullmatch(x.strip()))), "")
+                       for side in (ours, base or [], theirs)]
+    if not (mine and last and new) or mine == last or new != last:
+        return theirs
+    return [x.replace(f"ARG BASE_IMAGE={new}:", f"ARG BASE_IMAGE={mine}:", 1) for x in theirs]
+
+
 def settle(text: str, label: str) -> tuple[str, list[str]]:
     """Settle each conflict block whose user side changed only generated lines by taking
     the template's side (sync rewrites them); leave every other block as it is."""
@@ -231,7 +243,7 @@ def settle(text: str, label: str) -> tuple[str, list[str]]:
         if merged is not None and tool_only(sides["ours"], sides.get("base"), sides["theirs"], inside, names):
             notes.append(f"{label}:{start + 1}: settled a conflict in lines `make sync` writes")
             notes += [f"{label}:{start + 1}: {note}" for note in merged[1]]
-            chosen = keep_digests(merged[0], sides["ours"])
+            chosen = keep_digests(keep_repository(merged[0], sides["ours"], sides.get("base")), sides["ours"])
             out.extend(chosen)
         else:
             out.extend(block)
@@ -270,6 +282,9 @@ def conflicts(project: Path) -> list[str]:
         names = {str(p.relative_to(project)) for p in project.rglob("*") if ".git" not in p.parts and p.is_file()}
     found = []
     for rel in sorted(names):
+        if rel.endswith(".rej"):  # `--conflict rej`: a change copier could not merge, beside its file
+            found.append(rel)
+            continue
         try:  # copier writes small regular files: a link (to /dev/zero, say) or a big file is not one
             info = (project / rel).lstat()
             data = (project / rel).read_bytes() if stat.S_ISREG(info.st_mode) and info.st_size < 1 << 24 else b""
@@ -286,7 +301,7 @@ def last_answers(project: Path) -> dict[str, Any]:
     """.copier-answers.yml as the last update left it (HEAD's); yaml's error if it cannot be read."""
     import yaml  # copier's own dependency
 
-    return yaml.safe_load(git(project, "show", "HEAD:.copier-answers.yml").stdout) or {}
+    return yaml.safe_load(git(project, "show", "HEAD:./.copier-answers.yml").stdout) or {}
 
 
 def keep_edited(project: Path) -> None:
@@ -324,7 +339,7 @@ def keep_edited(project: Path) -> None:
               " brings one back", file=sys.stderr)
         return
     for rel in gone:
-        held = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=project, capture_output=True, check=False).stdout
+        held = subprocess.run(["git", "show", f"HEAD:./{rel}"], cwd=project, capture_output=True, check=False).stdout
         if rel in made and held.replace(b"\r\n", b"\n") == made[rel].replace(b"\r\n", b"\n"):
             continue  # as the template made it: gone with the template
         if git(project, "checkout", "HEAD", "--", rel).returncode == 0:
@@ -348,9 +363,22 @@ def dropped_platforms(project: Path) -> None:
         print(f"linked-builds: platforms: {', '.join(gone)} no longer built or published{why}", file=sys.stderr)
 
 
+def settle_rejects(project: Path) -> None:
+    """Under `--conflict rej` copier starts from the template's file and puts each change of the
+    user's it cannot apply in a .rej beside it: one that changes only the pin or the lock line
+    (sync writes them anew) is deleted; any other is named by ``after``."""
+    for rej in (project / "Dockerfile.rej", project / "base" / "Dockerfile.rej"):
+        if rej.is_file() and not rej.is_symlink():
+            lines = rej.read_text(encoding="utf-8", errors="replace").splitlines()[1:]
+            changed = [line[1:].strip() for line in lines if line[:1] in ("+", "-")]
+            if all(not line or PIN.fullmatch(line) for line in changed):
+                rej.unlink()
+
+
 def after(project: Path) -> int:
     restore_style(project)
     settle_dockerfiles(project)
+    settle_rejects(project)
     keep_edited(project)
     dropped_platforms(project)
     tool = project / "base" / "linked.py"
@@ -359,9 +387,13 @@ def after(project: Path) -> int:
               file=sys.stderr)
         return 2
     left = conflicts(project)
-    if left:
-        print(f"linked-builds: the update left merge conflicts in {', '.join(left)}: keep your lines, the"
+    if marked := [where for where in left if not where.endswith(".rej")]:
+        print(f"linked-builds: the update left merge conflicts in {', '.join(marked)}: keep your lines, the"
               " template's or both, delete the markers, `git add` each file, then run `make sync`", file=sys.stderr)
+    if rejected := [where for where in left if where.endswith(".rej")]:
+        print(f"linked-builds: the update could not merge the changes kept in {', '.join(rejected)}: the file"
+              " beside each has the template's lines there; put yours back, delete the .rej, then run `make sync`",
+              file=sys.stderr)
     if any(re.fullmatch(r"base/[^/]+\.py:\d+", where) for where in left):  # the tool itself: it cannot run
         return 0
     result = subprocess.run([sys.executable, str(tool), "sync"], cwd=project, capture_output=True, text=True)

@@ -528,6 +528,27 @@ def test_settling_the_lock_line_keeps_the_options_the_user_changed(ours: str, ba
     assert notes[1:] == ([gave_way] if theirs.endswith("platforms=linux/arm64\n") else [])
 
 
+@pytest.mark.parametrize(("theirs", "settled"), [
+    ("docker.io/x/base:unsynced", "ghcr.io/acme/base:unsynced"),  # the user's repository, by hand: kept
+    ("docker.io/y/base:unsynced", "docker.io/y/base:unsynced"),  # this update's answers moved it: theirs
+])
+def test_settling_the_pin_keeps_a_repository_the_user_set(theirs: str, settled: str) -> None:
+    """The user moved both pins' repository by hand (the lock line's repository= is settled option
+    by option): the pin takes the template's side with the user's repository, or sync stops."""
+    text = ("<<<<<<< before updating\nARG BASE_IMAGE=ghcr.io/acme/base:deps-1\n||||||| last update\n"
+            f"ARG BASE_IMAGE=docker.io/x/base:deps-0\n=======\nARG BASE_IMAGE={theirs}\n>>>>>>> after updating\n")
+    out, notes = update_module().settle(text, "Dockerfile")
+    assert out == f"ARG BASE_IMAGE={settled}\n" and notes
+
+
+def test_lines_the_user_deleted_are_never_settled_without_the_last_updates_lines() -> None:
+    """Under a conflict style of the user's (merge: no last update's lines), an empty side of the
+    user's is a deletion of theirs, not lines the tool writes: left to them, not reverted."""
+    text = ("FROM x\n<<<<<<< before updating\n=======\nHEALTHCHECK --interval=60s CMD true\n"
+            ">>>>>>> after updating\nCMD end\n")
+    assert update_module().settle(text, "Dockerfile") == (text, [])
+
+
 def test_settling_keeps_the_rest_of_a_file_with_a_broken_conflict_block() -> None:
     text = "FROM x AS a\n<<<<<<< before updating\nRUN user\n>>>>>>> after updating\nRUN keep-me\nCMD end\n"
     assert update_module().settle(text, "Dockerfile") == (text, [])

@@ -368,18 +368,22 @@ def test_new_image_names_on_update_move_both_pins(fresh_project: Project, tmp_pa
     assert "Dockerfile" in git(project, "diff", "--name-only").split()
 
 
-def test_a_file_the_template_no_longer_makes_is_kept_where_the_user_changed_it(fresh_project: Project,
-                                                                                tmp_path: Path) -> None:
+@pytest.mark.parametrize("subfolder", [False, True], ids=["own-repo", "subfolder-of-a-repo"])
+def test_a_file_the_template_no_longer_makes_is_kept_where_the_user_changed_it(
+        fresh_project: Project, tmp_path: Path, subfolder: bool) -> None:
     """A new package_name moves src/demo_app/ to src/webapp/, and copier deletes the old files whatever
-    they hold: the one the user changed comes back, named; the ones as the template made them stay gone."""
-    project = clone(fresh_project("requirements", False), tmp_path / "project")
-    git(project, "init", "-q")
+    they hold: the one the user changed comes back, named; the ones as the template made them stay gone.
+    The same where the project is a folder of a larger repository (git's paths from its top)."""
+    project = clone(fresh_project("requirements", False), tmp_path / "mono" / "app" if subfolder else tmp_path / "p")
+    if subfolder:
+        shutil.rmtree(project / ".git", ignore_errors=True)
+    git(project.parent if subfolder else project, "init", "-q")
     app = project / "src" / "demo_app" / "app.py"
     app.write_text(app.read_text() + "\n# the user's own route\n")
     git(project, "add", "-A")
     git(project, "commit", "-qm", "copied, and a route of the user's")
     result = update(project, "--data=package_name=webapp")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and "could not tell" not in result.stderr, result.stderr
     assert app.read_text().endswith("\n# the user's own route\n")
     assert not (project / "src" / "demo_app" / "__init__.py").exists()
     assert (project / "src" / "webapp" / "app.py").exists()
@@ -449,6 +453,25 @@ def test_user_conflict_in_a_dockerfile_is_left_with_markers_and_a_note(old_proje
     assert synced.returncode == 0, synced.stderr
     check = linked(project, "check")
     assert check.returncode == 0 and only_warnings(check.stderr), check.stderr
+
+
+def test_a_change_the_update_put_in_a_rej_is_named_and_fails_make_check(old_project: Project, tmp_path: Path) -> None:
+    """`copier update --conflict rej` starts from the template's file and puts each change of the
+    user's it cannot apply in a .rej beside it: the update names that file (the pin's own .rej,
+    which sync writes anew, is dropped), and `make check` fails on it until it is deleted."""
+    project = clone(old_project("groups", False), tmp_path / "project")
+    dockerfile = project / "base" / "Dockerfile"
+    dockerfile.write_text(re.sub(r"^# The base image of .*\.$", "# Our own base image.", dockerfile.read_text(),
+                                 count=1, flags=re.M))
+    git(project, "commit", "-qam", "user rewords a line the template rewords too")
+    result = copier("update", "--trust", "--defaults", "--vcs-ref=HEAD", "--conflict", "rej", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "linked-builds: the update could not merge the changes kept in base/Dockerfile.rej: " in result.stderr
+    assert "+# Our own base image." in (project / "base" / "Dockerfile.rej").read_text().splitlines()
+    assert not (project / "Dockerfile.rej").exists()  # the pin alone: sync wrote it anew
+    made = subprocess.run(["make", "check"], cwd=project, capture_output=True, text=True)
+    assert made.returncode != 0 and made.stderr.splitlines()[0] == (
+        "base/Dockerfile.rej: a change the update could not merge: apply it, delete this file"), made.stderr
 
 
 def resolve(path: Path) -> None:
