@@ -899,6 +899,17 @@ def test_a_package_one_published_platform_has_no_wheel_for_is_refused(project: P
     assert "for=universal:linux/amd64 " in lock_file.read_text() and "intel-openmp==" in lock_file.read_text()
 
 
+def test_a_package_that_builds_from_source_is_locked_with_a_warning(project: Path) -> None:
+    """docopt ships an sdist alone: the base builds it with whatever setuptools the index has then,
+    which no hash pins. The lock takes it, and says so once per platform."""
+    add_requirement(project, "docopt")
+    result = linked(project, "lock")
+    assert result.returncode == 0, result.stderr
+    why = "it builds from source in the base, with build tools the lock does not pin"
+    assert [line for line in result.stderr.splitlines() if "builds from source" in line] == [
+        f"warning: docopt has no wheel for {platform}: {why}" for platform in ("linux/amd64", "linux/arm64")]
+
+
 @pytest.mark.parametrize(("line", "said"), [
     ("COPY --from=127.0.0.1:5055/tools/tool:1 /f /opt/f", "from=127.0.0.1:5055/tools/tool:1 is an image, not a stage"),
     ("RUN --mount=type=bind,from=uv,source=/uv,target=/u --mount=type=bind,from=alpine:3,target=/a true",

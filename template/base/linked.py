@@ -502,15 +502,18 @@ def run_args(build_args: list[str]) -> list[str]:
     return [f"{'--env' if key == '--build-arg' else key}={value}" for key, value in found]
 
 
-def uv_pip(work: Path, args: list[str], engine: list[str], build_args: list[str], failed: str = "") -> None:
-    """`uv pip <args>` in ``work`` with the host's uv, else in uv's image (on the engine's network)."""
-    failed, uv = failed or f"uv pip {args[0]} failed (see above): nothing was changed", shutil.which("uv")
-    failed += "" if uv else f" (uv ran in {UV_IMAGE}; if it could not reach its index: BUILD_ARGS='--network host')"
+def uv_pip(work: Path, args: list[str], engine: list[str], build_args: list[str], failed: str | None = "") -> Ran:
+    """`uv pip <args>` in ``work`` with the host's uv, else in uv's image (on the engine's network);
+    a failure is ``failed`` (one of its own by default; None: no error, the output captured)."""
+    uv = shutil.which("uv")
+    hint = f" (uv ran in {UV_IMAGE}; if it could not reach its index: BUILD_ARGS='--network host')" * (not uv)
+    said = (failed or f"uv pip {args[0]} failed (see above): nothing was changed") + hint
     user = f"--user={os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else "--user=0:0"
     mount = [user, f"--volume={work}:/lock", "--workdir=/lock", "--env=UV_CACHE_DIR=/lock/.uv-cache"]
     mount += run_args(build_args)
     argv = [uv] if uv else [*engine, "run", "--rm", *mount, "--entrypoint=uv", UV_IMAGE]
-    run([*argv, "pip", *args[:1], "--quiet", *args[1:]], failed, work if uv else None)
+    quiet = failed is None  # no error: the caller reads the output
+    return run([*argv, "pip", *args[:1], "--quiet", *args[1:]], "" if quiet else said, work if uv else None, quiet)
 
 
 def lock(
@@ -542,7 +545,13 @@ def lock(
                 fix = f"pin a version that has one, or publish without {platform}: nothing was changed"
                 wheels = ["install", "--dry-run", "--no-deps", "--require-hashes", "-r", "requirements.txt"]
                 wheels += ["--target=t", f"--python-platform={ARCHES[platform]}-manylinux_2_36", *flags[:3]]
-                uv_pip(work, wheels, engine, build_args, f"a package has no wheel for {platform} (see above): {fix}")
+                if (sdist := uv_pip(work, [*wheels, "--no-build"], engine, build_args, None)).returncode:
+                    uv_pip(
+                        work, wheels, engine, build_args, f"a package has no wheel for {platform} (see above): {fix}"
+                    )
+                    name = re.search(r"Because (\S+?)==", sdist.stderr)  # uv names the first it would build
+                    why = "builds from source in the base, with build tools the lock does not pin"
+                    warnings.append(f"{name[1] if name else 'a package'} has no wheel for {platform}: it {why}")
             body = (work / "requirements.txt").read_text(encoding="utf-8")
     body = "".join(f"# apt: {' '.join(p)}\n" for p in apt if p) + body
     target = lock_target(base_text, project)
