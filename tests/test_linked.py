@@ -352,7 +352,8 @@ def test_a_write_that_fails_half_way_leaves_the_file_whole(project: Path) -> Non
          ("check", "sync", "lock")),
         (lambda p: ((p / "base" / "requirements.in").unlink(), (p / "base" / "requirements.in").mkdir()),
          "base/requirements.in: is a folder, not a file", ("check", "sync", "lock")),
-        (lambda p: (p / "base" / "requirements.txt").unlink(), "base/requirements.txt: missing", ("check", "sync")),
+        (lambda p: (p / "base" / "requirements.txt").unlink(), "base/requirements.txt: missing: run `make lock`",
+         ("check", "sync")),
         (lambda p: (p / "base" / "requirements.in").write_text("--index-url http://evil.example/\n"),
          "base/requirements.in:1: '--index-url': pip options are not supported", ("check", "sync", "lock")),
         # uv takes options after a requirement (a hash of the user's own): the lock holds the hashes.

@@ -373,6 +373,8 @@ class Project:
         return text
 
     def lock(self) -> Lock:
+        if not (self.base / "requirements.txt").exists():
+            raise LinkError("base/requirements.txt: missing: run `make lock`")
         return Lock(self.read("base/requirements.txt"))
 
     def context_files(self) -> list[tuple[str, str, Path]]:
