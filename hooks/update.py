@@ -41,7 +41,7 @@ CONFLICT = 3  # base/linked.py's exit status for a conflict only the user can re
 START, BASE, MID, END = "<<<<<<< ", "||||||| ", "=======", ">>>>>>> "
 COPIER_START = b"<<<<<<< before updating"  # copier's label for the project's side
 FENCE = ("# >>> linked-builds:", "# <<< linked-builds:")
-PIN_REPO = re.compile(r"ARG BASE_IMAGE=(\S+):[^\s:/@]+(?:@\S+)?")  # the pin's repository, before its tag
+PIN_REPO = re.compile(r"ARG BASE_IMAGE=(\S+?):[^\s:/@]+(?:@\S+)?")  # the pin's repository, before its tag
 PIN = re.compile(r"ARG BASE_IMAGE=\S+|# linked-builds:lock( .*)?")
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}")
 FROM = re.compile(r"FROM\s+(?:--platform=\S+\s+)?(?P<image>[^\s$]+)(?:\s+AS\s+(?P<stage>\S+))?", re.IGNORECASE)
@@ -278,6 +278,7 @@ def conflicts(project: Path) -> list[str]:
     a file that shows conflict markers as an example is not one)."""
     listed = git(project, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
     names = set(filter(None, listed.stdout.split("\0")))
+    names |= set(filter(None, git(project, "ls-files", "-z", "--others", "--", "*.rej").stdout.split("\0")))  # ignored
     if listed.returncode != 0:  # not a git work tree: every file but a .git folder's
         names = {str(p.relative_to(project)) for p in project.rglob("*") if ".git" not in p.parts and p.is_file()}
     found = []
@@ -365,13 +366,13 @@ def dropped_platforms(project: Path) -> None:
 
 def settle_rejects(project: Path) -> None:
     """Under `--conflict rej` copier starts from the template's file and puts each change of the
-    user's it cannot apply in a .rej beside it: one that changes only the pin or the lock line
-    (sync writes them anew) is deleted; any other is named by ``after``."""
+    user's it cannot apply in a .rej beside it: one that changes only the pin (sync writes it anew;
+    the lock line's options are the user's) is deleted; any other is named by ``after``."""
     for rej in (project / "Dockerfile.rej", project / "base" / "Dockerfile.rej"):
         if rej.is_file() and not rej.is_symlink():
             lines = rej.read_text(encoding="utf-8", errors="replace").splitlines()[1:]
             changed = [line[1:].strip() for line in lines if line[:1] in ("+", "-")]
-            if all(not line or PIN.fullmatch(line) for line in changed):
+            if all(not line or PIN_REPO.fullmatch(line) for line in changed):
                 rej.unlink()
 
 

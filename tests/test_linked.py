@@ -529,17 +529,31 @@ def test_settling_the_lock_line_keeps_the_options_the_user_changed(ours: str, ba
     assert notes[1:] == ([gave_way] if theirs.endswith("platforms=linux/arm64\n") else [])
 
 
-@pytest.mark.parametrize(("theirs", "settled"), [
-    ("docker.io/x/base:unsynced", "ghcr.io/acme/base:unsynced"),  # the user's repository, by hand: kept
-    ("docker.io/y/base:unsynced", "docker.io/y/base:unsynced"),  # this update's answers moved it: theirs
+@pytest.mark.parametrize(("ours", "theirs", "settled"), [
+    ("ghcr.io/acme/base:deps-1", "docker.io/x/base:unsynced", "ghcr.io/acme/base:unsynced"),  # by hand: kept
+    (f"ghcr.io:443/acme/base:deps-1{DIGEST}", "docker.io/x/base:unsynced", "ghcr.io:443/acme/base:unsynced"),
+    ("ghcr.io/acme/base:deps-1", "docker.io/y/base:unsynced", "docker.io/y/base:unsynced"),  # the answers moved it
 ])
-def test_settling_the_pin_keeps_a_repository_the_user_set(theirs: str, settled: str) -> None:
+def test_settling_the_pin_keeps_a_repository_the_user_set(ours: str, theirs: str, settled: str) -> None:
     """The user moved both pins' repository by hand (the lock line's repository= is settled option
     by option): the pin takes the template's side with the user's repository, or sync stops."""
-    text = ("<<<<<<< before updating\nARG BASE_IMAGE=ghcr.io/acme/base:deps-1\n||||||| last update\n"
+    text = (f"<<<<<<< before updating\nARG BASE_IMAGE={ours}\n||||||| last update\n"
             f"ARG BASE_IMAGE=docker.io/x/base:deps-0\n=======\nARG BASE_IMAGE={theirs}\n>>>>>>> after updating\n")
     out, notes = update_module().settle(text, "Dockerfile")
     assert out == f"ARG BASE_IMAGE={settled}\n" and notes
+
+
+@pytest.mark.parametrize(("changed", "dropped"), [
+    ("-ARG BASE_IMAGE=x/base:deps-1\n+ARG BASE_IMAGE=x/base:deps-2\n", True),  # sync writes the pin anew
+    ("-# linked-builds:lock python=3.13 platforms=linux/amd64\n"
+     "+# linked-builds:lock python=3.13 platforms=linux/arm64\n", False),  # the lock line's options are the user's
+])
+def test_a_rej_of_the_pin_alone_is_dropped(tmp_path: Path, changed: str, dropped: bool) -> None:
+    rej = tmp_path / "base" / "Dockerfile.rej"
+    rej.parent.mkdir()
+    rej.write_text(f"diff a/base/Dockerfile b/base/Dockerfile\t(rejected hunks)\n@@ -1,2 +1,2 @@\n{changed} FROM x\n")
+    update_module().settle_rejects(tmp_path)
+    assert rej.exists() != dropped
 
 
 def test_lines_the_user_deleted_are_never_settled_without_the_last_updates_lines() -> None:
@@ -917,25 +931,34 @@ def test_a_package_that_builds_from_source_is_locked_with_a_warning(project: Pat
      "from=alpine:3 is an image, not a stage"),
     ("ADD https://example.org/tool.tar.gz /opt/", "ADD of a URL that nothing pins"),
     ("ADD git@github.com:example/tool.git /opt/tool", "ADD of a URL that nothing pins"),
+    ("ADD \\\n  https://example.org/tool.tar.gz /opt/", "ADD of a URL that nothing pins"),
+    ("ARG TOOL=alpine:3\nCOPY --from=${TOOL} /t /t", "from=${TOOL} is an image, not a stage"),
 ])
 def test_an_image_or_url_the_content_tag_cannot_see_is_refused(project: Path, line: str, said: str) -> None:
     """Only the upstream FROMs are pinned by digest: an image named by --from= (or a mount's from=)
     or a URL ADDed could change under the same content tag, so check, sync and lock refuse them."""
     dockerfile = project / "base" / "Dockerfile"
+    number = len(dockerfile.read_text().splitlines()) + 1 + line.count("ARG")  # where the instruction starts
     dockerfile.write_text(dockerfile.read_text() + line + "\n")
-    number = len(dockerfile.read_text().splitlines())
     for command in ("check", "sync", "lock"):
         result = linked(project, command)
         assert result.returncode == 2 and result.stderr.startswith(f"error: base/Dockerfile:{number}: {said}: "), \
             result.stderr
 
 
-def test_stages_and_argument_images_pass_the_from_check(project: Path) -> None:
-    """A stage's name or number, an ARG, and ADD --checksum are not refused."""
+def test_what_names_no_unpinned_image_passes_the_from_check(project: Path) -> None:
+    """A stage's name (on a continued FROM too) or number, an image by digest, ADD --checksum, and
+    from= anywhere but an instruction's own options (a comment, a cache id, a command's words)."""
     dockerfile = project / "base" / "Dockerfile"
-    dockerfile.write_text(dockerfile.read_text() + "COPY --from=0 /etc/hostname /x\nCOPY --from=${TOOL} /y /y\n"
-                          "ADD --checksum=sha256:" + "0" * 64 + " https://example.org/t.tgz /t\n")
-    assert linked(project, "sync").returncode == 0
+    digest = "@sha256:" + "0" * 64
+    dockerfile.write_text(dockerfile.read_text() + "\n".join([
+        "# uv's guide: COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /bin/", "COPY --from=0 /etc/hostname /x",
+        f"COPY --from=ghcr.io/astral-sh/uv:0.13.9{digest} /uv /bin/uv", "FROM python \\", "  # a note",
+        "  AS Builder", "COPY --from=builder /a /a", "RUN --mount=type=cache,id=from=uv-0,target=/c \\",
+        "    curl -d from=example.org:1 https://example.org/", "LABEL note=from=upstream:1",
+        f"ADD --checksum=sha256:{'0' * 64} https://example.org/t.tgz /t", ""]))
+    result = linked(project, "sync")
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("sent", [True, False])

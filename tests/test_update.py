@@ -464,6 +464,7 @@ def test_a_change_the_update_put_in_a_rej_is_named_and_fails_make_check(old_proj
     dockerfile.write_text(re.sub(r"^# The base image of .*\.$", "# Our own base image.", dockerfile.read_text(),
                                  count=1, flags=re.M))
     git(project, "commit", "-qam", "user rewords a line the template rewords too")
+    (project / ".git" / "info" / "exclude").write_text("*.rej\n")  # as many a global gitignore has it
     result = copier("update", "--trust", "--defaults", "--vcs-ref=HEAD", "--conflict", "rej", cwd=project)
     assert result.returncode == 0, result.stderr
     assert "linked-builds: the update could not merge the changes kept in base/Dockerfile.rej: " in result.stderr

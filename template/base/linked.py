@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import itertools
 import os
 import re
 import shlex
@@ -31,7 +32,7 @@ from types import ModuleType
 # uv pip compile needs some Python interpreter to run (any: it targets the version it is told).
 UV_IMAGE = os.environ.get("UV_IMAGE", "ghcr.io/astral-sh/uv:0.13.9-python3.13-trixie-slim")
 PLATFORMS_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/v\d)?(,[a-z0-9]+/[a-z0-9_]+(/v\d)?)*")  # the lock line's platforms=
-ARCHES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}  # `make lock` checks each has its wheels (glibc 2.36)
+ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}  # `make lock` checks each has its wheels
 META = "# linked-builds:lock"
 # A generated block's start or end line (one-by-one, combo, distro): base/steps.py writes the blocks.
 FENCED = re.compile(r"^[ \t]*# (?:>>>|<<<) linked-builds:", re.MULTILINE)
@@ -243,22 +244,40 @@ def base_settings(text: str) -> tuple[dict[str, str], int]:
 
 
 def image_froms(text: str) -> list[tuple[int, re.Match[str]]]:
-    """(line index, match) of each FROM that names an image, not an earlier stage (nor scratch).
-    What only a FROM's digest pins is refused elsewhere: an image named by --from=, a URL ADDed."""
+    """(line index, match) of each FROM that names an image, not an earlier stage (nor scratch)."""
     stages, found = {"scratch"}, []  # scratch: no image at all
     for index, line in enumerate(text.splitlines()):
         if m := FROM_RE.match(line):
             found += [] if m["image"].lower() in stages else [(index, m)]
             stages.update(re.findall(r"(?i)^\s+AS\s+(\S+)", (m["rest"] or "").lower()))
-        elif refs := [r for r in re.findall(r"(?i)[-\s,=]from=([^\s,]+)", line) if r.lower() not in stages]:
-            image = next((r for r in refs if not r.isdigit() and "$" not in r), "")  # a stage's number, an ARG
-            fix = f"name it in a stage (FROM {image[:40]} AS tool: `make lock` pins it) and use from=tool"
-            if image:
-                raise LinkError(f"base/Dockerfile:{index + 1}: from={image[:40]} is an image, not a stage: {fix}")
-        elif re.match(r"(?i)\s*ADD\s", line) and re.search(r"://|\sgit@", line) and "--checksum=" not in line:
-            fix = "give it --checksum=sha256:..., or keep the file in base/"
-            raise LinkError(f"base/Dockerfile:{index + 1}: ADD of a URL that nothing pins: {fix}")
     return found
+
+
+def refuse_unpinned(text: str) -> None:
+    """Refuse in base/Dockerfile what no FROM's digest pins, so the content tag cannot see it change:
+    an image named by an instruction's --from= or a mount's from= (not a stage, nor by digest), a URL
+    ADDed without --checksum. Instructions are read as the engine does: continuations joined, comments out."""
+    stages, start, joined = {"scratch"}, 0, ""
+    for index, line in enumerate(text.splitlines()):
+        if line.lstrip().startswith("#"):
+            continue
+        start, joined = (start, joined + " " + line) if joined else (index, line)
+        if joined.endswith("\\"):
+            joined = joined[:-1]
+            continue
+        words, joined = joined.split() or [""], ""
+        keyword, flags = words[0].upper(), list(itertools.takewhile(lambda w: w.startswith("--"), words[1:]))
+        if keyword == "FROM" and len(words) > 3 and words[-2].upper() == "AS":
+            stages.add(words[-1].lower())
+        options = [o.partition("=") for flag in flags for o in flag.removeprefix("--mount=").split(",")]
+        refs = [r for key, _, r in options if key in ("--from", "from") and not r.isdigit() and "@sha256:" not in r]
+        if keyword in ("COPY", "ADD", "RUN") and (image := next((r for r in refs if r.lower() not in stages), "")):
+            fix = f"name it in a stage (FROM {image[:40]} AS tool: `make lock` pins it) and use from=tool"
+            raise LinkError(f"base/Dockerfile:{start + 1}: from={image[:40]} is an image, not a stage: {fix}")
+        urls = [w for w in words[1 + len(flags) : -1] if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://|git@", w)]
+        if keyword == "ADD" and urls and not any(f.startswith("--checksum=") for f in flags):
+            fix = "give it --checksum=sha256:..., or keep the file in base/"
+            raise LinkError(f"base/Dockerfile:{start + 1}: ADD of a URL that nothing pins: {fix}")
 
 
 def lock_target(text: str, project: Project) -> str:
@@ -440,6 +459,7 @@ class Project:
                 raise ConflictError(f"{rel}:{marker}: a merge conflict: resolve it, then run `make sync`")
         lock = self.lock() if lock_text is None else Lock(lock_text)
         settings = base_settings(texts["base/Dockerfile"])[0]
+        refuse_unpinned(texts["base/Dockerfile"])
         python, target = settings.get("python", ""), lock_target(texts["base/Dockerfile"], self)
         requirements_in, new_base = self.read("base/requirements.in"), texts["base/Dockerfile"]
         stale = lock.problems(requirements_in, python, target)
@@ -522,8 +542,9 @@ def lock(
     project: Project, engine: list[str], build_args: list[str], upgrade: list[str]
 ) -> tuple[dict[str, str], list[str]]:
     """Compile the lock and pin the FROM lines by digest; return (what to write, warnings)."""
+    refuse_unpinned(project.read("base/Dockerfile"))  # before anything runs
     base_text, warnings = sibling("publish").pin_digests(project.read("base/Dockerfile"), engine)
-    settings = base_settings(base_text)[0]
+    settings, upstream = base_settings(base_text)
     if not re.match(r"^3\.\d{1,2}$", python := settings.get("python", "")):
         raise LinkError(f"base/Dockerfile: `{META}` needs python=3.X, not {python!r}")
     requirements_in = project.read("base/requirements.in")
@@ -543,14 +564,17 @@ def lock(
             # Every platform at once, each entry keeping the marker where it applies: one lock for all.
             every = ["compile", "requirements.in", "--universal", "--generate-hashes", "-o", "requirements.txt"]
             uv_pip(work, [*every, *flags], engine, build_args)
-            for platform in filter(ARCHES.get, settings.get("platforms", "").split(",")):  # each has its wheels
-                fix = f"pin a version that has one, or publish without {platform}: nothing was changed"
+            glibc = "2_40" if "trixie" in base_text.splitlines()[upstream] else "2_36"  # uv's newest, or bookworm's
+            for platform in filter(None, settings.get("platforms", "").split(",")):  # each has its wheels
+                if not (arch := ARCHES.get(platform.split("/")[1])):
+                    warnings.append(f"{platform}: its wheels are not checked (uv knows linux/amd64 and linux/arm64)")
+                    continue
+                fix = f"a package has no wheel for {platform} (see above): pin a version that has one, or publish"
+                fix += f" without {platform}: nothing was changed"
                 wheels = ["install", "--dry-run", "--no-deps", "--require-hashes", "-r", "requirements.txt"]
-                wheels += ["--target=t", f"--python-platform={ARCHES[platform]}-manylinux_2_36", *flags[:3]]
+                wheels += ["--target=t", f"--python-platform={arch}-manylinux_{glibc}", *flags[:3]]
                 if (sdist := uv_pip(work, [*wheels, "--no-build"], engine, build_args, None)).returncode:
-                    uv_pip(
-                        work, wheels, engine, build_args, f"a package has no wheel for {platform} (see above): {fix}"
-                    )
+                    uv_pip(work, wheels, engine, build_args, fix)
                     name = re.search(r"Because (\S+?)==", sdist.stderr)  # uv names the first it would build
                     why = "builds from source in the base, with build tools the lock does not pin"
                     warnings.append(f"{name[1] if name else 'a package'} has no wheel for {platform}: it {why}")
