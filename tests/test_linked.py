@@ -709,7 +709,8 @@ def test_exists_has_a_status_of_its_own_for_absent(project: Path, registry: Fake
 def test_a_registry_that_does_not_answer_or_trickles_is_an_error(project: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     module, engine = tool_module(project, "publish"), registry_cli()
-    with pytest.raises(module.LinkError, match="connection refused"):
+    hint = r": is 127\.0\.0\.1:\d+ up, and its address right\?$"
+    with pytest.raises(module.LinkError, match=r"connection refused.*" + hint):
         module.manifest(f"{closed_port()}/example/base:deps-0123456789abcdef", engine, False)
     slow = TricklingServer()
     monkeypatch.setattr(module, "DEADLINE", 3)  # the whole question, not each read: one byte a second never ends it

@@ -273,7 +273,10 @@ def test_an_app_that_fails_its_smoke_test_is_never_pushed(registry: Registry, tm
     try:
         out = publish(project, "t1", check=False)
         assert "smoke test: " in out and "answers /healthz" not in out, out[-2000:]
-        assert re.search(r"did not get healthy and answer /healthz: .+ \(its log is above\); nothing was pushed", out)
+        # The base went first (absent from the registry): the message says so, not "nothing was pushed".
+        pushed = f"the app was not pushed \\(the base {re.escape(base_ref)} was, before it\\)"
+        assert re.search(rf"did not get healthy and answer /healthz: .+ \(its log is above\); {pushed}", out), \
+            out[-800:]
         assert not [line for line in out.splitlines() if line.startswith("+ ") and line.endswith("--push app")]
         assert "rehearsal/smoky" not in registry.catalog()
         # This app's smoke container (other tests' may be running beside it): removed whatever happened.

@@ -76,6 +76,8 @@ def manifest(ref: str, engine: list[str], podman: bool, config: bool = False) ->
     host = ref.split("/")[0] if re.search(r"^(localhost|[^/]*[.:][^/]*)/", ref) else "docker.io"
     login = re.search(r"unauthori[sz]ed|authoriz|authenticat|denied|\b401\b", said, re.IGNORECASE)
     hint = f": run `{'podman' if podman else 'docker'} login {host}` first" if login else ""
+    if not login and re.search(r"connection refused|no such host|timeout|\b5\d\d\b", said, re.IGNORECASE):
+        hint = f": is {host} up, and its address right?"
     if "is not a docker command" in said:
         hint = ": registry questions need docker buildx (Debian's docker-buildx package)"
     raise LinkError(f"{ref}: {Path(argv[0]).name} says: {said}{hint}")
@@ -229,7 +231,7 @@ class Engine:
                 return self.must("build", "--file", "-", *args, context, stdin=unlinked)
         self.must("build", *args, context)
 
-    def smoke(self, ref: str, seconds: int = 90) -> None:
+    def smoke(self, ref: str, base_pushed: str = "", seconds: int = 90) -> None:
         """Start the app image as compose.yaml's service (no network, no port), wait for its own
         HEALTHCHECK to say healthy, then GET /healthz in it; a failure stops the publish before any push.
         Podman's images carry no HEALTHCHECK (OCI): it gets the GET until it answers."""
@@ -257,7 +259,12 @@ class Engine:
             full = {**os.environ, **env}
             subprocess.run([*self.command, *logs], input=SMOKE, text=True, cwd=self.project.root, env=full, check=False)
             said = f"smoke test: {ref} did not get healthy and answer /healthz: {exc} (its log is above)"
-            raise LinkError(f"{said}; nothing was pushed") from None
+            done = (
+                f"the app was not pushed (the base {base_pushed} was, before it)"
+                if base_pushed
+                else "nothing was pushed"
+            )
+            raise LinkError(f"{said}; {done}") from None
         finally:
             self.must(*stop, stdin=SMOKE, env=env)
 
@@ -429,7 +436,8 @@ def publish(
         for got in labelled.values():
             if [got.get(k) for k in LABELS] != [content_tag, lock]:
                 named = "content-tag={} lock={}".format(*(got.get(k, "<none>") for k in LABELS))
-                raise LinkError(f"{ref} is labelled {named}, not this lock's: refusing to build FROM it")
+                fix = "someone else pushed that tag: delete it in the registry, then publish again"
+                raise LinkError(f"{ref} is labelled {named}, not this lock's: refusing to build FROM it ({fix})")
         if check:  # a base this run did not build: the same bits as its rebuild, or nothing is built on it
             verify(engine, built)
     if only != "app":
@@ -450,7 +458,7 @@ def publish(
         engine.podman_build(".", refs[0], built, from_base, push)
     else:  # this machine's platform into the engine, for the smoke test (the base target built too, if need be)
         engine.bake("app", {**bake, "PLATFORMS": engine.native, "CACHE": "read" * cache}, "--load")
-    engine.smoke(refs[0])  # before any push: an image that does not serve is never published
+    engine.smoke(refs[0], ref * pushed)  # before any push of the app: an image that does not serve is never published
     for r in refs if push and engine.podman else []:
         engine.must("manifest", "push", "--all", refs[0], f"docker://{r}")
     if push and not engine.podman:
