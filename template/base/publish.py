@@ -429,7 +429,10 @@ def publish(
         print(f"base {ref} is in the registry ({digest}): using it, not rebuilding it", flush=True)
         listed = platforms_in(found[1] if found else b"{}", ref)  # an index lists them; one image has one
         if (listed is not None or len(platforms) > 1) and (missing := set(platforms) - set(listed or {})):
-            raise LinkError(f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it")
+            fix = "a push broken off half-way leaves that: delete the tag in the registry, then publish again"
+            raise LinkError(
+                f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it ({fix})"
+            )
         labelled = engine.labels(ref) if not engine.dry_run else {}
         if not engine.dry_run and (unseen := ({engine.native} if engine.podman else set(platforms)) - set(labelled)):
             raise LinkError(f"base {ref} in the registry has no image for {', '.join(sorted(unseen))}: refusing it")
