@@ -164,8 +164,8 @@ def image_problem(value: str, python: str = "", strategy: str = "") -> str:
     image (or its mirror) of the Python release answered, as its tag names it (distro: Debian's)."""
     if not re.fullmatch(IMAGE, value):
         return quoted(value, ": not [host/]name[:tag][@digest]")
-    named = re.search(r"(?:^|/)python:(\d+\.\d+)", value)
-    if strategy != "distro" and python and named and named[1] != python:
+    named = linked().PYTHON_TAG.search(value) if strategy != "distro" and python else None  # the tool's own reading
+    if named and named[1] != python:
         return fit(f"is Python {named[1]}, not {python}")  # the lock is compiled for python_version
     return ""
 

@@ -33,6 +33,7 @@ from types import ModuleType
 UV_IMAGE = os.environ.get("UV_IMAGE", "ghcr.io/astral-sh/uv:0.13.9-python3.13-trixie-slim")
 PLATFORMS_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/v\d)?(,[a-z0-9]+/[a-z0-9_]+(/v\d)?)*")  # the lock line's platforms=
 ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}  # `make lock` checks each has its wheels
+PYTHON_TAG = re.compile(r"(?:^|/)python:(\d+\.\d+)")  # a stock python image's tag names its Python (the prompt's too)
 META = "# linked-builds:lock"
 # A generated block's start or end line (one-by-one, combo, distro): base/steps.py writes the blocks.
 FENCED = re.compile(r"^[ \t]*# (?:>>>|<<<) linked-builds:", re.MULTILINE)
@@ -232,8 +233,8 @@ def base_settings(text: str) -> tuple[dict[str, str], int]:
     lines = text.splitlines()
     for index, line in enumerate(lines[:-1]):
         if (line.startswith(META + " ") or line.strip() == META) and (m := FROM_RE.match(lines[index + 1])):
-            named, found = re.search(r"(?:^|/)python:(\d+\.\d+)", m["image"]), options(line.split())
-            if named and named[1] != found.get("python"):  # a stock python image's tag names its Python
+            named, found = PYTHON_TAG.search(m["image"]), options(line.split())
+            if named and named[1] != found.get("python"):
                 fix = f"FROM {m['image'][:60]} runs Python {named[1]}: make python= say so too, then `make lock`"
                 raise LinkError(f"base/Dockerfile:{index + 1}: the lock line says python={found.get('python')}, {fix}")
             if not PLATFORMS_RE.fullmatch(found.get("platforms", "linux/amd64")):
@@ -542,8 +543,8 @@ def lock(
     project: Project, engine: list[str], build_args: list[str], upgrade: list[str]
 ) -> tuple[dict[str, str], list[str]]:
     """Compile the lock and pin the FROM lines by digest; return (what to write, warnings)."""
-    refuse_unpinned(project.read("base/Dockerfile"))  # before anything runs
-    base_text, warnings = sibling("publish").pin_digests(project.read("base/Dockerfile"), engine)
+    refuse_unpinned(text := project.read("base/Dockerfile"))  # before anything runs
+    base_text, warnings = sibling("publish").pin_digests(text, engine)
     settings, upstream = base_settings(base_text)
     if not re.match(r"^3\.\d{1,2}$", python := settings.get("python", "")):
         raise LinkError(f"base/Dockerfile: `{META}` needs python=3.X, not {python!r}")
