@@ -13,6 +13,7 @@ before:
     ``merge.conflictStyle=diff3`` each conflict also shows the last update's lines,
     so ``after`` can tell the lines the user changed from the template's. It is set
     in the project's repository for the update only, where the user set no style.
+  - Each file at a path the template renders that git ignores is copied aside.
 after:
   - A file the update deleted (the template no longer makes it) that the user had
     changed is put back and named: copier deletes such files whatever they hold.
@@ -23,6 +24,9 @@ after:
   - `base/linked.py sync` (unless a conflict is left in the tool itself), then the
     update's last lines: every file left with conflict markers, and whether the lock
     needs `make lock`.
+  - A file at a template path that git ignores (``before`` copied it aside: copier
+    writes the template's file over it) gets the user's lines back by a three-way
+    merge with the last update's render; a conflict is left inline and named.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -47,6 +52,7 @@ DIGEST = re.compile(r"@sha256:[0-9a-f]{64}")
 FROM = re.compile(r"FROM\s+(?:--platform=\S+\s+)?(?P<image>[^\s$]+)(?:\s+AS\s+(?P<stage>\S+))?", re.IGNORECASE)
 LOCK_LINE = "# linked-builds:lock"
 STYLE_MARK = "linked-builds-conflictstyle"  # in the git dir: ``before`` set merge.conflictStyle
+IGNORED_SAVED = "linked-builds-ignored"  # in the git dir: ``before``'s copies of files git ignores
 
 UNLOCKED = "# The lock of the base image, not compiled yet: run `make lock`.\n"
 # The header 1.x wrote atop the list, and what requirements.in has had since.
@@ -91,6 +97,41 @@ def move_list(project: Path) -> str:
     # Tracked like the list it replaces, so `git commit -a` does not leave it out.
     git(project, "add", "--", "base/requirements.in")
     return "moved your list, base/requirements.txt, to base/requirements.in: run `make lock` to compile the lock"
+
+
+def template_paths() -> list[str]:
+    """The paths the template renders, as git pathspecs: the names of its files with their
+    conditions taken out (a superset) and ``{{ answer }}`` parts matching any name."""
+    root = Path(__file__).resolve().parent.parent / "template"
+    specs = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            parts = [
+                re.sub(r"\{\{.*?\}\}", "*", re.sub(r"\{%.*?%\}", "", part)).removesuffix(".jinja")
+                for part in path.relative_to(root).parts
+            ]
+            if all(parts):
+                specs.append(":(glob)" + "/".join(parts))
+    return specs
+
+
+def saved_ignored(project: Path) -> Path | None:
+    where = git(project, "rev-parse", "--git-path", IGNORED_SAVED).stdout.strip()
+    return project / where if where else None
+
+
+def save_ignored(project: Path) -> None:
+    """Copy aside each file at a path the template renders that git ignores: copier writes its
+    file over such a file, and ``keep_ignored`` merges the user's lines back."""
+    saved = saved_ignored(project)
+    if saved is None:
+        return
+    shutil.rmtree(saved, ignore_errors=True)  # what an update broken off left
+    listed = git(project, "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--", *template_paths())
+    for rel in filter(None, listed.stdout.split("\0")):
+        if (project / rel).is_file() and not (project / rel).is_symlink():
+            (saved / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(project / rel, saved / rel)
 
 
 def show_bases(project: Path) -> None:
@@ -305,6 +346,43 @@ def last_answers(project: Path) -> dict[str, Any]:
     return yaml.safe_load(git(project, "show", "HEAD:./.copier-answers.yml").stdout) or {}
 
 
+def last_render(project: Path, rels: list[str]) -> dict[str, bytes]:
+    """Each of ``rels`` as the last update rendered it (absent where it made no such file);
+    raises when that render cannot be made again."""
+    from copier import run_copy
+
+    answers = last_answers(project)
+    data = {key: value for key, value in answers.items() if not key.startswith("_")}
+    # Where copier took the template from: _src_path (a relative one from the folder copier ran
+    # in), else the checkout this update made (a partial clone: its blobs may be out of reach).
+    source, here = os.path.expanduser(answers["_src_path"]), Path(os.environ.get("PWD", "."))
+    sources = [source] if re.match(r"^[\w+.@-]+:|^/", source) else [str(here / source)]
+    sources.append(str(Path(__file__).resolve().parent.parent))
+    for template in sources:
+        with tempfile.TemporaryDirectory(prefix="linked-builds-last-update-") as last:
+            try:
+                run_copy(
+                    template,
+                    last,
+                    data=data,
+                    vcs_ref=answers["_commit"],
+                    defaults=True,
+                    skip_tasks=True,
+                    quiet=True,
+                    unsafe=True,
+                )
+            except Exception:  # the next source, if any
+                if template == sources[-1]:
+                    raise
+                continue
+            return {rel: Path(last, rel).read_bytes() for rel in rels if Path(last, rel).is_file()}
+    return {}
+
+
+def same(a: bytes | None, b: bytes | None) -> bool:
+    return a is not None and b is not None and a.replace(b"\r\n", b"\n") == b.replace(b"\r\n", b"\n")
+
+
 def keep_edited(project: Path) -> None:
     """Put back each file the update deleted (the template no longer makes it: an answer moved it,
     or the template dropped it) that the user had changed, and name it; copier deletes them
@@ -314,38 +392,92 @@ def keep_edited(project: Path) -> None:
     if not gone:
         return
     try:
-        from copier import run_copy
-
-        answers = last_answers(project)
-        data = {key: value for key, value in answers.items() if not key.startswith("_")}
-        # Where copier took the template from: _src_path (a relative one from the folder copier ran
-        # in), else the checkout this update made (a partial clone: its blobs may be out of reach).
-        source, here = os.path.expanduser(answers["_src_path"]), Path(os.environ.get("PWD", "."))
-        sources = [source] if re.match(r"^[\w+.@-]+:|^/", source) else [str(here / source)]
-        sources.append(str(Path(__file__).resolve().parent.parent))
-        for template in sources:
-            with tempfile.TemporaryDirectory(prefix="linked-builds-last-update-") as last:
-                try:
-                    run_copy(template, last, data=data, vcs_ref=answers["_commit"], defaults=True,
-                             skip_tasks=True, quiet=True, unsafe=True)
-                except Exception:  # the next source, if any
-                    if template == sources[-1]:
-                        raise
-                    continue
-                made = {rel: Path(last, rel).read_bytes() for rel in gone if Path(last, rel).is_file()}
-                break
+        made = last_render(project, gone)
     except Exception as exc:  # any failure: the files are named, never lost
-        print(f"linked-builds: the update deleted {', '.join(gone)} (the template no longer makes them) and could"
-              f" not tell whether you had changed them ({type(exc).__name__}): `git checkout HEAD -- <file>`"
-              " brings one back", file=sys.stderr)
+        print(
+            f"linked-builds: the update deleted {', '.join(gone)} (the template no longer makes them) and could"
+            f" not tell whether you had changed them ({type(exc).__name__}): `git checkout HEAD -- <file>`"
+            " brings one back",
+            file=sys.stderr,
+        )
         return
     for rel in gone:
         held = subprocess.run(["git", "show", f"HEAD:./{rel}"], cwd=project, capture_output=True, check=False).stdout
-        if rel in made and held.replace(b"\r\n", b"\n") == made[rel].replace(b"\r\n", b"\n"):
+        if same(held, made.get(rel)):
             continue  # as the template made it: gone with the template
         if git(project, "checkout", "HEAD", "--", rel).returncode == 0:
-            print(f"linked-builds: {rel}: the template no longer makes this file, but you had changed it: kept;"
-                  " carry over what you need, then delete it", file=sys.stderr)
+            print(
+                f"linked-builds: {rel}: the template no longer makes this file, but you had changed it: kept;"
+                " carry over what you need, then delete it",
+                file=sys.stderr,
+            )
+
+
+def keep_ignored(project: Path) -> list[str]:
+    """Merge the user's lines back into each file ``save_ignored`` saved (git ignores it, so copier
+    wrote the template's file over it): the last update's render is the merge base. Returns the
+    files left with conflict markers."""
+    saved = saved_ignored(project)
+    if saved is None or not saved.is_dir():
+        return []
+    rels = sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file())
+    users = {rel: (saved / rel).read_bytes() for rel in rels}
+    now = {rel: (project / rel).read_bytes() if (project / rel).is_file() else None for rel in rels}
+    changed = [rel for rel in rels if not same(users[rel], now[rel])]
+    try:
+        made = last_render(project, changed) if changed else {}
+    except Exception as exc:  # the user's files go back as they were
+        print(
+            f"linked-builds: could not render the last update again ({type(exc).__name__}): files git ignores"
+            f" keep your lines and miss the template's changes: {', '.join(changed)}",
+            file=sys.stderr,
+        )
+        made = dict(users)
+    left = []
+    for rel in changed:
+        if same(users[rel], made.get(rel)):
+            continue  # the user had not changed it: the template's file is right
+        merged, conflicted, theirs = users[rel], False, now[rel]
+        if theirs is None:
+            print(
+                f"linked-builds: {rel}: the template no longer makes this file, but you had changed it: kept;"
+                " carry over what you need, then delete it",
+                file=sys.stderr,
+            )
+        elif rel in made:
+            with tempfile.TemporaryDirectory(prefix="linked-builds-merge-") as tmp:
+                for name, data in (("yours", users[rel]), ("base", made[rel]), ("theirs", theirs)):
+                    Path(tmp, name).write_bytes(data)
+                result = subprocess.run(
+                    [
+                        "git",
+                        "merge-file",
+                        "-p",
+                        "-L",
+                        "before updating",
+                        "-L",
+                        "last update",
+                        "-L",
+                        "after updating",
+                        "yours",
+                        "base",
+                        "theirs",
+                    ],
+                    cwd=tmp,
+                    capture_output=True,
+                    check=False,
+                )
+            if 0 <= result.returncode < 128:
+                merged, conflicted = result.stdout, result.returncode > 0
+        target = project / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp_file = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp_file.write_bytes(merged)
+        os.replace(tmp_file, target)
+        if conflicted:
+            left.append(rel)
+    shutil.rmtree(saved)
+    return left
 
 
 def dropped_platforms(project: Path) -> None:
@@ -381,6 +513,7 @@ def after(project: Path) -> int:
     settle_dockerfiles(project)
     settle_rejects(project)
     keep_edited(project)
+    kept = keep_ignored(project)
     dropped_platforms(project)
     tool = project / "base" / "linked.py"
     if not tool.is_file():
@@ -388,6 +521,9 @@ def after(project: Path) -> int:
               file=sys.stderr)
         return 2
     left = conflicts(project)
+    if kept:
+        print(f"linked-builds: the update left merge conflicts in {', '.join(kept)}, which git ignores: keep your"
+              " lines, the template's or both, then delete the markers", file=sys.stderr)
     if marked := [where for where in left if not where.endswith(".rej")]:
         print(f"linked-builds: the update left merge conflicts in {', '.join(marked)}: keep your lines, the"
               " template's or both, delete the markers, `git add` each file, then run `make sync`", file=sys.stderr)
@@ -418,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         if args == ["after"]:
             return after(project)
         show_bases(project)
+        save_ignored(project)
         if said := move_list(project):
             print(f"linked-builds: {said}", file=sys.stderr)
     except (OSError, UnicodeDecodeError) as exc:

@@ -392,6 +392,33 @@ def test_a_file_the_template_no_longer_makes_is_kept_where_the_user_changed_it(
         " carry over what you need, then delete it"]
 
 
+def test_files_git_ignores_get_the_template_changes_and_keep_the_users_lines(old_project: Project,
+                                                                             tmp_path: Path) -> None:
+    """Copier writes the template's file over one git ignores (its diff cannot see the user's lines):
+    a README the user added to, untracked and ignored, gets the template's change and keeps the user's
+    paragraph; a line both changed is left in conflict, named; a file the user never changed takes the
+    template's as copier would."""
+    project = clone(old_project("requirements", False), tmp_path / "project")
+    readme, dockerfile = project / "README.md", project / "Dockerfile"
+    app = project / "src" / "demo_app" / "app.py"
+    readme.write_text(readme.read_text() + USER_PARAGRAPH)
+    dockerfile.write_text(dockerfile.read_text().replace("# Python's urllib: no curl needed.\n",
+                                                         "# Python's urllib, the user's words.\n"))
+    git(project, "rm", "-q", "--cached", "README.md", "Dockerfile", "src/demo_app/app.py")
+    (project / ".gitignore").write_text((project / ".gitignore").read_text() + "README.md\nDockerfile\napp.py\n")
+    git(project, "commit", "-qam", "the README, Dockerfile and app.py are local files now")
+    result = update(project)
+    assert result.returncode == 0, result.stderr
+    assert "## Running the app\n" in readme.read_text() and readme.read_text().endswith(USER_PARAGRAPH)
+    assert '"""Build the application: ``/`` greets' in app.read_text()
+    text = dockerfile.read_text()
+    assert "<<<<<<< before updating\n# Python's urllib, the user's words.\n" in text
+    assert "# Python's own urllib, so the image needs no curl.\n>>>>>>> after updating" in text
+    assert ("linked-builds: the update left merge conflicts in Dockerfile, which git ignores: keep your lines, the"
+            " template's or both, then delete the markers") in result.stderr.splitlines()
+    assert not list((project / ".git").glob("linked-builds-ignored*"))
+
+
 def test_update_refused_on_a_dirty_tree_changes_nothing(old_project: Project, tmp_path: Path) -> None:
     project = clone(old_project("combo", False), tmp_path / "project")
     (project / "README.md").write_text((project / "README.md").read_text() + "uncommitted\n")
