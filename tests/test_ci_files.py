@@ -327,21 +327,27 @@ def test_publish_refuses_a_stale_pin_before_any_engine_command(project: Path, tm
 
 
 @pytest.mark.parametrize(
-    ("env", "tags"),
+    ("env", "tags", "fixed"),
     [
-        ({"GITHUB_SHA": "0123456789abcdef0123", "GITHUB_REF_NAME": "main"}, ["0123456789ab", "main"]),
+        ({"GITHUB_SHA": "0123456789abcdef0123", "GITHUB_REF_NAME": "main", "GITHUB_REF_TYPE": "branch"},
+         ["0123456789ab", "main"], ["0123456789ab"]),
+        ({"GITHUB_SHA": "0123456789abcdef0123", "GITHUB_REF_NAME": "v1.2.0", "GITHUB_REF_TYPE": "tag"},
+         ["0123456789ab", "v1.2.0"], ["0123456789ab", "v1.2.0"]),
         ({"GITHUB_SHA": "0123456789abcdef", "GITHUB_REF_NAME": "feature/x y"},
-         ["0123456789ab", "feature-x-y-1ae9fd29"]),  # changed, so a hash of the name keeps it apart
-        ({"GITHUB_SHA": "abc", "GITHUB_REF_NAME": "42/merge", "GITHUB_EVENT_NAME": "pull_request"}, ["abc", "pr-42"]),
+         ["0123456789ab", "feature-x-y-1ae9fd29"], ["0123456789ab"]),  # changed, so a hash of the name keeps it apart
+        ({"GITHUB_SHA": "abc", "GITHUB_REF_NAME": "42/merge", "GITHUB_EVENT_NAME": "pull_request"}, ["abc", "pr-42"],
+         ["abc"]),
         ({"CI_COMMIT_SHA": "fedcba9876543210", "CI_COMMIT_TAG": "v1.2.0", "CI_COMMIT_REF_SLUG": "v1-2-0"},
-         ["fedcba987654", "v1.2.0"]),
-        ({"CI_COMMIT_SHA": "fedcba9876543210", "CI_COMMIT_REF_SLUG": "main"}, ["fedcba987654", "main"]),
-        ({"SOURCE_COMMIT": "1111222233334444", "SOURCE_BRANCH": "main"}, ["111122223333", "main"]),
-        ({}, ["dev"]),
+         ["fedcba987654", "v1.2.0"], ["fedcba987654", "v1.2.0"]),
+        ({"CI_COMMIT_SHA": "fedcba9876543210", "CI_COMMIT_REF_SLUG": "main"}, ["fedcba987654", "main"],
+         ["fedcba987654"]),
+        ({"SOURCE_COMMIT": "1111222233334444", "SOURCE_BRANCH": "main"}, ["111122223333", "main"], ["111122223333"]),
+        ({}, ["dev"], []),
     ],
 )
-def test_ci_tags(project: Path, env: dict[str, str], tags: list[str]) -> None:
-    assert tool_module(project, "publish").ci_tags(env) == tags
+def test_ci_tags(project: Path, env: dict[str, str], tags: list[str], fixed: list[str]) -> None:
+    """The app's tags, and those never moved once published: the commit's and a release's."""
+    assert tool_module(project, "publish").ci_tags(env) == (tags, fixed)
 
 
 def test_tags_from_any_branch_name_are_valid_and_never_collide(project: Path) -> None:

@@ -101,11 +101,20 @@ def test_publish_pushes_manifest_lists_and_the_arm64_app_serves(registry: Regist
         assert "smoke test: " in out and "answers /healthz" in out
         assert platforms(registry, "multiarch/bothbase", base_ref.rsplit(":", 1)[1]) == BOTH
         assert platforms(registry, "multiarch/both", "t1") == BOTH
-        # A second publish finds the base with both platforms and does not build it again.
-        again = subprocess.run(["python3", "base/publish.py", "publish", "--image", app, "--tag", "t2", "--engine",
-                                PODMAN], cwd=project, capture_output=True, text=True, env=podman_env)
+        # A second publish, as the CI runs it on a branch, finds the base with both platforms and does
+        # not build it again; a version tag on that commit then names the very list it pushed.
+        ci = {"GITHUB_SHA": "0123456789ab" + "c" * 28, "GITHUB_REF_NAME": "main", "GITHUB_REF_TYPE": "branch"}
+        again = subprocess.run(["python3", "base/publish.py", "publish", "--image", app, "--engine", PODMAN],
+                               cwd=project, capture_output=True, text=True, env={**podman_env, **ci})
         assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
         assert f"base {base_ref} is in the registry (sha256:" in again.stdout
+        release = subprocess.run(["python3", "base/publish.py", "publish", "--image", app, "--engine", PODMAN],
+                                 cwd=project, capture_output=True, text=True,
+                                 env={**podman_env, **ci, "GITHUB_REF_NAME": "v1.0.0", "GITHUB_REF_TYPE": "tag"})
+        assert release.returncode == 0, (release.stdout + release.stderr)[-4000:]
+        assert f"app {app}:0123456789ab is in the registry (sha256:" in release.stdout
+        assert "tagged it v1.0.0" in release.stdout and "+ podman build" not in release.stdout
+        assert platforms(registry, "multiarch/both", "v1.0.0") == platforms(registry, "multiarch/both", "main") == BOTH
         # The arm64 app, pulled from the registry, serves under emulation.
         port = free_port()
         name = f"multiarch-{os.getpid()}"
@@ -119,6 +128,6 @@ def test_publish_pushes_manifest_lists_and_the_arm64_app_serves(registry: Regist
             podman(podman_env, "rm", "--force", name, check=False)
     finally:
         print(f"multi-platform publish and arm64 run: {time.monotonic() - started:.0f} s")
-        for ref in (base_ref, f"{app}:t1", f"{app}:t2", upstream):
+        for ref in (base_ref, f"{app}:t1", f"{app}:0123456789ab", f"{app}:main", upstream):
             podman(podman_env, "manifest", "rm", ref, check=False)
             podman(podman_env, "rmi", "--force", ref, check=False)

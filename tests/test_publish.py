@@ -102,6 +102,41 @@ def test_publish_pushes_base_then_app_and_skips_a_base_the_registry_has(registry
         remove_local(base_ref, new_ref, *(f"{image}:{t}" for t in tags))
 
 
+def test_a_commits_app_is_published_once_and_a_release_tag_never_moves(registry: Registry, tmp_path: Path) -> None:
+    """As the CI runs it (tags from its variables): a rerun of a commit builds nothing, a version tag
+    on that commit names the very image its branch run pushed, and a version tag moved to another
+    commit is refused before anything is built or pushed."""
+    project = new_project(registry, tmp_path / "p", project_slug="release")
+    image, commit, other = f"{registry.host}/rehearsal/release", "0123456789ab" + "c" * 28, "fedcba987654" + "d" * 28
+    base_ref = linked(project, "ref").stdout.strip()
+
+    def ci(sha: str, ref: str, kind: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {"GITHUB_SHA": sha, "GITHUB_REF_NAME": ref, "GITHUB_REF_TYPE": kind, "GITHUB_EVENT_NAME": "push"}
+        return make(project, "publish", "PUBLISH_ARGS=--cache", env=env, check=check)
+
+    try:
+        ci(commit, "main", "branch")
+        assert registry.tags("rehearsal/release") == ["0123456789ab", "buildx-cache", "main"]
+        built = registry_digest(registry, "rehearsal/release", "0123456789ab")
+
+        rerun = ci(commit, "main", "branch").stdout
+        assert f"app {image}:0123456789ab is in the registry ({built}): not rebuilding it" in rerun
+        assert " bake " not in rerun and registry_digest(registry, "rehearsal/release", "main") == built
+
+        release = ci(commit, "v1.0.0", "tag").stdout
+        assert "tagged it v1.0.0" in release and " bake " not in release
+        assert registry_digest(registry, "rehearsal/release", "v1.0.0") == built
+
+        before = registry.catalog()
+        moved = ci(other, "v1.0.0", "tag", check=False)
+        assert moved.returncode == 2 and " bake " not in moved.stdout
+        assert (f"error: {image}:v1.0.0 is published, not as this commit's image ({built}): a release tag is never"
+                " overwritten; delete it in the registry to publish it again; nothing was pushed") in moved.stderr
+        assert registry.catalog() == before
+    finally:
+        remove_local(base_ref, *(f"{image}:{tag}" for tag in ("0123456789ab", "main")))
+
+
 def test_publish_with_a_stale_pin_pushes_nothing(registry: Registry, tmp_path: Path) -> None:
     project = new_project(registry, tmp_path / "p", project_slug="stale")
     requirements = project / "base" / "requirements.in"

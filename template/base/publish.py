@@ -121,13 +121,16 @@ def repository_name(ref: str) -> str:
     return f"{host}/{path.removeprefix('library/') if host == 'docker.io' else path}"
 
 
-def ci_tags(env: dict[str, str]) -> list[str]:
-    """App image tags from what the CI says: the commit, then the branch or version; "dev" outside a CI."""
+def ci_tags(env: dict[str, str]) -> tuple[list[str], list[str]]:
+    """App image tags from what the CI says, the commit's, then the branch or version ("dev" outside
+    a CI); and those never moved once published: the commit's and a release's (a git tag's)."""
     sha = env.get("GITHUB_SHA") or env.get("CI_COMMIT_SHA") or env.get("SOURCE_COMMIT") or ""
     name = env.get("GITHUB_REF_NAME", "")
+    release = env.get("CI_COMMIT_TAG") or (name if env.get("GITHUB_REF_TYPE") == "tag" else "")
     name = f"pr-{name.split('/')[0]}" if name and env.get("GITHUB_EVENT_NAME", "").startswith("pull_request") else name
     name = name or env.get("CI_COMMIT_TAG") or env.get("CI_COMMIT_REF_SLUG") or env.get("SOURCE_BRANCH") or ""
-    return list(dict.fromkeys(image_tag(t) for t in (sha[:12], name) if t)) or ["dev"]
+    fixed = [image_tag(t) for t in (sha[:12], release) if t]
+    return list(dict.fromkeys(image_tag(t) for t in (sha[:12], name) if t)) or ["dev"], fixed
 
 
 class Engine:
@@ -171,6 +174,18 @@ class Engine:
         """The registry's digest for ``ref``; None only when the registry clearly has no such image."""
         found = manifest(ref, self.command, self.podman)
         return found[0] if found else None
+
+    def retag(self, source: str, refs: list[str]) -> None:
+        """Give the image ``source`` (by digest, in the registry) the tags ``refs``, registry to registry."""
+        if not self.podman:
+            return self.must("buildx", "imagetools", "create", *(f"--tag={r}" for r in refs), source)
+        listed = f"localhost/linked-builds-retag-{os.getpid()}"
+        self.must("manifest", "create", "--all", listed, f"docker://{source}")
+        try:
+            for r in refs:
+                self.must("manifest", "push", "--all", listed, f"docker://{r}")
+        finally:
+            run([*self.command, "manifest", "rm", listed], quiet=True)
 
     def local_labels(self, ref: str) -> dict[str, str] | None:
         """The labels of the engine's own image ``ref``; None when the engine has no such image."""
@@ -381,16 +396,46 @@ def output(root: Path, **values: str) -> None:
         raise LinkError(f"cannot hand the base's digest to the next job: {exc.filename}: {exc.strerror}") from None
 
 
+def published(engine: Engine, image: str, tags: list[str], fixed: list[str]) -> bool:
+    """Whether the app of this commit is in the registry (its tag, ``fixed[0]``): the tags it lacks
+    then name that image, never a rebuild. A release tag on another image is never overwritten."""
+    held = {tag: engine.digest(f"{image}:{tag}") for tag in fixed}
+    if len(digests := set(filter(None, held.values()))) > 1 or (digests and not held[fixed[0]]):
+        tag = next(tag for tag in fixed[1:] if held[tag])
+        raise LinkError(
+            f"{image}:{tag} is published, not as this commit's image ({held[tag]}): a release tag is"
+            " never overwritten; delete it in the registry to publish it again; nothing was pushed"
+        )
+    if not digests:
+        return False
+    rest = [tag for tag in tags if not held.get(tag)]
+    print(f"app {image}:{fixed[0]} is in the registry ({held[fixed[0]]}): not rebuilding it", flush=True)
+    if rest:
+        engine.retag(f"{image}@{held[fixed[0]]}", [f"{image}:{tag}" for tag in rest])
+        print(("would tag it " if engine.dry_run else "tagged it ") + " ".join(rest), flush=True)
+    return True
+
+
 def publish(
-    engine: Engine, image: str, tags: list[str], push: bool, only: str | None, cache: bool, check: bool = False
+    engine: Engine,
+    image: str,
+    tags: list[str],
+    push: bool,
+    only: str | None,
+    cache: bool,
+    check: bool = False,
+    fixed: list[str] | None = None,
 ) -> None:
     """Push the base unless the registry has it (``check``: verify one it has), then build,
-    smoke-test and push the app FROM exactly that base."""
+    smoke-test and push the app FROM exactly that base; unless the app of this commit is in
+    the registry (``fixed``: its tags never moved), which the other tags then name."""
     project = engine.project
     for item in (stale := project.plan()[1]):
         print(f"stale: {item}", file=sys.stderr)
     if stale:
         raise LinkError("publish refused: run `make lock` or `make sync` and commit; nothing was built or pushed")
+    if push and only != "base" and fixed and published(engine, image, tags, fixed):
+        return
     ref, lock = project.reference(), project.lock().meta.get("body", "")
     platforms = locked_platforms(engine)
     built = platforms if push else [engine.native]  # a build without a push is for this machine alone
@@ -515,8 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "verify":
             verify(engine, locked_platforms(engine))
         else:
-            tags = [image_tag(t) for t in args.tags or []] or ci_tags(dict(os.environ))
-            publish(engine, args.image, tags, args.push, args.only, args.cache, args.verify)
+            tags, fixed = ([image_tag(t) for t in args.tags], []) if args.tags else ci_tags(dict(os.environ))
+            publish(engine, args.image, tags, args.push, args.only, args.cache, args.verify, fixed)
     except LinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
