@@ -106,11 +106,9 @@ def template_paths() -> list[str]:
     specs = []
     for path in root.rglob("*"):
         if path.is_file():
-            parts = [
-                re.sub(r"\{\{.*?\}\}", "*", re.sub(r"\{%.*?%\}", "", part)).removesuffix(".jinja")
-                for part in path.relative_to(root).parts
-            ]
-            if all(parts):
+            parts = [re.sub(r"\{\{.*?\}\}", "*", re.sub(r"\{%.*?%\}", "", part)).removesuffix(".jinja")
+                     for part in path.relative_to(root).parts]
+            if all(parts) and parts != ["*"]:  # not the answers file (copier's own), nor every file there
                 specs.append(":(glob)" + "/".join(parts))
     return specs
 
@@ -120,18 +118,26 @@ def saved_ignored(project: Path) -> Path | None:
     return project / where if where else None
 
 
-def save_ignored(project: Path) -> None:
+def save_ignored(project: Path) -> str:
     """Copy aside each file at a path the template renders that git ignores: copier writes its
-    file over such a file, and ``keep_ignored`` merges the user's lines back."""
+    file over such a file, and ``keep_ignored`` merges the user's lines back. Returns why the
+    update cannot start, or ""."""
     saved = saved_ignored(project)
     if saved is None:
-        return
-    shutil.rmtree(saved, ignore_errors=True)  # what an update broken off left
+        return ""
+    if saved.exists():  # an update stopped between before and after: these copies are all that is left
+        return (f"an update stopped half-way left copies of your files that git ignores in {saved}: put back what"
+                " you need (each under its own path), delete that folder, then update again")
     listed = git(project, "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--", *template_paths())
-    for rel in filter(None, listed.stdout.split("\0")):
-        if (project / rel).is_file() and not (project / rel).is_symlink():
-            (saved / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(project / rel, saved / rel)
+    try:
+        for rel in filter(None, listed.stdout.split("\0")):
+            if (project / rel).is_file() and not (project / rel).is_symlink():
+                (saved / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(project / rel, saved / rel)
+    except OSError as exc:
+        shutil.rmtree(saved, ignore_errors=True)
+        return f"cannot copy {exc.filename} aside ({exc.strerror}): the update would write the template's file over it"
+    return ""
 
 
 def show_bases(project: Path) -> None:
@@ -413,10 +419,31 @@ def keep_edited(project: Path) -> None:
             )
 
 
+def merge_file(yours: bytes, base: bytes, theirs: bytes, rel: str) -> tuple[bytes, bool] | None:
+    """git merge-file of the three, in the user's line endings, conflicts in diff3 style and
+    settled where only lines the tool writes differ; (merged, conflicted), or None if git failed."""
+    crlf = b"\r\n" in yours
+    with tempfile.TemporaryDirectory(prefix="linked-builds-merge-") as tmp:
+        for name, data in (("yours", yours), ("base", base), ("theirs", theirs)):
+            Path(tmp, name).write_bytes(data.replace(b"\r\n", b"\n"))
+        labels = ["-L", "before updating", "-L", "last update", "-L", "after updating"]
+        result = subprocess.run(["git", "merge-file", "-p", "--diff3", *labels, "yours", "base", "theirs"], cwd=tmp,
+                                capture_output=True, check=False)
+    if not 0 <= result.returncode < 128:
+        return None
+    merged = result.stdout
+    if result.returncode and rel in ("Dockerfile", "base/Dockerfile"):  # the pin, the lock line: sync writes them
+        text = settle(merged.decode("utf-8", errors="surrogateescape"), rel)[0]
+        merged = text.encode("utf-8", errors="surrogateescape")
+    conflicted = any(line.rstrip() == COPIER_START for line in merged.splitlines())
+    return (merged.replace(b"\n", b"\r\n") if crlf else merged), conflicted
+
+
 def keep_ignored(project: Path) -> list[str]:
     """Merge the user's lines back into each file ``save_ignored`` saved (git ignores it, so copier
-    wrote the template's file over it): the last update's render is the merge base. Returns the
-    files left with conflict markers."""
+    wrote the template's file over it): the last update's render is the merge base; where it
+    cannot be made again, the user's file goes back as it was. Returns the files left with
+    conflict markers. The copies are deleted once every file is written."""
     saved = saved_ignored(project)
     if saved is None or not saved.is_dir():
         return []
@@ -425,57 +452,27 @@ def keep_ignored(project: Path) -> list[str]:
     now = {rel: (project / rel).read_bytes() if (project / rel).is_file() else None for rel in rels}
     changed = [rel for rel in rels if not same(users[rel], now[rel])]
     try:
-        made = last_render(project, changed) if changed else {}
+        made: dict[str, bytes] | None = last_render(project, changed) if changed else {}
     except Exception as exc:  # the user's files go back as they were
-        print(
-            f"linked-builds: could not render the last update again ({type(exc).__name__}): files git ignores"
-            f" keep your lines and miss the template's changes: {', '.join(changed)}",
-            file=sys.stderr,
-        )
-        made = dict(users)
+        print(f"linked-builds: could not render the last update again ({type(exc).__name__}): {', '.join(changed)}"
+              " (git ignores them) keep your lines as they were, without the template's changes", file=sys.stderr)
+        made = None
     left = []
     for rel in changed:
-        if same(users[rel], made.get(rel)):
+        if made is not None and same(users[rel], made.get(rel)):
             continue  # the user had not changed it: the template's file is right
-        merged, conflicted, theirs = users[rel], False, now[rel]
+        merged, theirs = users[rel], now[rel]
         if theirs is None:
-            print(
-                f"linked-builds: {rel}: the template no longer makes this file, but you had changed it: kept;"
-                " carry over what you need, then delete it",
-                file=sys.stderr,
-            )
-        elif rel in made:
-            with tempfile.TemporaryDirectory(prefix="linked-builds-merge-") as tmp:
-                for name, data in (("yours", users[rel]), ("base", made[rel]), ("theirs", theirs)):
-                    Path(tmp, name).write_bytes(data)
-                result = subprocess.run(
-                    [
-                        "git",
-                        "merge-file",
-                        "-p",
-                        "-L",
-                        "before updating",
-                        "-L",
-                        "last update",
-                        "-L",
-                        "after updating",
-                        "yours",
-                        "base",
-                        "theirs",
-                    ],
-                    cwd=tmp,
-                    capture_output=True,
-                    check=False,
-                )
-            if 0 <= result.returncode < 128:
-                merged, conflicted = result.stdout, result.returncode > 0
+            print(f"linked-builds: {rel}: the template no longer makes this file, but you had changed it: kept;"
+                  " carry over what you need, then delete it", file=sys.stderr)
+        elif made is not None and rel in made and (done := merge_file(users[rel], made[rel], theirs, rel)):
+            merged = done[0]
+            left += [rel] * done[1]
         target = project / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp_file = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         tmp_file.write_bytes(merged)
         os.replace(tmp_file, target)
-        if conflicted:
-            left.append(rel)
     shutil.rmtree(saved)
     return left
 
@@ -553,8 +550,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args == ["after"]:
             return after(project)
+        if refused := save_ignored(project):
+            print(f"linked-builds: {refused}", file=sys.stderr)
+            return 2
         show_bases(project)
-        save_ignored(project)
         if said := move_list(project):
             print(f"linked-builds: {said}", file=sys.stderr)
     except (OSError, UnicodeDecodeError) as exc:

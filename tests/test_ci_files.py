@@ -350,6 +350,47 @@ def test_ci_tags(project: Path, env: dict[str, str], tags: list[str], fixed: lis
     assert tool_module(project, "publish").ci_tags(env) == (tags, fixed)
 
 
+@pytest.mark.parametrize(
+    ("held", "built", "said", "retagged"),
+    [
+        ({}, False, None, None),  # this commit's app is not published: build it
+        ({"c0ffee": "sha256:a"}, False, "app r/app:c0ffee is in the registry (sha256:a): not rebuilding it",
+         ["r/app:v1"]),
+        # Another run of the commit pushed it while this one built: its tags name that image, not this build.
+        ({"c0ffee": "sha256:a", "v1": "sha256:a"}, True, "app r/app:c0ffee is in the registry (sha256:a): not"
+         " pushing this build", ["r/app:main"]),
+        ({"c0ffee": "sha256:a", "v1": "sha256:b"}, False, "r/app:v1 is published as sha256:b and this commit's is"
+         " sha256:a: a release tag is never overwritten", None),
+        ({"v1": "sha256:b"}, False, "r/app:v1 is published as sha256:b and r/app:c0ffee, this commit's, is not: a"
+         " release tag is never overwritten", None),
+    ],
+)
+def test_an_apps_commit_and_release_tags_are_published_once(project: Path, capsys: pytest.CaptureFixture[str],
+                                                             held: dict[str, str], built: bool, said: str | None,
+                                                             retagged: list[str] | None) -> None:
+    module = tool_module(project, "publish")
+    calls: list[tuple[str, list[str]]] = []
+
+    class Registry:
+        dry_run = False
+
+        def digest(self, ref: str) -> str | None:
+            return held.get(ref.rsplit(":", 1)[1])
+
+        def retag(self, source: str, refs: list[str]) -> None:
+            calls.append((source, refs))
+
+    tags = ["c0ffee", "main" if built else "v1"]
+    try:
+        found = module.published(Registry(), "r/app", tags, ["c0ffee", "v1"], built=built)
+    except module.LinkError as exc:
+        assert said is not None and str(exc).startswith(said) and calls == []
+        return
+    assert found is (said is not None)
+    assert (said or "") in capsys.readouterr().out
+    assert calls == ([(f"r/app@{held['c0ffee']}", retagged)] if retagged else [])
+
+
 def test_tags_from_any_branch_name_are_valid_and_never_collide(project: Path) -> None:
     module = tool_module(project, "publish")
     names = ["main", "v1.2.0", "ü", "日本", "🚀", "-", ".", "feature/x", "feature-x", "feature_x", "x" * 200,

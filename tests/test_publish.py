@@ -130,8 +130,9 @@ def test_a_commits_app_is_published_once_and_a_release_tag_never_moves(registry:
         before = registry.catalog()
         moved = ci(other, "v1.0.0", "tag", check=False)
         assert moved.returncode == 2 and " bake " not in moved.stdout
-        assert (f"error: {image}:v1.0.0 is published, not as this commit's image ({built}): a release tag is never"
-                " overwritten; delete it in the registry to publish it again; nothing was pushed") in moved.stderr
+        assert (f"error: {image}:v1.0.0 is published as {built} and {image}:fedcba987654, this commit's, is not: a"
+                " release tag is never overwritten (delete it in the registry to publish it again); nothing was"
+                " pushed") in moved.stderr
         assert registry.catalog() == before
     finally:
         remove_local(base_ref, *(f"{image}:{tag}" for tag in ("0123456789ab", "main")))

@@ -392,31 +392,80 @@ def test_a_file_the_template_no_longer_makes_is_kept_where_the_user_changed_it(
         " carry over what you need, then delete it"]
 
 
-def test_files_git_ignores_get_the_template_changes_and_keep_the_users_lines(old_project: Project,
-                                                                             tmp_path: Path) -> None:
-    """Copier writes the template's file over one git ignores (its diff cannot see the user's lines):
-    a README the user added to, untracked and ignored, gets the template's change and keeps the user's
-    paragraph; a line both changed is left in conflict, named; a file the user never changed takes the
-    template's as copier would."""
-    project = clone(old_project("requirements", False), tmp_path / "project")
+def ignore_local_files(project: Path) -> tuple[Path, Path, Path]:
+    """What a user does: README.md (in CRLF, with a paragraph of theirs), Dockerfile (a line of
+    theirs where the template changes it) and app.py (as made) untracked and ignored, committed."""
     readme, dockerfile = project / "README.md", project / "Dockerfile"
-    app = project / "src" / "demo_app" / "app.py"
-    readme.write_text(readme.read_text() + USER_PARAGRAPH)
+    readme.write_bytes((readme.read_text() + USER_PARAGRAPH).replace("\n", "\r\n").encode())
     dockerfile.write_text(dockerfile.read_text().replace("# Python's urllib: no curl needed.\n",
                                                          "# Python's urllib, the user's words.\n"))
     git(project, "rm", "-q", "--cached", "README.md", "Dockerfile", "src/demo_app/app.py")
     (project / ".gitignore").write_text((project / ".gitignore").read_text() + "README.md\nDockerfile\napp.py\n")
     git(project, "commit", "-qam", "the README, Dockerfile and app.py are local files now")
+    return readme, dockerfile, project / "src" / "demo_app" / "app.py"
+
+
+def test_files_git_ignores_get_the_template_changes_and_keep_the_users_lines(old_project: Project,
+                                                                             tmp_path: Path) -> None:
+    """Copier writes the template's file over one git ignores (its diff cannot see the user's lines):
+    a README the user added to, untracked and ignored, gets the template's change and keeps the user's
+    paragraph and line endings; a line both changed is left in conflict, named (the pin, which sync
+    writes, is not one); a file the user never changed takes the template's as copier would."""
+    project = clone(old_project("requirements", False), tmp_path / "project")
+    readme, dockerfile, app = ignore_local_files(project)
     result = update(project)
     assert result.returncode == 0, result.stderr
-    assert "## Running the app\n" in readme.read_text() and readme.read_text().endswith(USER_PARAGRAPH)
+    text = readme.read_bytes().decode()
+    assert "## Running the app\r\n" in text and text.endswith(USER_PARAGRAPH.replace("\n", "\r\n"))
     assert '"""Build the application: ``/`` greets' in app.read_text()
     text = dockerfile.read_text()
-    assert "<<<<<<< before updating\n# Python's urllib, the user's words.\n" in text
+    assert text.count("<<<<<<< before updating\n") == 1, text
+    assert "<<<<<<< before updating\n# Python's urllib, the user's words.\n||||||| last update\n" in text
     assert "# Python's own urllib, so the image needs no curl.\n>>>>>>> after updating" in text
     assert ("linked-builds: the update left merge conflicts in Dockerfile, which git ignores: keep your lines, the"
             " template's or both, then delete the markers") in result.stderr.splitlines()
     assert not list((project / ".git").glob("linked-builds-ignored*"))
+
+
+def test_files_git_ignores_are_never_lost_when_the_last_update_cannot_be_rendered(old_project: Project,
+                                                                                  tmp_path: Path) -> None:
+    """Where the last update's render cannot be made again (its template out of reach), the user's
+    files go back as they were, said; an update stopped before its end leaves the copies, and the
+    next one refuses to start until the user has taken what they need from them."""
+    project = clone(old_project("requirements", False), tmp_path / "project")
+    readme, dockerfile, _ = ignore_local_files(project)
+
+    def held() -> tuple[bytes, str]:  # the pin aside: sync writes it anew after every update
+        return readme.read_bytes(), re.sub(r"(?m)^ARG BASE_IMAGE=.*$", "", dockerfile.read_text())
+
+    users = held()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('BREAK_LAST_RENDER') and 'after' in __import__('sys').argv:\n"
+        "    import copier\n"
+        "    def run_copy(*args, **kwargs):\n"
+        "        raise RuntimeError('the template is out of reach')\n"
+        "    copier.run_copy = run_copy\n")
+    env = {**os.environ, "PYTHONPATH": str(broken), "BREAK_LAST_RENDER": "1"}
+    result = subprocess.run([*COPIER, "update", "--trust", "--defaults", "--vcs-ref=HEAD"], cwd=project,
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert held() == users
+    assert ("linked-builds: could not render the last update again (RuntimeError): Dockerfile, README.md,"
+            " src/demo_app/app.py (git"
+            " ignores them) keep your lines as they were, without the template's changes") in result.stderr
+
+    git(project, "checkout", "-q", "--", ".")
+    saved = project / ".git" / "linked-builds-ignored"
+    (saved / "README.md").parent.mkdir(parents=True)
+    (saved / "README.md").write_text("what an update stopped half-way kept\n")
+    again = update(project)
+    assert again.returncode != 0 and (saved / "README.md").exists()
+    assert (f"linked-builds: an update stopped half-way left copies of your files that git ignores in {saved}: put"
+            " back what you need (each under its own path), delete that folder, then update again") in again.stderr
+    assert held() == users
 
 
 def test_update_refused_on_a_dirty_tree_changes_nothing(old_project: Project, tmp_path: Path) -> None:

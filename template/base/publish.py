@@ -396,22 +396,25 @@ def output(root: Path, **values: str) -> None:
         raise LinkError(f"cannot hand the base's digest to the next job: {exc.filename}: {exc.strerror}") from None
 
 
-def published(engine: Engine, image: str, tags: list[str], fixed: list[str]) -> bool:
+def published(engine: Engine, image: str, tags: list[str], fixed: list[str], built: bool = False) -> bool:
     """Whether the app of this commit is in the registry (its tag, ``fixed[0]``): the tags it lacks
-    then name that image, never a rebuild. A release tag on another image is never overwritten."""
+    then name that image, never a rebuild (``built``: nor this build). A release tag on another
+    image, or published where this commit's tag is not, is never overwritten."""
     held = {tag: engine.digest(f"{image}:{tag}") for tag in fixed}
-    if len(digests := set(filter(None, held.values()))) > 1 or (digests and not held[fixed[0]]):
-        tag = next(tag for tag in fixed[1:] if held[tag])
+    commit = held[fixed[0]]
+    if other := next((tag for tag in fixed[1:] if held[tag] and held[tag] != commit), None):
+        now = f"this commit's is {commit}" if commit else f"{image}:{fixed[0]}, this commit's, is not"
         raise LinkError(
-            f"{image}:{tag} is published, not as this commit's image ({held[tag]}): a release tag is"
-            " never overwritten; delete it in the registry to publish it again; nothing was pushed"
+            f"{image}:{other} is published as {held[other]} and {now}: a release tag is never"
+            " overwritten (delete it in the registry to publish it again); nothing was pushed"
         )
-    if not digests:
+    if not commit:
         return False
     rest = [tag for tag in tags if not held.get(tag)]
-    print(f"app {image}:{fixed[0]} is in the registry ({held[fixed[0]]}): not rebuilding it", flush=True)
+    skipped = "not pushing this build" if built else "not rebuilding it"
+    print(f"app {image}:{fixed[0]} is in the registry ({commit}): {skipped}", flush=True)
     if rest:
-        engine.retag(f"{image}@{held[fixed[0]]}", [f"{image}:{tag}" for tag in rest])
+        engine.retag(f"{image}@{commit}", [f"{image}:{tag}" for tag in rest])
         print(("would tag it " if engine.dry_run else "tagged it ") + " ".join(rest), flush=True)
     return True
 
@@ -507,6 +510,8 @@ def publish(
     else:  # this machine's platform into the engine, for the smoke test (the base target built too, if need be)
         engine.bake("app", {**bake, "PLATFORMS": engine.native, "CACHE": "read" * cache}, "--load")
     engine.smoke(refs[0], ref * pushed)  # before any push of the app: an image that does not serve is never published
+    if push and fixed and published(engine, image, tags, fixed, built=True):  # another run pushed it meanwhile
+        return
     for r in refs if push and engine.podman else []:
         engine.must("manifest", "push", "--all", refs[0], f"docker://{r}")
     if push and not engine.podman:
