@@ -15,9 +15,11 @@ WORKERS ?= auto
 # generated projects' makes the tests run see no trace of this one (make[1]:, its flags).
 # A test that failed on one of the engines' known intermittent bugs runs once more, and only
 # then: Docker 26's containerd store unpacking a new image (moby/buildkit#6521) or racing two
-# writes of one layer ("locked for ...: unavailable"), Buildah losing its build container.
+# writes of one layer ("locked for ...: unavailable"), Buildah losing its build container,
+# qemu-user hanging a forked child under arm64 emulation (tests/engine.py's make() times out).
 ENGINE_FLAKES := --reruns 1 --only-rerun 'failed to prepare extraction snapshot' \
-	--only-rerun 'locked for [0-9.]+m?s .*unavailable' --only-rerun 'identifier is not a container'
+	--only-rerun 'locked for [0-9.]+m?s .*unavailable' --only-rerun 'identifier is not a container' \
+	--only-rerun 'timed out after [0-9]+ s'
 PYTEST := env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS PATH="$(abspath $(BIN)):$$PATH" \
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder $(ENGINE_FLAKES)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -71,13 +72,24 @@ def bake_env(folder: Path) -> dict[str, str]:
 
 
 def make(project: Path, *targets: str, docker: str = DOCKER, build_args: str = "", check: bool = True,
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the project's Makefile with a given engine client, output captured (bake: the host's network)."""
+         env: dict[str, str] | None = None, seconds: int = 900) -> subprocess.CompletedProcess[str]:
+    """Run the project's Makefile with a given engine client, output captured (bake: the host's network).
+
+    After ``seconds`` every process it started is killed (its bake client gone, BuildKit cancels the
+    build) and the test fails, once more at most (ENGINE_FLAKES): under arm64 emulation, uv's forked
+    child has hung for good in a futex wait (qemu-user), which would hold the whole run."""
     args = f"--network host {build_args}".strip()
-    result = subprocess.run(
-        ["make", "--no-print-directory", *targets, f"DOCKER={docker}", f"BUILD_ARGS={args}"],
-        cwd=project, capture_output=True, text=True, env={**os.environ, **bake_env(project.parent), **(env or {})},
-    )
+    argv = ["make", "--no-print-directory", *targets, f"DOCKER={docker}", f"BUILD_ARGS={args}"]
+    with subprocess.Popen(argv, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, **bake_env(project.parent), **(env or {})}, start_new_session=True) as run:
+        try:
+            out, err = run.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            out, err = run.communicate()
+            raise AssertionError(f"make {' '.join(targets)} timed out after {seconds} s:\n{out[-4000:]}\n"
+                                 f"{err[-4000:]}") from None
+    result = subprocess.CompletedProcess(argv, run.returncode, out, err)
     if check and result.returncode != 0:
         raise AssertionError(f"make {' '.join(targets)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result

@@ -575,8 +575,8 @@ def test_a_base_in_the_registry_must_list_every_platform(two_platforms: tuple[Pa
                     str(engine))
     ref = linked(project, "ref").stdout.strip()
     assert result.returncode == 2
-    refused = (f"error: base {ref} in the registry lacks {missing}: refusing to build on it (a push broken off"
-               " half-way leaves that: delete the tag in the registry, then publish again)")
+    refused = (f"error: base {ref} in the registry lacks {missing}: refusing to build on it (pushed by other means,"
+               " or by an older publish broken off: delete the tag, then publish again)")
     assert result.stderr.splitlines()[-1] == refused
     assert set(log.read_text().splitlines()) == {"--version"}  # nothing pulled, built or pushed
 

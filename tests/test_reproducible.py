@@ -115,7 +115,14 @@ def test_the_default_project_publishes_both_platforms_through_bake_and_a_fresh_e
         published = make(project, "publish", "PUBLISH_ARGS=--tag t1 --cache", env=cold)
         out, races = published.stdout, raced(published)
         assert f"base {ref} is not in the registry: building it and pushing it" in out
-        assert " load --input " in out and f" push {ref}\n" in out
+        # Docker's own builder: the export loaded, pushed under the scratch tag (the engine pushes it
+        # platform by platform), then the content tag written once, naming the whole index.
+        repository = ref.rsplit(":", 1)[0]
+        assert " load --input " in out and f" push {repository}:upload\n" in out
+        assert f" buildx imagetools create --tag {ref} {repository}@sha256:" in out
+        put = f'"PUT /v2/{namespace}/dfltbase/manifests/{content_tag} HTTP/1.1" 201'
+        assert registry.log().count(put) == 1
+        assert imagetools(ref, "--raw") == imagetools(f"{repository}:upload", "--raw")
         assert f"smoke test: {app}:t1 is healthy and answers /healthz" in out
         pushed = index_of(ref)
         assert set(pushed) == BOTH and set(index_of(f"{app}:t1")) == BOTH

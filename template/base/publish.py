@@ -25,6 +25,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from linked import LinkError, Project, base_settings, image_froms, run, split
 
 LABELS = ("org.linked-builds.content-tag", "org.linked-builds.lock")
 ABSENT = 4  # `exists`: the registry clearly has no such image (2 is any error's)
+UPLOAD = "upload"  # the base repository's scratch tag: Docker's own builder pushes there first
 DEADLINE = 120  # seconds for one registry question, whatever the registry does
 # The smoke test's service: no network, no published port, and its image's own HEALTHCHECK
 # probed each second (not each 30 s), so the verdict comes in seconds either way.
@@ -216,15 +218,25 @@ class Engine:
         self.must("buildx", "bake", "--file", "docker-bake.hcl", *self.bake_args, *dry, *args, target, env=variables)
 
     def push_base(self, ref: str, variables: dict[str, str]) -> None:
-        """Push the base with its file times rewritten: `bake --push`; Docker's own builder (the docker
-        driver) rewrites them only in an export, which is loaded into the engine as it is (the containerd
-        image store keeps its digests) and pushed from there."""
+        """Push the base with its file times rewritten, its tag last (a push broken off leaves no tag):
+        `bake --push`. Docker's own builder (the docker driver) rewrites them only in an export, loaded
+        as it is (the containerd image store keeps its digests) and pushed under the repository's
+        scratch tag, which the engine pushes platform by platform; then the tag names its index."""
         if not self.docker_driver:
             return self.bake("base", variables, "--push")
+        repository = ref.rsplit(":", 1)[0]
+        scratch = f"{repository}:{UPLOAD}"
         with tempfile.TemporaryDirectory(prefix="linked-base-") as folder:
             self.bake("base", {**variables, "BASE_OUTPUT": f"type=oci,dest={folder}/base.tar,name={ref}"})
+            index = "sha256:<the export's>"
+            if not self.dry_run:
+                with tarfile.open(f"{folder}/base.tar") as tar, tar.extractfile("index.json") as held:  # type: ignore[union-attr]
+                    index = json.load(held)["manifests"][0]["digest"]
             self.must("load", "--input", f"{folder}/base.tar")
-            self.must("push", ref)
+        self.must("tag", ref, scratch)
+        self.must("push", scratch)
+        self.must("buildx", "imagetools", "create", "--tag", ref, f"{repository}@{index}")
+        run([*self.command, "rmi", scratch], quiet=True)
 
     def podman_build(self, context: str, ref: str, platforms: list[str], args: list[str], push: bool) -> None:
         """Podman: ``context`` as ``ref``, or for a push for ``platforms`` into the manifest list ``ref``."""
@@ -477,7 +489,7 @@ def publish(
         print(f"base {ref} is in the registry ({digest}): using it, not rebuilding it", flush=True)
         listed = platforms_in(found[1] if found else b"{}", ref)  # an index lists them; one image has one
         if (listed is not None or len(platforms) > 1) and (missing := set(platforms) - set(listed or {})):
-            fix = "a push broken off half-way leaves that: delete the tag in the registry, then publish again"
+            fix = "pushed by other means, or by an older publish broken off: delete the tag, then publish again"
             raise LinkError(
                 f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it ({fix})"
             )
