@@ -363,6 +363,8 @@ def test_ci_tags(project: Path, env: dict[str, str], tags: list[str], fixed: lis
          " sha256:a: a release tag is never overwritten", None),
         ({"v1": "sha256:b"}, False, "r/app:v1 is published as sha256:b and r/app:c0ffee, this commit's, is not: a"
          " release tag is never overwritten", None),
+        # A push broken off left one platform under this commit's tag: built again, not tagged.
+        ({"c0ffee": "sha256:half"}, False, None, None),
     ],
 )
 def test_an_apps_commit_and_release_tags_are_published_once(project: Path, capsys: pytest.CaptureFixture[str],
@@ -380,14 +382,21 @@ def test_an_apps_commit_and_release_tags_are_published_once(project: Path, capsy
         def retag(self, source: str, refs: list[str]) -> None:
             calls.append((source, refs))
 
+        def platforms(self, ref: str) -> dict[str, str]:
+            both = {"linux/amd64": "sha256:1", "linux/arm64": "sha256:2"}
+            return {"linux/amd64": "sha256:1"} if ref.endswith("@sha256:half") else both
+
     tags = ["c0ffee", "main" if built else "v1"]
     try:
-        found = module.published(Registry(), "r/app", tags, ["c0ffee", "v1"], built=built)
+        found = module.published(Registry(), "r/app", tags, ["c0ffee", "v1"], ["linux/amd64", "linux/arm64"],
+                                 built=built)
     except module.LinkError as exc:
         assert said is not None and str(exc).startswith(said) and calls == []
         return
+    out = capsys.readouterr().out
     assert found is (said is not None)
-    assert (said or "") in capsys.readouterr().out
+    assert (said or "") in out
+    assert ("r/app:c0ffee lacks linux/arm64 (a push broken off): building it again" in out) is ("half" in str(held))
     assert calls == ([(f"r/app@{held['c0ffee']}", retagged)] if retagged else [])
 
 

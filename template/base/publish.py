@@ -177,6 +177,11 @@ class Engine:
         found = manifest(ref, self.command, self.podman)
         return found[0] if found else None
 
+    def platforms(self, ref: str) -> dict[str, str] | None:
+        """The platforms the registry's index ``ref`` lists; None for one image, or none."""
+        found = manifest(ref, self.command, self.podman)
+        return platforms_in(found[1], ref) if found else None
+
     def retag(self, source: str, refs: list[str]) -> None:
         """Give the image ``source`` (by digest, in the registry) the tags ``refs``, registry to registry."""
         if not self.podman:
@@ -408,12 +413,19 @@ def output(root: Path, **values: str) -> None:
         raise LinkError(f"cannot hand the base's digest to the next job: {exc.filename}: {exc.strerror}") from None
 
 
-def published(engine: Engine, image: str, tags: list[str], fixed: list[str], built: bool = False) -> bool:
-    """Whether the app of this commit is in the registry (its tag, ``fixed[0]``): the tags it lacks
-    then name that image, never a rebuild (``built``: nor this build). A release tag on another
-    image, or published where this commit's tag is not, is never overwritten."""
+def published(
+    engine: Engine, image: str, tags: list[str], fixed: list[str], platforms: list[str], built: bool = False
+) -> bool:
+    """Whether the app of this commit is in the registry (its tag, ``fixed[0]``, for ``platforms``):
+    the tags it lacks then name that image, never a rebuild (``built``: nor this build). A release
+    tag on another image, or published where this commit's tag is not, is never overwritten."""
     held = {tag: engine.digest(f"{image}:{tag}") for tag in fixed}
     commit = held[fixed[0]]
+    listed = engine.platforms(f"{image}@{commit}") if commit else None
+    if commit and (lacking := set(platforms) - set(listed or {})) and (listed or len(lacking) > 1):
+        said = f"app {image}:{fixed[0]} lacks {', '.join(sorted(lacking))} (a push broken off): building it again"
+        print(said, flush=True)
+        held[fixed[0]] = commit = None
     if other := next((tag for tag in fixed[1:] if held[tag] and held[tag] != commit), None):
         now = f"this commit's is {commit}" if commit else f"{image}:{fixed[0]}, this commit's, is not"
         raise LinkError(
@@ -449,10 +461,10 @@ def publish(
         print(f"stale: {item}", file=sys.stderr)
     if stale:
         raise LinkError("publish refused: run `make lock` or `make sync` and commit; nothing was built or pushed")
-    if push and only != "base" and fixed and published(engine, image, tags, fixed):
-        return
     ref, lock = project.reference(), project.lock().meta.get("body", "")
     platforms = locked_platforms(engine)
+    if push and only != "base" and fixed and published(engine, image, tags, fixed, platforms):
+        return
     built = platforms if push else [engine.native]  # a build without a push is for this machine alone
     repository, content_tag = ref.rsplit(":", 1)
     if repository_name(image) == repository_name(repository):
@@ -522,7 +534,9 @@ def publish(
     else:  # this machine's platform into the engine, for the smoke test (the base target built too, if need be)
         engine.bake("app", {**bake, "PLATFORMS": engine.native, "CACHE": "read" * cache}, "--load")
     engine.smoke(refs[0], ref * pushed)  # before any push of the app: an image that does not serve is never published
-    if push and fixed and published(engine, image, tags, fixed, built=True):  # another run pushed it meanwhile
+    if (
+        push and fixed and published(engine, image, tags, fixed, platforms, built=True)
+    ):  # another run pushed it meanwhile
         return
     for r in refs if push and engine.podman else []:
         engine.must("manifest", "push", "--all", refs[0], f"docker://{r}")
