@@ -72,9 +72,9 @@ def git(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], cwd=project, capture_output=True, text=True, check=False)
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(text.encode("utf-8"))
+    tmp.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
     os.replace(tmp, path)
 
 
@@ -367,16 +367,8 @@ def last_render(project: Path, rels: list[str]) -> dict[str, bytes]:
     for template in sources:
         with tempfile.TemporaryDirectory(prefix="linked-builds-last-update-") as last:
             try:
-                run_copy(
-                    template,
-                    last,
-                    data=data,
-                    vcs_ref=answers["_commit"],
-                    defaults=True,
-                    skip_tasks=True,
-                    quiet=True,
-                    unsafe=True,
-                )
+                run_copy(template, last, data=data, vcs_ref=answers["_commit"], defaults=True,
+                         skip_tasks=True, quiet=True, unsafe=True)
             except Exception:  # the next source, if any
                 if template == sources[-1]:
                     raise
@@ -400,23 +392,17 @@ def keep_edited(project: Path) -> None:
     try:
         made = last_render(project, gone)
     except Exception as exc:  # any failure: the files are named, never lost
-        print(
-            f"linked-builds: the update deleted {', '.join(gone)} (the template no longer makes them) and could"
-            f" not tell whether you had changed them ({type(exc).__name__}): `git checkout HEAD -- <file>`"
-            " brings one back",
-            file=sys.stderr,
-        )
+        print(f"linked-builds: the update deleted {', '.join(gone)} (the template no longer makes them) and could"
+              f" not tell whether you had changed them ({type(exc).__name__}): `git checkout HEAD -- <file>`"
+              " brings one back", file=sys.stderr)
         return
     for rel in gone:
         held = subprocess.run(["git", "show", f"HEAD:./{rel}"], cwd=project, capture_output=True, check=False).stdout
         if same(held, made.get(rel)):
             continue  # as the template made it: gone with the template
         if git(project, "checkout", "HEAD", "--", rel).returncode == 0:
-            print(
-                f"linked-builds: {rel}: the template no longer makes this file, but you had changed it: kept;"
-                " carry over what you need, then delete it",
-                file=sys.stderr,
-            )
+            print(f"linked-builds: {rel}: the template no longer makes this file, but you had changed it: kept;"
+                  " carry over what you need, then delete it", file=sys.stderr)
 
 
 def merge_file(yours: bytes, base: bytes, theirs: bytes, rel: str) -> tuple[bytes, bool] | None:
@@ -467,12 +453,10 @@ def keep_ignored(project: Path) -> list[str]:
                   " carry over what you need, then delete it", file=sys.stderr)
         elif made is not None and rel in made and (done := merge_file(users[rel], made[rel], theirs, rel)):
             merged = done[0]
-            left += [rel] * done[1]
-        target = project / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp_file = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp_file.write_bytes(merged)
-        os.replace(tmp_file, target)
+            if done[1]:
+                left.append(rel)
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(project / rel, merged)
     shutil.rmtree(saved)
     return left
 

@@ -325,6 +325,12 @@ def platforms_in(raw: bytes, ref: str) -> dict[str, str] | None:
         raise LinkError(f"{ref}: the registry answered an index that is not JSON of the OCI image spec") from None
 
 
+def lacking(platforms: list[str], listed: dict[str, str] | None) -> set[str]:
+    """Which of ``platforms`` an index that lists ``listed`` lacks (None: one image, which stands
+    for one platform)."""
+    return set(platforms) - set(listed or {}) if listed is not None or len(platforms) > 1 else set()
+
+
 def locked_platforms(engine: Engine) -> list[str]:
     """The platforms base/Dockerfile's lock line names (this machine's, where it names none)."""
     named = base_settings(engine.project.read("base/Dockerfile"))[0].get("platforms", engine.native)  # checked there
@@ -421,9 +427,8 @@ def published(
     tag on another image, or published where this commit's tag is not, is never overwritten."""
     held = {tag: engine.digest(f"{image}:{tag}") for tag in fixed}
     commit = held[fixed[0]]
-    listed = engine.platforms(f"{image}@{commit}") if commit else None
-    if commit and (lacking := set(platforms) - set(listed or {})) and (listed or len(lacking) > 1):
-        said = f"app {image}:{fixed[0]} lacks {', '.join(sorted(lacking))} (a push broken off): building it again"
+    if commit and (missing := lacking(platforms, engine.platforms(f"{image}@{commit}"))):
+        said = f"app {image}:{fixed[0]} lacks {', '.join(sorted(missing))} (a push broken off): building it again"
         print(said, flush=True)
         held[fixed[0]] = commit = None
     if other := next((tag for tag in fixed[1:] if held[tag] and held[tag] != commit), None):
@@ -499,8 +504,7 @@ def publish(
             digest = engine.digest(ref) if pushed else None
     elif digest and only != "app":
         print(f"base {ref} is in the registry ({digest}): using it, not rebuilding it", flush=True)
-        listed = platforms_in(found[1] if found else b"{}", ref)  # an index lists them; one image has one
-        if (listed is not None or len(platforms) > 1) and (missing := set(platforms) - set(listed or {})):
+        if missing := lacking(platforms, platforms_in(found[1] if found else b"{}", ref)):
             fix = "pushed by other means, or by an older publish broken off: delete the tag, then publish again"
             raise LinkError(
                 f"base {ref} in the registry lacks {', '.join(sorted(missing))}: refusing to build on it ({fix})"
@@ -534,9 +538,8 @@ def publish(
     else:  # this machine's platform into the engine, for the smoke test (the base target built too, if need be)
         engine.bake("app", {**bake, "PLATFORMS": engine.native, "CACHE": "read" * cache}, "--load")
     engine.smoke(refs[0], ref * pushed)  # before any push of the app: an image that does not serve is never published
-    if (
-        push and fixed and published(engine, image, tags, fixed, platforms, built=True)
-    ):  # another run pushed it meanwhile
+    # Another run of this commit may have pushed its app meanwhile: its tags then name that one.
+    if push and fixed and published(engine, image, tags, fixed, platforms, built=True):
         return
     for r in refs if push and engine.podman else []:
         engine.must("manifest", "push", "--all", refs[0], f"docker://{r}")
