@@ -228,7 +228,7 @@ def test_default_branch_pipeline_tests_then_pushes_the_base_then_the_app(registr
         assert digest, run.job_output("app")[-3000:]
 
         assert registry.tags(base_repo) == sorted([content_tag, "buildx-cache", "upload"])
-        assert registry.tags(app_repo) == sorted([sha[:12], "buildx-cache", "main"])
+        assert registry.tags(app_repo) == sorted([sha[:12], "buildx-cache", "main", "upload"])
         log = registry.log()
         base_put = log.find(f"PUT /v2/{base_repo}/manifests/{content_tag} ")
         app_put = log.find(f"PUT /v2/{app_repo}/manifests/")

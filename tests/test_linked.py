@@ -214,6 +214,8 @@ def test_a_pin_from_another_repository_is_refused(project: Path) -> None:
      "repository: give the app's own (IMAGE); nothing was built"),
     ("docker.io/example/demo-app", "buildx-cache", "the tag buildx-cache holds docker.io/example/demo-app's build "
      "cache: tag the app otherwise; nothing was built"),
+    ("docker.io/example/demo-app", "upload", "the tag upload holds docker.io/example/demo-app's pushes under way: "
+     "tag the app otherwise; nothing was built"),
 ])
 def test_publish_never_pushes_the_app_over_a_base_or_a_cache(project: Path, image: str, tag: str, said: str) -> None:
     """The app's image and tags never name the base's repository (its content tags are never overwritten)

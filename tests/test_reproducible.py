@@ -119,10 +119,14 @@ def test_the_default_project_publishes_both_platforms_through_bake_and_a_fresh_e
         # platform by platform), then the content tag written once, naming the whole index.
         repository = ref.rsplit(":", 1)[0]
         assert " load --input " in out and f" push {repository}:upload\n" in out
-        assert f" buildx imagetools create --tag {ref} {repository}@sha256:" in out
+        assert f" buildx imagetools create --tag={ref} {repository}@sha256:" in out
         put = f'"PUT /v2/{namespace}/dfltbase/manifests/{content_tag} HTTP/1.1" 201'
         assert registry.log().count(put) == 1
         assert imagetools(ref, "--raw") == imagetools(f"{repository}:upload", "--raw")
+        # The app likewise: its tag written once, onto the index pushed under its own scratch tag.
+        assert f" buildx imagetools create --tag={app}:t1 {app}@sha256:" in out
+        assert registry.log().count(f'"PUT /v2/{namespace}/dflt/manifests/t1 HTTP/1.1" 201') == 1
+        assert imagetools(f"{app}:t1", "--raw") == imagetools(f"{app}:upload", "--raw")
         assert f"smoke test: {app}:t1 is healthy and answers /healthz" in out
         pushed = index_of(ref)
         assert set(pushed) == BOTH and set(index_of(f"{app}:t1")) == BOTH

@@ -35,7 +35,7 @@ from linked import LinkError, Project, base_settings, image_froms, run, split
 
 LABELS = ("org.linked-builds.content-tag", "org.linked-builds.lock")
 ABSENT = 4  # `exists`: the registry clearly has no such image (2 is any error's)
-UPLOAD = "upload"  # the base repository's scratch tag: Docker's own builder pushes there first
+UPLOAD = "upload"  # each repository's scratch tag: Docker's own builder pushes there first
 DEADLINE = 120  # seconds for one registry question, whatever the registry does
 # The smoke test's service: no network, no published port, and its image's own HEALTHCHECK
 # probed each second (not each 30 s), so the verdict comes in seconds either way.
@@ -240,8 +240,24 @@ class Engine:
             self.must("load", "--input", f"{folder}/base.tar")
         self.must("tag", ref, scratch)
         self.must("push", scratch)
-        self.must("buildx", "imagetools", "create", "--tag", ref, f"{repository}@{index}")
+        self.retag(f"{repository}@{index}", [ref])
         run([*self.command, "rmi", scratch], quiet=True)
+
+    def push_app(self, image: str, refs: list[str], variables: dict[str, str]) -> None:
+        """Push the app, each tag at once: `bake --push`. Docker's own builder pushes a tag platform by
+        platform: there the build goes under the scratch tag, then the tags name its index (by digest)."""
+        if not self.docker_driver:
+            return self.bake("app", variables, "--push")
+        with tempfile.TemporaryDirectory(prefix="linked-app-") as folder:
+            built = Path(folder, "built.json")
+            self.bake("app", {**variables, "TAGS": UPLOAD}, "--push", f"--metadata-file={built}")
+            index = (
+                "sha256:<the build's>"
+                if self.dry_run
+                else json.loads(built.read_text())["app"]["containerimage.digest"]
+            )
+        self.retag(f"{image}@{index}", refs)
+        run([*self.command, "rmi", f"{image}:{UPLOAD}"], quiet=True)
 
     def podman_build(self, context: str, ref: str, platforms: list[str], args: list[str], push: bool) -> None:
         """Podman: ``context`` as ``ref``, or for a push for ``platforms`` into the manifest list ``ref``."""
@@ -474,8 +490,9 @@ def publish(
     repository, content_tag = ref.rsplit(":", 1)
     if repository_name(image) == repository_name(repository):
         raise LinkError(f"--image {image} is the base's repository: give the app's own (IMAGE); nothing was built")
-    if "buildx-cache" in tags:
-        raise LinkError(f"the tag buildx-cache holds {image}'s build cache: tag the app otherwise; nothing was built")
+    for tag, holds in (("buildx-cache", "build cache"), (UPLOAD, "pushes under way")):
+        if tag in tags:
+            raise LinkError(f"the tag {tag} holds {image}'s {holds}: tag the app otherwise; nothing was built")
     bake = {"BASE_REPOSITORY": repository, "BASE_TAG": content_tag, "LOCK": lock, "IMAGE": image}
     bake |= {"TAGS": ",".join(tags), "PLATFORMS": ",".join(built), "CACHE": ("write" if push else "read") * cache}
     labels = [f"--label={k}={v}" for k, v in zip(LABELS, (content_tag, lock))]
@@ -544,7 +561,7 @@ def publish(
     for r in refs if push and engine.podman else []:
         engine.must("manifest", "push", "--all", refs[0], f"docker://{r}")
     if push and not engine.podman:
-        engine.bake("app", bake, "--push")
+        engine.push_app(image, refs, bake)
     done = ("would push " if push else "would build ") if engine.dry_run else ("pushed " if push else "built ")
     print(done + " ".join(refs) + f" FROM {ref}", flush=True)
 
