@@ -198,6 +198,17 @@ class Registry:
             raise
         return sorted(json.loads(body).get("tags") or [])
 
+    def digest(self, repository: str, tag: str) -> str:
+        """The digest the registry holds under ``repository:tag`` (an image or a list)."""
+        request = urllib.request.Request(
+            f"http://{self.host}/v2/{repository}/manifests/{tag}", method="HEAD",
+            headers={"Accept": "application/vnd.oci.image.index.v1+json, "  # what the tag names, a list too
+                               "application/vnd.docker.distribution.manifest.list.v2+json, "
+                               "application/vnd.docker.distribution.manifest.v2+json, "
+                               "application/vnd.oci.image.manifest.v1+json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(response.headers["Docker-Content-Digest"])
+
     def catalog(self) -> dict[str, list[str]]:
         _, body = http_get(f"http://{self.host}/v2/_catalog", time.monotonic())
         return {repo: self.tags(repo) for repo in json.loads(body)["repositories"]}

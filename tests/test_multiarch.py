@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import linked, render_project
+from conftest import linked, render_project, tool_module
 from engine import (
     Registry,
     free_port,
@@ -115,6 +115,8 @@ def test_publish_pushes_manifest_lists_and_the_arm64_app_serves(registry: Regist
         assert f"app {app}:0123456789ab is in the registry (sha256:" in release.stdout
         assert "tagged it v1.0.0" in release.stdout and "+ podman build" not in release.stdout
         assert platforms(registry, "multiarch/both", "v1.0.0") == platforms(registry, "multiarch/both", "main") == BOTH
+        # The very list, its digest kept (skopeo copies it as it is).
+        assert registry.digest("multiarch/both", "v1.0.0") == registry.digest("multiarch/both", "0123456789ab")
         # The arm64 app, pulled from the registry, serves under emulation.
         port = free_port()
         name = f"multiarch-{os.getpid()}"
@@ -131,3 +133,23 @@ def test_publish_pushes_manifest_lists_and_the_arm64_app_serves(registry: Regist
         for ref in (base_ref, f"{app}:t1", f"{app}:0123456789ab", f"{app}:main", upstream):
             podman(podman_env, "manifest", "rm", ref, check=False)
             podman(podman_env, "rmi", "--force", ref, check=False)
+
+
+def test_podmans_retag_names_the_very_image_a_single_one_too(registry: Registry, podman_env: dict[str, str],
+                                                             standins: dict[str, str], project: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tag publish puts on an image the registry has (a release tag on the commit's app) names that
+    image by its digest, a single image (not a list) too: a list made of it would be another image."""
+    repository, tag = standins["python"].removeprefix(f"{registry.host}/").rsplit(":", 1)
+    request = urllib.request.Request(f"http://{registry.host}/v2/{repository}/manifests/{tag}", headers={
+        "Accept": "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json"})
+    with urllib.request.urlopen(request, timeout=10) as got:
+        (single,) = [m["digest"] for m in json.loads(got.read())["manifests"]
+                     if m["platform"]["architecture"] == "amd64"]
+    source = f"{registry.host}/{repository}@{single}"
+    for key, value in podman_env.items():
+        monkeypatch.setenv(key, value)
+    publish = tool_module(project, "publish")
+    engine = publish.Engine(publish.Project(project), [PODMAN])
+    engine.retag(source, [f"{registry.host}/multiarch/single:one", f"{registry.host}/multiarch/single:two"])
+    assert registry.digest("multiarch/single", "one") == registry.digest("multiarch/single", "two") == single

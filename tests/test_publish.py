@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,15 +120,15 @@ def test_a_commits_app_is_published_once_and_a_release_tag_never_moves(registry:
         # Each tag written once, naming the whole list (Docker's engine pushes a tag platform by platform).
         for tag in ("0123456789ab", "main"):
             assert registry.log().count(f"PUT /v2/rehearsal/release/manifests/{tag} ") == 1
-        built = registry_digest(registry, "rehearsal/release", "0123456789ab")
+        built = registry.digest("rehearsal/release", "0123456789ab")
 
         rerun = ci(commit, "main", "branch").stdout
         assert f"app {image}:0123456789ab is in the registry ({built}): not rebuilding it" in rerun
-        assert " bake " not in rerun and registry_digest(registry, "rehearsal/release", "main") == built
+        assert " bake " not in rerun and registry.digest("rehearsal/release", "main") == built
 
         release = ci(commit, "v1.0.0", "tag").stdout
         assert "tagged it v1.0.0" in release and " bake " not in release
-        assert registry_digest(registry, "rehearsal/release", "v1.0.0") == built
+        assert registry.digest("rehearsal/release", "v1.0.0") == built
 
         before = registry.catalog()
         moved = ci(other, "v1.0.0", "tag", check=False)
@@ -210,17 +209,6 @@ def test_dockerhub_hooks_rehearsal(registry: Registry, tmp_path: Path) -> None:
                      f"{app_repo}:{commit[:12]}")
 
 
-def registry_digest(registry: Registry, repository: str, tag: str) -> str:
-    request = urllib.request.Request(
-        f"http://{registry.host}/v2/{repository}/manifests/{tag}", method="HEAD",
-        headers={"Accept": "application/vnd.oci.image.index.v1+json, "  # what the tag names, a list too
-                           "application/vnd.docker.distribution.manifest.list.v2+json, "
-                           "application/vnd.docker.distribution.manifest.v2+json, "
-                           "application/vnd.oci.image.manifest.v1+json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return str(response.headers["Docker-Content-Digest"])
-
-
 def run_file(ref: str, path: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([DOCKER, "run", "--rm", "--network", "host", ref, "cat", path],
                           capture_output=True, text=True)
@@ -242,7 +230,7 @@ def test_upstream_pinned_by_digest_moves_only_with_make_lock(registry: Registry,
     push(upstream)
     # pip: uv's image would come from ghcr.io, which cannot be reached here to pin it by digest.
     project = new_project(registry, tmp_path / "p", project_slug="moving", upstream_image=upstream, installer="pip")
-    first = registry_digest(registry, "library/python", "3.13-slim-trixie")
+    first = registry.digest("library/python", "3.13-slim-trixie")
     base_dockerfile = project / "base" / "Dockerfile"
     assert f"\nFROM {upstream}@{first}\n" in base_dockerfile.read_text()
     check = linked(project, "check")
@@ -257,7 +245,7 @@ def test_upstream_pinned_by_digest_moves_only_with_make_lock(registry: Registry,
         subprocess.run([DOCKER, "build", "--network", "host", "--tag", upstream, str(fixed_ctx)], check=True,
                        capture_output=True, env=env)
         push(upstream)
-        second = registry_digest(registry, "library/python", "3.13-slim-trixie")
+        second = registry.digest("library/python", "3.13-slim-trixie")
         assert second != first
         assert linked(project, "check").returncode == 0 and linked(project, "ref").stdout.strip() == base_ref
         remove_local(base_ref)

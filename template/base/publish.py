@@ -45,6 +45,12 @@ HEALTHZ = "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:'
 LINK = re.compile(r"(?im)^([ \t]*(?:COPY|ADD)(?:[ \t]+--(?!link\b)\S+|[ \t]*\\\n)*)[ \t]+--link(?:=\w+)?(?=[ \t\\]|$)")
 
 
+def skopeo() -> list[str]:
+    """skopeo, reading Podman's settings (its registries.conf)."""
+    conf = os.environ.get("CONTAINERS_REGISTRIES_CONF", "")
+    return ["skopeo", *(["--registries-conf", conf] if conf else [])]
+
+
 def manifest(ref: str, engine: list[str], podman: bool, config: bool = False) -> tuple[str, bytes] | None:
     """(digest, manifest) the registry holds for ``ref``, as the engine's CLI reads it:
     `docker buildx imagetools inspect --raw`, or `skopeo inspect --raw` beside Podman (``config``:
@@ -52,10 +58,8 @@ def manifest(ref: str, engine: list[str], podman: bool, config: bool = False) ->
     any other failure, or no answer within DEADLINE seconds, raises."""
     what = ["--format", "{{json .Image}}"] if config else ["--raw"]
     argv = [*engine, "buildx", "imagetools", "inspect", *what, ref]
-    if podman:  # skopeo reads Podman's settings
-        conf = os.environ.get("CONTAINERS_REGISTRIES_CONF", "")
-        what = ["--config"] if config else ["--raw"]
-        argv = ["skopeo", *(["--registries-conf", conf] if conf else []), "inspect", *what, f"docker://{ref}"]
+    if podman:
+        argv = [*skopeo(), "inspect", "--config" if config else "--raw", f"docker://{ref}"]
     try:
         got = subprocess.run(argv, capture_output=True, timeout=DEADLINE, check=False)
     except subprocess.TimeoutExpired:
@@ -160,17 +164,18 @@ class Engine:
         found = run([*self.command, "buildx", "inspect"], quiet=True).stdout
         return re.search(r"^Driver:\s+docker\s*$", found, re.MULTILINE) is not None
 
-    def must(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> None:
-        """Run the engine in the project's folder (``env``: variables beside the environment, shown)."""
+    def must(
+        self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None, tool: tuple[str, ...] = ()
+    ) -> None:
+        """Run the engine (or ``tool``) in the project's folder (``env``: variables beside the environment, shown)."""
         shown = "".join(f"{key}={shlex.quote(value)} " for key, value in (env or {}).items())
-        print(f"+ {shown}{shlex.join([*self.command, *args])}", flush=True)
+        argv = [*(tool or self.command), *args]
+        print(f"+ {shown}{shlex.join(argv)}", flush=True)
         if not self.dry_run or "--print" in args:
             full = {**os.environ, **(env or {})}
-            done = subprocess.run(
-                [*self.command, *args], check=False, cwd=self.project.root, input=stdin, text=True, env=full
-            )
+            done = subprocess.run(argv, check=False, cwd=self.project.root, input=stdin, text=True, env=full)
             if done.returncode:
-                raise LinkError(f"`{self.command[0]} {' '.join(args[:2])}` failed: see its output above")
+                raise LinkError(f"`{argv[0]} {' '.join(args[:2])}` failed: see its output above")
 
     def digest(self, ref: str) -> str | None:
         """The registry's digest for ``ref``; None only when the registry clearly has no such image."""
@@ -183,16 +188,13 @@ class Engine:
         return platforms_in(found[1], ref) if found else None
 
     def retag(self, source: str, refs: list[str]) -> None:
-        """Give the image ``source`` (by digest, in the registry) the tags ``refs``, registry to registry."""
+        """Give the image ``source`` (by digest, in the registry) the tags ``refs``, registry to registry,
+        its digest kept: `docker buildx imagetools create`, or skopeo's copy beside Podman."""
         if not self.podman:
             return self.must("buildx", "imagetools", "create", *(f"--tag={r}" for r in refs), source)
-        listed = f"localhost/linked-builds-retag-{os.getpid()}"
-        self.must("manifest", "create", "--all", listed, f"docker://{source}")
-        try:
-            for r in refs:
-                self.must("manifest", "push", "--all", listed, f"docker://{r}")
-        finally:
-            run([*self.command, "manifest", "rm", listed], quiet=True)
+        for r in refs:
+            copy = ["copy", "--all", "--preserve-digests", f"docker://{source}", f"docker://{r}"]
+            self.must(*copy, tool=tuple(skopeo()))
 
     def local_labels(self, ref: str) -> dict[str, str] | None:
         """The labels of the engine's own image ``ref``; None when the engine has no such image."""
