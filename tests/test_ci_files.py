@@ -476,6 +476,49 @@ def test_the_workflow_test_step_runs_the_apps_tests(images: Path, tmp_path: Path
     assert re.search(r"\b4 passed\b", result.stdout), result.stdout[-2000:]
 
 
+@pytest.mark.parametrize("metadata", ["ours", "none"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_the_apps_tags_name_the_index_its_own_build_pushed(project: Path, tmp_path: Path, metadata: str,
+                                                            dry_run: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """Docker's own builder: the app goes under the scratch tag, then its tags name the index this
+    build made (bake's containerimage.descriptor), not "containerimage.digest", which buildx takes
+    from the local tag when it pushes (another publish on the engine may have moved it). A metadata
+    file naming no image is one line, no tag written; a dry run removes no local tag."""
+    log = tmp_path / "engine.log"
+    written = {"app": {"containerimage.digest": "sha256:" + "a" * 64,  # the local tag's, moved meanwhile
+                       "containerimage.descriptor": {"digest": "sha256:" + "b" * 64}}} if metadata == "ours" else {}
+    engine = tmp_path / "docker"
+    engine.write_text(f"""#!/bin/sh
+printf '%s\\n' "$*" >> {log}
+[ "$1 $2" = "buildx inspect" ] && echo "Driver: docker" && exit 0
+for arg; do case "$arg" in --metadata-file=*) echo '{json.dumps(written)}' > "${{arg#--metadata-file=}}";; esac; done
+exit 0
+""")
+    engine.chmod(0o755)
+    publish = tool_module(project, "publish")
+    docker = publish.Engine(publish.Project(project), [str(engine)], dry_run=dry_run)
+    image = "registry.example/app"
+    if metadata == "none" and not dry_run:
+        with pytest.raises(publish.LinkError) as said:
+            docker.push_app(image, [f"{image}:t1"], {})
+        assert str(said.value) == (f"bake's --metadata-file names no image: {image}:upload holds the app, no tag "
+                                   "was written")
+        assert "imagetools" not in log.read_text()
+        return
+    docker.push_app(image, [f"{image}:t1", f"{image}:main"], {})
+    calls = log.read_text().splitlines()
+    bake = [c for c in calls if c.startswith("buildx bake")]
+    assert len(bake) == 1 and "--push --metadata-file=" in bake[0] and bake[0].endswith(" app")
+    own = "sha256:<built>" if dry_run else "sha256:" + "b" * 64
+    if dry_run:  # printed, not run: bake --print alone ran, and no local tag was removed
+        assert "--print" in bake[0] and not [c for c in calls if c.startswith(("rmi", "buildx imagetools"))]
+        shown = f"buildx imagetools create --tag={image}:t1 --tag={image}:main '{image}@{own}'"
+        assert capsys.readouterr().out.endswith(f"{shown}\n")
+    else:
+        assert calls[-2:] == [f"buildx imagetools create --tag={image}:t1 --tag={image}:main {image}@{own}",
+                              f"rmi {image}:upload"]
+
+
 def test_podman_gets_the_base_dockerfile_without_copy_link(project: Path, tmp_path: Path) -> None:
     """Podman before 5.6 refuses `COPY --link`: `make base` hands it base/Dockerfile on stdin with the
     flag taken out of every COPY (the groups' copies and one of the user's own, spelled another way)."""

@@ -213,15 +213,30 @@ def test_a_pin_from_another_repository_is_refused(project: Path) -> None:
     ("Index.Docker.io/example/demo-appbase", "t", "--image Index.Docker.io/example/demo-appbase is the base's "
      "repository: give the app's own (IMAGE); nothing was built"),
     ("docker.io/example/demo-app", "buildx-cache", "the tag buildx-cache holds docker.io/example/demo-app's build "
-     "cache: tag the app otherwise; nothing was built"),
+     "cache: tag the app otherwise (a branch of that name: rename it); nothing was built"),
     ("docker.io/example/demo-app", "upload", "the tag upload holds docker.io/example/demo-app's pushes under way: "
-     "tag the app otherwise; nothing was built"),
+     "tag the app otherwise (a branch of that name: rename it); nothing was built"),
 ])
 def test_publish_never_pushes_the_app_over_a_base_or_a_cache(project: Path, image: str, tag: str, said: str) -> None:
     """The app's image and tags never name the base's repository (its content tags are never overwritten)
     or the tag its own build cache lives under: refused before the engine is asked anything."""
     result = linked(project, "publish", "--image", image, "--tag", tag, "--engine", "/nonexistent/docker")
     assert (result.returncode, result.stderr) == (2, f"error: {said}\n")
+
+
+
+@pytest.mark.parametrize("branch", ["upload", "buildx-cache"])
+def test_a_branch_named_as_a_tag_publish_keeps_is_refused_before_the_registry_is_asked(
+        project: Path, branch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a CI the branch names a tag: one named as the app's scratch or cache tag is refused before
+    publish asks the registry whether this commit's app is there (which would then tag it so)."""
+    for key, value in {"GITHUB_SHA": "ab" * 20, "GITHUB_REF_NAME": branch, "GITHUB_REF_TYPE": "branch",
+                       "GITHUB_EVENT_NAME": "push"}.items():
+        monkeypatch.setenv(key, value)
+    result = linked(project, "publish", "--image", "docker.io/example/demo-app", "--engine", "/nonexistent/docker")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: the tag {branch} holds docker.io/example/demo-app's "), result.stderr
+    assert result.stderr.endswith("tag the app otherwise (a branch of that name: rename it); nothing was built\n")
 
 
 @pytest.mark.engine  # a distro lock: apt in a container

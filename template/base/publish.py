@@ -235,15 +235,14 @@ class Engine:
         scratch = f"{repository}:{UPLOAD}"
         with tempfile.TemporaryDirectory(prefix="linked-base-") as folder:
             self.bake("base", {**variables, "BASE_OUTPUT": f"type=oci,dest={folder}/base.tar,name={ref}"})
-            index = "sha256:<the export's>"
+            index = "sha256:<exported>"
             if not self.dry_run:
                 with tarfile.open(f"{folder}/base.tar") as tar, tar.extractfile("index.json") as held:  # type: ignore[union-attr]
                     index = json.load(held)["manifests"][0]["digest"]
             self.must("load", "--input", f"{folder}/base.tar")
         self.must("tag", ref, scratch)
         self.must("push", scratch)
-        self.retag(f"{repository}@{index}", [ref])
-        run([*self.command, "rmi", scratch], quiet=True)
+        self.tag_upload(repository, index, [ref])
 
     def push_app(self, image: str, refs: list[str], variables: dict[str, str]) -> None:
         """Push the app, each tag at once: `bake --push`. Docker's own builder pushes a tag platform by
@@ -253,13 +252,21 @@ class Engine:
         with tempfile.TemporaryDirectory(prefix="linked-app-") as folder:
             built = Path(folder, "built.json")
             self.bake("app", {**variables, "TAGS": UPLOAD}, "--push", f"--metadata-file={built}")
-            index = (
-                "sha256:<the build's>"
-                if self.dry_run
-                else json.loads(built.read_text())["app"]["containerimage.digest"]
-            )
-        self.retag(f"{image}@{index}", refs)
-        run([*self.command, "rmi", f"{image}:{UPLOAD}"], quiet=True)
+            index = "sha256:<built>"
+            try:  # the build's own index ("containerimage.digest" is what the local tag names by then)
+                if not self.dry_run:
+                    index = json.loads(built.read_text())["app"]["containerimage.descriptor"]["digest"]
+            except (OSError, ValueError, KeyError, TypeError):
+                said = f"bake's --metadata-file names no image: {image}:{UPLOAD} holds the app, no tag was written"
+                raise LinkError(said) from None
+        self.tag_upload(image, index, refs)
+
+    def tag_upload(self, repository: str, index: str, refs: list[str]) -> None:
+        """Put ``refs`` on the index pushed under ``repository``'s scratch tag, by its digest: should
+        another publish on this engine have moved that tag before the push, this one's is absent."""
+        self.retag(f"{repository}@{index}", refs)
+        if not self.dry_run:
+            run([*self.command, "rmi", f"{repository}:{UPLOAD}"], quiet=True)
 
     def podman_build(self, context: str, ref: str, platforms: list[str], args: list[str], push: bool) -> None:
         """Podman: ``context`` as ``ref``, or for a push for ``platforms`` into the manifest list ``ref``."""
@@ -485,16 +492,17 @@ def publish(
     if stale:
         raise LinkError("publish refused: run `make lock` or `make sync` and commit; nothing was built or pushed")
     ref, lock = project.reference(), project.lock().meta.get("body", "")
-    platforms = locked_platforms(engine)
-    if push and only != "base" and fixed and published(engine, image, tags, fixed, platforms):
-        return
-    built = platforms if push else [engine.native]  # a build without a push is for this machine alone
     repository, content_tag = ref.rsplit(":", 1)
     if repository_name(image) == repository_name(repository):
         raise LinkError(f"--image {image} is the base's repository: give the app's own (IMAGE); nothing was built")
     for tag, holds in (("buildx-cache", "build cache"), (UPLOAD, "pushes under way")):
         if tag in tags:
-            raise LinkError(f"the tag {tag} holds {image}'s {holds}: tag the app otherwise; nothing was built")
+            fix = "tag the app otherwise (a branch of that name: rename it)"
+            raise LinkError(f"the tag {tag} holds {image}'s {holds}: {fix}; nothing was built")
+    platforms = locked_platforms(engine)
+    if push and only != "base" and fixed and published(engine, image, tags, fixed, platforms):
+        return
+    built = platforms if push else [engine.native]  # a build without a push is for this machine alone
     bake = {"BASE_REPOSITORY": repository, "BASE_TAG": content_tag, "LOCK": lock, "IMAGE": image}
     bake |= {"TAGS": ",".join(tags), "PLATFORMS": ",".join(built), "CACHE": ("write" if push else "read") * cache}
     labels = [f"--label={k}={v}" for k, v in zip(LABELS, (content_tag, lock))]
