@@ -476,21 +476,24 @@ def test_the_workflow_test_step_runs_the_apps_tests(images: Path, tmp_path: Path
     assert re.search(r"\b4 passed\b", result.stdout), result.stdout[-2000:]
 
 
-@pytest.mark.parametrize("metadata", ["ours", "none"])
+@pytest.mark.parametrize("metadata", ["ours", "moved", "none"])
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_the_apps_tags_name_the_index_its_own_build_pushed(project: Path, tmp_path: Path, metadata: str,
                                                             dry_run: bool, capsys: pytest.CaptureFixture[str]) -> None:
     """Docker's own builder: the app goes under the scratch tag, then its tags name the index this
     build made (bake's containerimage.descriptor), not "containerimage.digest", which buildx takes
     from the local tag when it pushes (another publish on the engine may have moved it). A metadata
-    file naming no image is one line, no tag written; a dry run removes no local tag."""
+    file naming no image is one line, no tag written. The engine's scratch tag is removed after, unless
+    it names another image by then (that publish is still pushing it); a dry run removes nothing."""
     log = tmp_path / "engine.log"
     written = {"app": {"containerimage.digest": "sha256:" + "a" * 64,  # the local tag's, moved meanwhile
-                       "containerimage.descriptor": {"digest": "sha256:" + "b" * 64}}} if metadata == "ours" else {}
+                       "containerimage.descriptor": {"digest": "sha256:" + "b" * 64}}} if metadata != "none" else {}
+    local = "sha256:" + ("a" if metadata == "moved" else "b") * 64  # what the engine's scratch tag names after
     engine = tmp_path / "docker"
     engine.write_text(f"""#!/bin/sh
 printf '%s\\n' "$*" >> {log}
 [ "$1 $2" = "buildx inspect" ] && echo "Driver: docker" && exit 0
+[ "$1 $2" = "image inspect" ] && echo "{local}" && exit 0
 for arg; do case "$arg" in --metadata-file=*) echo '{json.dumps(written)}' > "${{arg#--metadata-file=}}";; esac; done
 exit 0
 """)
@@ -515,8 +518,9 @@ exit 0
         shown = f"buildx imagetools create --tag={image}:t1 --tag={image}:main '{image}@{own}'"
         assert capsys.readouterr().out.endswith(f"{shown}\n")
     else:
-        assert calls[-2:] == [f"buildx imagetools create --tag={image}:t1 --tag={image}:main {image}@{own}",
-                              f"rmi {image}:upload"]
+        tail = [f"buildx imagetools create --tag={image}:t1 --tag={image}:main {image}@{own}",
+                f"image inspect --format {{{{.Id}}}} {image}:upload"] + [f"rmi {image}:upload"] * (metadata == "ours")
+        assert calls[-len(tail):] == tail
 
 
 def test_podman_gets_the_base_dockerfile_without_copy_link(project: Path, tmp_path: Path) -> None:

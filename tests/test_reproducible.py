@@ -127,6 +127,9 @@ def test_the_default_project_publishes_both_platforms_through_bake_and_a_fresh_e
         assert f" buildx imagetools create --tag={app}:t1 {app}@sha256:" in out
         assert registry.log().count(f'"PUT /v2/{namespace}/dflt/manifests/t1 HTTP/1.1" 201') == 1
         assert imagetools(f"{app}:t1", "--raw") == imagetools(f"{app}:upload", "--raw")
+        # The engine's own scratch tags are gone after (each still named the index this publish pushed).
+        for scratch in (f"{repository}:upload", f"{app}:upload"):
+            assert subprocess.run([DOCKER, "image", "inspect", scratch], capture_output=True).returncode == 1
         assert f"smoke test: {app}:t1 is healthy and answers /healthz" in out
         pushed = index_of(ref)
         assert set(pushed) == BOTH and set(index_of(f"{app}:t1")) == BOTH

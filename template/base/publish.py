@@ -251,7 +251,11 @@ class Engine:
             return self.bake("app", variables, "--push")
         with tempfile.TemporaryDirectory(prefix="linked-app-") as folder:
             built = Path(folder, "built.json")
-            self.bake("app", {**variables, "TAGS": UPLOAD}, "--push", f"--metadata-file={built}")
+            try:
+                self.bake("app", {**variables, "TAGS": UPLOAD}, "--push", f"--metadata-file={built}")
+            except LinkError as exc:  # no tag was written
+                shared = f"another publish of {image} on this engine at the same time shares its scratch tag {UPLOAD}"
+                raise LinkError(f"{exc}; no tag was written ({shared}: if one ran, publish again)") from None
             index = "sha256:<built>"
             try:  # the build's own index ("containerimage.digest" is what the local tag names by then)
                 if not self.dry_run:
@@ -262,11 +266,12 @@ class Engine:
         self.tag_upload(image, index, refs)
 
     def tag_upload(self, repository: str, index: str, refs: list[str]) -> None:
-        """Put ``refs`` on the index pushed under ``repository``'s scratch tag, by its digest: should
-        another publish on this engine have moved that tag before the push, this one's is absent."""
+        """Put ``refs`` on the index pushed under ``repository``'s scratch tag, by its digest; then
+        untag the engine's scratch tag, unless another publish on this engine has moved it since."""
         self.retag(f"{repository}@{index}", refs)
-        if not self.dry_run:
-            run([*self.command, "rmi", f"{repository}:{UPLOAD}"], quiet=True)
+        scratch, inspect = f"{repository}:{UPLOAD}", ["image", "inspect", "--format", "{{.Id}}"]
+        if not self.dry_run and run([*self.command, *inspect, scratch], quiet=True).stdout.strip() == index:
+            run([*self.command, "rmi", scratch], quiet=True)
 
     def podman_build(self, context: str, ref: str, platforms: list[str], args: list[str], push: bool) -> None:
         """Podman: ``context`` as ``ref``, or for a push for ``platforms`` into the manifest list ``ref``."""
