@@ -285,6 +285,7 @@ class Isolation:
     def __init__(self, upstream: str) -> None:
         self.source = upstream
         self.token = uuid.uuid4().hex[:16]
+        self.last_output = ""  # the last timed build's own output
         self.namespace = f"linked-builds-bench-{self.token}"
         self.upstream = f"localhost/linked-builds-bench-upstream:{self.token}"
         self.images: list[str] = []
@@ -359,6 +360,7 @@ class Isolation:
         """Run a build of ``tag`` (timed), keep its image for cleanup; (seconds, steps that ran)."""
         self.images.append(tag)
         seconds, result = timed(argv, cwd=cwd, env=engine)
+        self.last_output = result.stderr + result.stdout
         if result.returncode != 0:
             raise SystemExit(f"bench: {what} failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
         if engine is None:  # another engine's image goes with that engine
@@ -701,6 +703,8 @@ def template_run(strategy: str, venv: bool, installer: str, lock_name: str, work
         out["size"] = {"base": image_size(base), "app_adds": image_size(app) - image_size(base)}
         # What a user runs after a code change: `make image` (its checks, then the app's build).
         out["code"], out["steps"]["code"] = code_change(project, lambda: iso.make_image(project, app))
+        if not out["steps"]["code"]:  # an edit whose rebuild ran no step: what BuildKit said, to see why
+            out["code_output"] = iso.last_output[-4000:]
         for phase in ("add", "bump", "refresh"):
             if phase == "refresh":
                 refresh(project, strategy, env, out)
@@ -795,6 +799,8 @@ def measure(name: str, kind: str, runs: int, once: Callable[[Path], dict[str, An
         # Outside the build times: `make lock` after each change of requirements.in (uv, then sync).
         scenario["lock_s"] = {p: summary([r["lock_s"][p] for r in results]) for p in results[0]["lock_s"]}
     scenario["steps_executed"] = results[-1]["steps"]
+    if "code_output" in results[-1]:
+        scenario["code_output"] = results[-1]["code_output"]
     for key in ("size", "locked_packages", "pins_moved"):
         if key in results[0]:
             scenario[key] = results[0][key]

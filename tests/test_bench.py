@@ -304,7 +304,7 @@ def test_quick_bench_writes_json_table_and_chart(quick: QuickRun) -> None:
     assert scenario["pins_moved"] >= 5
     assert all(figures["median"] > 0 for figures in scenario["lock_s"].values())
     assert scenario["size"]["base"] > 0 and scenario["size"]["app_adds"] >= 0
-    assert scenario["steps_executed"]["code"] == ["COPY src/ src/"]
+    assert scenario["steps_executed"]["code"] == ["COPY src/ src/"], scenario.get("code_output")
     [added] = scenario["steps_executed"]["add"]
     assert "tabulate==0.9.0" in added and "--require-hashes" in added
     bumped = scenario["steps_executed"]["bump"]
